@@ -1,0 +1,314 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the parsed command line.
+type Config struct {
+	WSPort              int
+	HTTPDirectory       string
+	HTTPPort            int
+	Cert, Key           string
+	SecurityToken       string
+	RemoteSessionConfig string
+	ClientHostname      string
+	ClientPort          int
+	Timeout             time.Duration
+	LocalSessions       []LocalSession
+	Verbose             int
+	LogFile             string
+	AllowedOrigins      []string
+	StartTimeout        time.Duration
+	StopGrace           time.Duration
+	SessionDir          string
+	BindAddress         string
+	ShowVersion         bool
+}
+
+// LocalSession is one --local_session NAME COUNT.
+type LocalSession struct {
+	Name  string
+	Count int
+}
+
+// usageError is a bad command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+var errHelp = errors.New("help requested")
+
+type option struct {
+	name    string
+	meta    string // argument names, space separated; "" for a switch
+	help    string
+	set     func(c *Config, args []string) error
+	hasDefl bool
+}
+
+func options() []option {
+	return []option{
+		{name: "http_directory", meta: "http_directory", help: "Directory to serve up files from via http. It enables HTTP services.",
+			set: func(c *Config, a []string) error { c.HTTPDirectory = a[0]; return nil }},
+		{name: "http_port", meta: "http_server_port", help: "Port to support http file serving and the REST API on. Default:9090",
+			set: func(c *Config, a []string) error { return parsePort(a[0], &c.HTTPPort) }},
+		{name: "cert", meta: "ssl_certificate_filename", help: "Filename of the ssl certificate (PEM); serves https and wss on both ports",
+			set: func(c *Config, a []string) error { c.Cert = a[0]; return nil }},
+		{name: "key", meta: "ssl_key_filename", help: "Filename of the ssl key (PEM)",
+			set: func(c *Config, a []string) error { c.Key = a[0]; return nil }},
+		{name: "security_token", meta: "security_token", help: "Token every REST call must carry (?security_token= or Authorization: Bearer). Default: $WEBSOCKETSERVER_SECURITY_TOKEN",
+			set: func(c *Config, a []string) error {
+				if strings.TrimSpace(a[0]) == "" {
+					return errors.New("must not be empty")
+				}
+				c.SecurityToken = a[0]
+				return nil
+			}},
+		{name: "remote_session_config", meta: "remote_config.json", help: "Name of the remote session configuration file",
+			set: func(c *Config, a []string) error { c.RemoteSessionConfig = a[0]; return nil }},
+		{name: "client_hostname", meta: "client_hostname", help: "Hostname of the socket to serve using the websocket protocol on ws_server_port",
+			set: func(c *Config, a []string) error { c.ClientHostname = a[0]; return nil }},
+		{name: "client_port", meta: "client_port", help: "Port number of the socket to serve using the websocket protocol on ws_server_port",
+			set: func(c *Config, a []string) error { return parsePort(a[0], &c.ClientPort) }},
+		{name: "timeout", meta: "timeout_seconds", help: "Number of seconds before an unused reservation is reclaimed. Default:300",
+			set: func(c *Config, a []string) error { return parseSeconds(a[0], &c.Timeout) }},
+		{name: "local_session", meta: "appname count", help: "Specify some number of locally executed, built-in sessions, in the form 'appname count' where appname is 'desktop'. The count is the maximum number of instances of that application the gateway may have reserved/running simultaneously. This argument may be repeated.",
+			set: func(c *Config, a []string) error {
+				n, err := strconv.Atoi(a[1])
+				if err != nil || n < 1 || n > 10000 {
+					return fmt.Errorf("count %q must be a whole number from 1 to 10000", a[1])
+				}
+				for _, ls := range c.LocalSessions {
+					if ls.Name == a[0] {
+						return fmt.Errorf("%q is given twice", a[0])
+					}
+				}
+				c.LocalSessions = append(c.LocalSessions, LocalSession{Name: a[0], Count: n})
+				return nil
+			}},
+		{name: "verbose", meta: "verbose_level", help: "0 warnings, 1 info, 2 debug, 3 per-frame traffic. Default:1",
+			set: func(c *Config, a []string) error {
+				n, err := strconv.Atoi(a[0])
+				if err != nil || n < 0 || n > 3 {
+					return fmt.Errorf("%q must be 0, 1, 2 or 3", a[0])
+				}
+				c.Verbose = n
+				return nil
+			}},
+		{name: "log_file", meta: "log_filename", help: "Save program output to the named log file instead of stderr (rotated at 100 MB, 5 kept)",
+			set: func(c *Config, a []string) error { c.LogFile = a[0]; return nil }},
+		{name: "allowed_origins", meta: "origins", help: "Comma-separated websocket Origins allowed besides the gateway's own host, e.g. https://app.example.org ('*' allows any). Repeatable",
+			set: func(c *Config, a []string) error {
+				for _, o := range strings.Split(a[0], ",") {
+					o = strings.TrimSpace(o)
+					if o == "" {
+						continue
+					}
+					if o != "*" && !strings.Contains(o, "://") {
+						return fmt.Errorf("%q is not an origin; write it as scheme://host[:port]", o)
+					}
+					c.AllowedOrigins = append(c.AllowedOrigins, strings.TrimRight(o, "/"))
+				}
+				return nil
+			}},
+		{name: "start_timeout", meta: "seconds", help: "Seconds a service may take to print its ready line and accept a connection. Default:30",
+			set: func(c *Config, a []string) error { return parseSeconds(a[0], &c.StartTimeout) }},
+		{name: "stop_grace", meta: "seconds", help: "Seconds between SIGTERM and SIGKILL when a service is stopped. Default:5",
+			set: func(c *Config, a []string) error { return parseSeconds(a[0], &c.StopGrace) }},
+		{name: "session_dir", meta: "directory", help: "Where each launched session gets its working directory and log. Default: $TMPDIR/wsgateway-<uid>/sessions",
+			set: func(c *Config, a []string) error { c.SessionDir = a[0]; return nil }},
+		{name: "bind_address", meta: "address", help: "Address to listen on (e.g. 127.0.0.1). Default: all interfaces",
+			set: func(c *Config, a []string) error { c.BindAddress = a[0]; return nil }},
+		{name: "version", help: "Print the version and exit",
+			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
+	}
+}
+
+func parsePort(s string, dst *int) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q is not a port number (0-65535; 0 picks a free port)", s)
+	}
+	*dst = n
+	return nil
+}
+
+func parseSeconds(s string, dst *time.Duration) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f > 366*24*3600 {
+		return fmt.Errorf("%q is not a positive number of seconds", s)
+	}
+	*dst = time.Duration(f * float64(time.Second))
+	return nil
+}
+
+// parseArgs reads the command line in the Nexus websocketserver style:
+// options with underscores, one positional ws_server_port.
+func parseArgs(args []string, getenv func(string) string) (*Config, error) {
+	c := &Config{
+		HTTPPort:      9090,
+		Timeout:       300 * time.Second,
+		Verbose:       1,
+		StartTimeout:  30 * time.Second,
+		StopGrace:     5 * time.Second,
+		SecurityToken: getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
+	}
+	opts := map[string]option{}
+	for _, o := range options() {
+		opts[o.name] = o
+	}
+	var positional []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if a == "-h" || a == "--help" || a == "-help" {
+			return nil, errHelp
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			positional = append(positional, a)
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		var inline *string
+		if k, v, ok := strings.Cut(name, "="); ok {
+			name, inline = k, &v
+		}
+		o, ok := opts[name]
+		if !ok {
+			if alt, ok2 := opts[strings.ReplaceAll(name, "-", "_")]; ok2 {
+				return nil, &usageError{fmt.Sprintf("unknown option %s; did you mean --%s?", a, alt.name)}
+			}
+			return nil, &usageError{fmt.Sprintf("unknown option %s (see wsgateway -h)", a)}
+		}
+		nargs := 0
+		if o.meta != "" {
+			nargs = len(strings.Fields(o.meta))
+		}
+		var vals []string
+		switch {
+		case inline != nil && nargs == 1:
+			vals = []string{*inline}
+		case inline != nil:
+			return nil, &usageError{fmt.Sprintf("--%s takes %d value(s): --%s %s", o.name, nargs, o.name, o.meta)}
+		default:
+			if i+nargs >= len(args) {
+				return nil, &usageError{fmt.Sprintf("--%s needs %s", o.name, o.meta)}
+			}
+			vals = args[i+1 : i+1+nargs]
+			for _, v := range vals {
+				if strings.HasPrefix(v, "--") {
+					return nil, &usageError{fmt.Sprintf("--%s needs %s, got %s", o.name, o.meta, v)}
+				}
+			}
+			i += nargs
+		}
+		if err := o.set(c, vals); err != nil {
+			return nil, &usageError{fmt.Sprintf("--%s: %v", o.name, err)}
+		}
+	}
+	if c.ShowVersion {
+		return c, nil
+	}
+	switch len(positional) {
+	case 0:
+		return nil, &usageError{"missing ws_server_port: the port the gateway accepts websocket connections on, e.g. wsgateway --client_hostname localhost --client_port 5900 9090"}
+	case 1:
+		if err := parsePort(positional[0], &c.WSPort); err != nil {
+			return nil, &usageError{fmt.Sprintf("ws_server_port: %v", err)}
+		}
+	default:
+		return nil, &usageError{fmt.Sprintf("too many arguments %q: only ws_server_port is positional (does an option have too many values?)", positional)}
+	}
+	if (c.ClientHostname == "") != (c.ClientPort == 0) {
+		return nil, &usageError{"--client_hostname and --client_port go together: give both for basic mode, or neither"}
+	}
+	if (c.Cert == "") != (c.Key == "") {
+		return nil, &usageError{"--cert and --key go together: give both to serve https/wss, or neither"}
+	}
+	if c.HTTPDirectory != "" {
+		st, err := os.Stat(c.HTTPDirectory)
+		if err != nil {
+			return nil, &usageError{fmt.Sprintf("--http_directory: %v", err)}
+		}
+		if !st.IsDir() {
+			return nil, &usageError{fmt.Sprintf("--http_directory: %s is not a directory", c.HTTPDirectory)}
+		}
+	}
+	if c.ClientHostname == "" && c.RemoteSessionConfig == "" && len(c.LocalSessions) == 0 {
+		return nil, &usageError{"nothing to serve: give --client_hostname/--client_port (basic mode), --remote_session_config FILE, or --local_session NAME COUNT"}
+	}
+	return c, nil
+}
+
+func printUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("usage: wsgateway [-h]")
+	line := len("usage: wsgateway [-h]")
+	indent := strings.Repeat(" ", len("usage: wsgateway "))
+	for _, o := range options() {
+		item := fmt.Sprintf(" [--%s", o.name)
+		if o.meta != "" {
+			item += " " + o.meta
+		}
+		item += "]"
+		if line+len(item) > 78 {
+			b.WriteString("\n" + indent)
+			line = len(indent)
+			item = item[1:]
+		}
+		b.WriteString(item)
+		line += len(item)
+	}
+	b.WriteString("\n" + indent + "ws_server_port\n")
+	b.WriteString("wsgateway: websocket gateway for VNC desktops, visualisation servers and jobs\n\n")
+	b.WriteString("positional arguments:\n")
+	b.WriteString(helpEntry("ws_server_port", "The port the server accepts incoming websocket connection requests over"))
+	b.WriteString("\noptional arguments:\n")
+	b.WriteString(helpEntry("-h, --help", "show this help message and exit"))
+	for _, o := range options() {
+		head := "--" + o.name
+		if o.meta != "" {
+			head += " " + o.meta
+		}
+		b.WriteString(helpEntry(head, o.help))
+	}
+	fmt.Fprint(w, b.String())
+}
+
+func helpEntry(head, help string) string {
+	var b strings.Builder
+	const col = 24
+	b.WriteString("  " + head)
+	pad := col - 2 - len(head)
+	words := strings.Fields(help)
+	width := 0
+	if pad < 2 {
+		b.WriteString("\n" + strings.Repeat(" ", col))
+	} else {
+		b.WriteString(strings.Repeat(" ", pad))
+	}
+	for _, w := range words {
+		if width > 0 && width+1+len(w) > 54 {
+			b.WriteString("\n" + strings.Repeat(" ", col))
+			width = 0
+		}
+		if width > 0 {
+			b.WriteString(" ")
+			width++
+		}
+		b.WriteString(w)
+		width += len(w)
+	}
+	b.WriteString("\n")
+	return b.String()
+}

@@ -1,0 +1,156 @@
+// Command wsgateway puts interactive back-end programs (VNC desktops,
+// visualisation servers) in front of browsers: it reserves counted service
+// slots, launches a service when its token connects, and splices the
+// websocket to the service's socket. Its command line follows the Nexus
+// websocketserver's.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"gopkg.in/natefinch/lumberjack.v2"
+
+	"wsgateway/gateway"
+	"wsgateway/services"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	var ue *usageError
+	switch {
+	case err == nil:
+	case errors.Is(err, errHelp):
+	case errors.As(err, &ue):
+		fmt.Fprintf(os.Stderr, "wsgateway: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "wsgateway: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseArgs(args, os.Getenv)
+	if errors.Is(err, errHelp) {
+		printUsage(stdout)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintf(stdout, "wsgateway %s\n", version)
+		return nil
+	}
+	log, closeLog := newLogger(cfg, stderr)
+	defer closeLog()
+
+	gcfg, err := buildGatewayConfig(cfg)
+	if err != nil {
+		return err
+	}
+	srv, err := gateway.New(gcfg, log)
+	if err != nil {
+		return err
+	}
+
+	wsLn, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.WSPort)))
+	if err != nil {
+		return fmt.Errorf("ws_server_port %d: %w", cfg.WSPort, err)
+	}
+	var httpLn net.Listener
+	httpOn := cfg.HTTPDirectory != "" || cfg.RemoteSessionConfig != "" || len(cfg.LocalSessions) > 0
+	if httpOn {
+		if cfg.HTTPPort == cfg.WSPort && cfg.WSPort != 0 {
+			// One port for everything: the HTTP handler takes websockets too.
+			httpLn, wsLn = wsLn, nil
+		} else {
+			httpLn, err = net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.HTTPPort)))
+			if err != nil {
+				wsLn.Close()
+				return fmt.Errorf("--http_port %d: %w", cfg.HTTPPort, err)
+			}
+		}
+	}
+	log.Info().Str("version", version).Int("services", len(gcfg.Services)).Str("basic_target", gcfg.ClientAddr).
+		Str("session_dir", gcfg.SessionRoot).Bool("tls", gcfg.TLS != nil).Msg("wsgateway starting")
+	return srv.Serve(ctx, wsLn, httpLn)
+}
+
+func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
+	g := gateway.Config{
+		HTTPDirectory:  cfg.HTTPDirectory,
+		SecurityToken:  cfg.SecurityToken,
+		Timeout:        cfg.Timeout,
+		StartTimeout:   cfg.StartTimeout,
+		StopGrace:      cfg.StopGrace,
+		AllowedOrigins: cfg.AllowedOrigins,
+		SessionRoot:    cfg.SessionDir,
+		Version:        version,
+	}
+	if g.SessionRoot == "" {
+		g.SessionRoot = filepath.Join(os.TempDir(), fmt.Sprintf("wsgateway-%d", os.Getuid()), "sessions")
+	}
+	if cfg.ClientHostname != "" {
+		g.ClientAddr = net.JoinHostPort(cfg.ClientHostname, strconv.Itoa(cfg.ClientPort))
+	}
+	if cfg.RemoteSessionConfig != "" {
+		svcs, err := services.LoadConfig(cfg.RemoteSessionConfig)
+		if err != nil {
+			return g, &usageError{fmt.Sprintf("--remote_session_config: %v", err)}
+		}
+		g.Services = append(g.Services, svcs...)
+	}
+	builtinDir := filepath.Join(filepath.Dir(g.SessionRoot), "builtin")
+	for _, ls := range cfg.LocalSessions {
+		svc, err := services.BuiltIn(ls.Name, ls.Count, builtinDir)
+		if err != nil {
+			return g, &usageError{fmt.Sprintf("--local_session: %v", err)}
+		}
+		g.Services = append(g.Services, svc)
+	}
+	if cfg.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
+		if err != nil {
+			return g, &usageError{fmt.Sprintf("--cert/--key: %v", err)}
+		}
+		g.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	return g, nil
+}
+
+// newLogger builds the zerolog logger: --verbose sets the level,
+// --log_file sends it to a rotated file, otherwise stderr (readable text
+// on a terminal, JSON lines elsewhere).
+func newLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func()) {
+	level := map[int]zerolog.Level{0: zerolog.WarnLevel, 1: zerolog.InfoLevel, 2: zerolog.DebugLevel, 3: zerolog.TraceLevel}[cfg.Verbose]
+	var w io.Writer = stderr
+	closer := func() {}
+	if cfg.LogFile != "" {
+		lj := &lumberjack.Logger{Filename: cfg.LogFile, MaxSize: 100, MaxBackups: 5, MaxAge: 30, Compress: true}
+		w = lj
+		closer = func() { _ = lj.Close() }
+	} else if f, ok := stderr.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			w = zerolog.ConsoleWriter{Out: f, TimeFormat: time.TimeOnly}
+		}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), closer
+}

@@ -1,0 +1,415 @@
+package gateway
+
+import (
+	"errors"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/gorilla/websocket"
+
+	"wsgateway/reservation"
+)
+
+// Limits on what a reserve query may carry.
+const (
+	maxOptions        = 64
+	maxOptionKeyLen   = 64
+	maxOptionValueLen = 4096
+)
+
+// httpPortHandler serves the HTTP port: websocket upgrades (same semantics
+// as ws_server_port), the REST API and the static directory.
+func (s *Server) httpPortHandler() http.Handler {
+	r := mux.NewRouter()
+	r.UseEncodedPath()
+	v1 := r.PathPrefix("/v1/").Subrouter()
+	v1.Handle("/reserve/{service}", s.handle(s.handleReserve)).Methods(http.MethodGet, http.MethodHead)
+	v1.Handle("/release/{token}", s.handle(s.handleRelease)).Methods(http.MethodGet)
+	v1.Handle("/status", s.handle(s.handleStatus)).Methods(http.MethodGet, http.MethodHead)
+	v1.Handle("/status_view", s.handle(s.handleStatusView)).Methods(http.MethodGet, http.MethodHead)
+	v1.Handle("/stop", s.handle(s.handleStop)).Methods(http.MethodGet)
+	v1.NotFoundHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
+	})
+	v1.MethodNotAllowedHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)
+	})
+	if s.cfg.HTTPDirectory != "" {
+		r.PathPrefix("/").Handler(s.staticHandler(s.cfg.HTTPDirectory))
+	} else {
+		r.PathPrefix("/").Handler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
+			return errorf(http.StatusNotFound, "not found: %s (no --http_directory is served)", r.URL.Path)
+		}))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if websocket.IsWebSocketUpgrade(req) {
+			s.serveWS(w, req)
+			return
+		}
+		r.ServeHTTP(w, req)
+	})
+}
+
+func (s *Server) requireAuth(r *http.Request) error {
+	if !s.authorized(r) {
+		return errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+	}
+	return nil
+}
+
+func (s *Server) requireAdmin(r *http.Request) error {
+	if err := s.requireAuth(r); err != nil {
+		return err
+	}
+	if !s.isAdmin(r) {
+		if s.cfg.SecurityToken == "" {
+			return errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token")
+		}
+		return errorf(http.StatusForbidden, "cross-site requests may not call this")
+	}
+	return nil
+}
+
+func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
+	if err := s.requireAuth(r); err != nil {
+		return err
+	}
+	name, err := unescapeVar(mux.Vars(r)["service"])
+	if err != nil {
+		return errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
+	}
+	svc, ok := s.svcs[name]
+	if !ok {
+		return errorf(http.StatusNotFound, "unknown service %q; known services: %s", truncate(name, 128), strings.Join(s.serviceNames(), ", "))
+	}
+	if g := svc.StringOption("group"); g != "" && !s.isAdmin(r) {
+		return errorf(http.StatusForbidden, "service %q is restricted to group %q; ask an administrator for access", name, g)
+	}
+	opts := map[string]string{}
+	q := r.URL.Query()
+	if len(q) > maxOptions {
+		return errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
+	}
+	for k, v := range q {
+		if k == "security_token" {
+			continue
+		}
+		if len(k) > maxOptionKeyLen || len(v[0]) > maxOptionValueLen {
+			return errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", truncate(k, 64), maxOptionKeyLen, maxOptionValueLen)
+		}
+		opts[k] = v[0]
+	}
+	if len(opts) == 0 {
+		opts = nil
+	}
+	res, err := s.res.Reserve(name, opts)
+	if err != nil {
+		if errors.Is(err, reservation.ErrNoSlot) {
+			return &httpError{status: http.StatusServiceUnavailable, msg: "no free slot: " + err.Error() + "; release one or try again later", err: err}
+		}
+		return err
+	}
+	s.log.Info().Str("service", name).Int("index", res.Index).Str("token", reservation.TokenPrefix(res.Token)).
+		Str("remote", r.RemoteAddr).Msg("reserved")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token":      res.Token,
+		"service":    res.Service,
+		"index":      res.Index,
+		"expires_in": int(s.cfg.Timeout / time.Second),
+		"expires":    res.Expires.UTC().Format(time.RFC3339),
+		"options":    res.Options,
+		"path":       "websockify?token=" + res.Token,
+	})
+	return nil
+}
+
+func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
+	if err := s.requireAdmin(r); err != nil {
+		return err
+	}
+	tok, err := unescapeVar(mux.Vars(r)["token"])
+	if err != nil {
+		return errorf(http.StatusBadRequest, "bad token in the path: %v", err)
+	}
+	res, err := s.res.Get(tok)
+	if err != nil {
+		return errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
+	}
+	s.mu.Lock()
+	ss := s.sessions[tok]
+	var stopHere bool
+	var tun *tunnel
+	if ss != nil {
+		ss.released = true
+		tun = ss.tun
+		if tun == nil && !ss.stopping && ss.inst != nil {
+			ss.stopping = true
+			stopHere = true
+		}
+	}
+	s.mu.Unlock()
+	switch {
+	case ss == nil:
+		_, _ = s.res.End(tok)
+	case stopHere:
+		s.stopSession(ss, "released")
+	default:
+		s.res.MarkStopping(tok)
+		if tun != nil {
+			tun.closeWith(websocket.CloseNormalClosure, "reservation released")
+		}
+		select {
+		case <-ss.done:
+		case <-time.After(2*s.cfg.StopGrace + 15*time.Second):
+			return errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
+		case <-r.Context().Done():
+			return r.Context().Err()
+		}
+	}
+	s.log.Info().Str("service", res.Service).Int("index", res.Index).Str("token", reservation.TokenPrefix(tok)).
+		Str("remote", r.RemoteAddr).Msg("released")
+	writeJSON(w, http.StatusOK, map[string]any{"released": true, "service": res.Service, "index": res.Index})
+	return nil
+}
+
+func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {
+	if err := s.requireAdmin(r); err != nil {
+		return err
+	}
+	s.log.Warn().Str("remote", r.RemoteAddr).Msg("stop requested over the REST API")
+	writeJSON(w, http.StatusOK, map[string]any{"stopping": true})
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	s.requestStop()
+	return nil
+}
+
+// Status is the body of /v1/status.
+type Status struct {
+	Version      string          `json:"version"`
+	Uptime       float64         `json:"uptime_seconds"`
+	BasicTarget  string          `json:"basic_target,omitempty"`
+	Tunnels      int             `json:"tunnels"`
+	Services     []ServiceStatus `json:"services"`
+	Reservations []ResStatus     `json:"reservations"`
+	Sessions     []SessionStatus `json:"sessions"`
+}
+
+// ServiceStatus describes one service's slots.
+type ServiceStatus struct {
+	Name    string   `json:"name"`
+	Count   int      `json:"count"`
+	Free    int      `json:"free"`
+	FileExt []string `json:"file_ext,omitempty"`
+	Group   string   `json:"group,omitempty"`
+	BuiltIn bool     `json:"builtin"`
+}
+
+// ResStatus describes one reservation. Token is shown to admins only.
+type ResStatus struct {
+	Token       string  `json:"token,omitempty"`
+	TokenPrefix string  `json:"token_prefix"`
+	Service     string  `json:"service"`
+	Index       int     `json:"index"`
+	State       string  `json:"state"`
+	Age         float64 `json:"age_seconds"`
+	ExpiresIn   float64 `json:"expires_in,omitempty"`
+}
+
+// SessionStatus describes one launched service instance.
+type SessionStatus struct {
+	TokenPrefix string  `json:"token_prefix"`
+	Service     string  `json:"service"`
+	Index       int     `json:"index"`
+	State       string  `json:"state"`
+	PID         int     `json:"pid,omitempty"`
+	Age         float64 `json:"age_seconds"`
+	BytesIn     int64   `json:"bytes_in"`
+	BytesOut    int64   `json:"bytes_out"`
+	Remote      string  `json:"remote,omitempty"`
+	Log         string  `json:"log,omitempty"`
+}
+
+func (s *Server) status(admin bool) Status {
+	now := time.Now()
+	svcs, res := s.res.Snapshot()
+	st := Status{Version: s.cfg.Version, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
+		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
+	for _, v := range svcs {
+		svc := s.svcs[v.Name]
+		st.Services = append(st.Services, ServiceStatus{Name: v.Name, Count: v.Count, Free: v.Free,
+			FileExt: svc.FileExt(), Group: svc.StringOption("group"), BuiltIn: svc.BuiltIn})
+	}
+	for _, r := range res {
+		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
+			State: string(r.State), Age: now.Sub(r.Created).Seconds()}
+		if admin {
+			rs.Token = r.Token
+		}
+		if r.State == reservation.Reserved || r.State == reservation.Idle {
+			rs.ExpiresIn = r.Expires.Sub(now).Seconds()
+		}
+		st.Reservations = append(st.Reservations, rs)
+	}
+	s.mu.Lock()
+	st.Tunnels = len(s.tunnels)
+	for _, ss := range s.sessions {
+		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(ss.token), Service: ss.svc.Name, Index: ss.res.Index,
+			State: ss.state, Age: now.Sub(ss.created).Seconds(), BytesIn: ss.bytesUp, BytesOut: ss.bytesDn}
+		if ss.tun != nil {
+			x.BytesIn += ss.tun.up.Load()
+			x.BytesOut += ss.tun.down.Load()
+		}
+		if ss.inst != nil {
+			x.PID = ss.inst.PID()
+			if admin {
+				x.Log = ss.inst.LogPath()
+			}
+		}
+		if admin {
+			x.Remote = ss.remote
+		}
+		st.Sessions = append(st.Sessions, x)
+	}
+	s.mu.Unlock()
+	sort.Slice(st.Sessions, func(i, j int) bool {
+		if st.Sessions[i].Service != st.Sessions[j].Service {
+			return st.Sessions[i].Service < st.Sessions[j].Service
+		}
+		return st.Sessions[i].Index < st.Sessions[j].Index
+	})
+	return st
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	if err := s.requireAuth(r); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.status(s.isAdmin(r)))
+	return nil
+}
+
+var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
+	"secs": func(f float64) string { return (time.Duration(f) * time.Second).String() },
+}).Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>wsgateway status</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin-bottom:2em}
+th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}
+th{background:#f3f3f3}
+</style></head><body>
+<h1>wsgateway status</h1>
+<p>Version {{.Version}}, up {{secs .Uptime}}, {{.Tunnels}} open tunnel(s){{if .BasicTarget}}, basic mode to {{.BasicTarget}}{{end}}.</p>
+<h2>Services</h2>
+<table><tr><th>Service</th><th>Free</th><th>Total</th><th>File types</th><th>Group</th></tr>
+{{range .Services}}<tr><td>{{.Name}}</td><td>{{.Free}}</td><td>{{.Count}}</td><td>{{range .FileExt}}{{.}} {{end}}</td><td>{{.Group}}</td></tr>
+{{else}}<tr><td colspan="5">No services configured.</td></tr>{{end}}</table>
+<h2>Reservations</h2>
+<table><tr><th>Token</th><th>Service</th><th>Index</th><th>State</th><th>Age</th></tr>
+{{range .Reservations}}<tr><td>{{.TokenPrefix}}…</td><td>{{.Service}}</td><td>{{.Index}}</td><td>{{.State}}</td><td>{{secs .Age}}</td></tr>
+{{else}}<tr><td colspan="5">None.</td></tr>{{end}}</table>
+<h2>Sessions</h2>
+<table><tr><th>Token</th><th>Service</th><th>Index</th><th>State</th><th>PID</th><th>Age</th><th>Bytes in</th><th>Bytes out</th></tr>
+{{range .Sessions}}<tr><td>{{.TokenPrefix}}…</td><td>{{.Service}}</td><td>{{.Index}}</td><td>{{.State}}</td><td>{{.PID}}</td><td>{{secs .Age}}</td><td>{{.BytesIn}}</td><td>{{.BytesOut}}</td></tr>
+{{else}}<tr><td colspan="8">None.</td></tr>{{end}}</table>
+</body></html>
+`))
+
+func (s *Server) handleStatusView(w http.ResponseWriter, r *http.Request) error {
+	if err := s.requireAuth(r); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+	return statusTmpl.Execute(w, s.status(false))
+}
+
+func (s *Server) serviceNames() []string {
+	out := make([]string, 0, len(s.svcs))
+	for n := range s.svcs {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func unescapeVar(v string) (string, error) {
+	return url.PathUnescape(v)
+}
+
+// staticHandler serves dir with no directory listings and nothing from
+// outside dir (symlinks included: the directory is opened as an os.Root).
+func (s *Server) staticHandler(dir string) http.Handler {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return s.handle(func(w http.ResponseWriter, r *http.Request) error {
+			return errorf(http.StatusInternalServerError, "cannot open the http directory: %v", err)
+		})
+	}
+	fsys := noListFS{root.FS()}
+	fileServer := http.FileServer(http.FS(fsys))
+	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return errorf(http.StatusMethodNotAllowed, "method %s not allowed for files", r.Method)
+		}
+		p := r.URL.Path
+		if strings.Contains(p, "\x00") || strings.Contains(p, "\\") {
+			return errorf(http.StatusBadRequest, "bad path")
+		}
+		clean := path.Clean("/" + p)
+		name := strings.TrimPrefix(clean, "/")
+		if name == "" {
+			name = "."
+		}
+		if !fs.ValidPath(name) {
+			return errorf(http.StatusNotFound, "not found: %s", truncate(p, 200))
+		}
+		f, err := fsys.Open(name)
+		if err != nil {
+			return errorf(http.StatusNotFound, "not found: %s", truncate(p, 200))
+		}
+		f.Close()
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		fileServer.ServeHTTP(w, r)
+		return nil
+	})
+}
+
+// noListFS refuses to open a directory that has no index.html, so the
+// file server never lists one.
+type noListFS struct{ fs.FS }
+
+func (n noListFS) Open(name string) (fs.File, error) {
+	f, err := n.FS.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.IsDir() {
+		idx, err := n.FS.Open(path.Join(name, "index.html"))
+		if err != nil {
+			f.Close()
+			return nil, fs.ErrNotExist
+		}
+		idx.Close()
+	}
+	return f, nil
+}

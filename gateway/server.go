@@ -1,0 +1,402 @@
+// Package gateway is the network face of wsgateway: the websocket and HTTP
+// listeners, the REST API, the static file server, and the splice that
+// joins a websocket to a service's socket. It asks the reservation package
+// for slots and the services package for running instances.
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/rs/zerolog"
+
+	"wsgateway/reservation"
+	"wsgateway/services"
+)
+
+// Config is everything the gateway needs to run.
+type Config struct {
+	// HTTPDirectory is served as static files on the HTTP listener.
+	HTTPDirectory string
+	// SecurityToken protects the REST API when set.
+	SecurityToken string
+	// Services are the launchable services (config file and built-ins).
+	Services []*services.Service
+	// ClientAddr (host:port) enables basic mode: every websocket without a
+	// token is spliced to it.
+	ClientAddr string
+	// Timeout reclaims reservations left unused.
+	Timeout time.Duration
+	// StartTimeout bounds a service's start (ready line and first dial).
+	StartTimeout time.Duration
+	// StopGrace is the time between SIGTERM and SIGKILL.
+	StopGrace time.Duration
+	// DialTimeout bounds the basic-mode dial.
+	DialTimeout time.Duration
+	// SessionRoot holds one directory per launched session.
+	SessionRoot string
+	// KeepSessions is how many old session directories are kept.
+	KeepSessions int
+	// AllowedOrigins are extra websocket Origins allowed besides the
+	// gateway's own host ("*" allows all).
+	AllowedOrigins []string
+	// TLS, when set, serves https and wss on every listener.
+	TLS *tls.Config
+	// ShutdownGrace bounds a graceful shutdown.
+	ShutdownGrace time.Duration
+	// Version is reported by /v1/status.
+	Version string
+}
+
+func (c *Config) defaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 300 * time.Second
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 30 * time.Second
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = 5 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	if c.SessionRoot == "" {
+		c.SessionRoot = filepath.Join(os.TempDir(), fmt.Sprintf("wsgateway-%d", os.Getuid()), "sessions")
+	}
+	if c.KeepSessions <= 0 {
+		c.KeepSessions = 200
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 15 * time.Second
+	}
+}
+
+// Server is a running gateway.
+type Server struct {
+	cfg      Config
+	log      zerolog.Logger
+	res      *reservation.Manager
+	svcs     map[string]*services.Service
+	upgrader websocket.Upgrader
+	bufPool  sync.Pool
+	started  time.Time
+	connID   atomic.Uint64
+
+	baseCtx    context.Context
+	baseCancel context.CancelFunc
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	tunnels  map[*tunnel]struct{}
+	closing  bool
+	servers  []*http.Server
+	work     sync.WaitGroup // websocket handlers and session stops
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+}
+
+// New checks cfg and returns a Server.
+func New(cfg Config, log zerolog.Logger) (*Server, error) {
+	cfg.defaults()
+	if cfg.HTTPDirectory != "" {
+		st, err := os.Stat(cfg.HTTPDirectory)
+		if err != nil {
+			return nil, fmt.Errorf("http directory: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("http directory %s is not a directory", cfg.HTTPDirectory)
+		}
+	}
+	if err := os.MkdirAll(cfg.SessionRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("session directory root: %w", err)
+	}
+	counts := map[string]int{}
+	svcs := map[string]*services.Service{}
+	for _, s := range cfg.Services {
+		if _, dup := svcs[s.Name]; dup {
+			return nil, fmt.Errorf("service %q is defined twice (config file and --local_session?)", s.Name)
+		}
+		svcs[s.Name] = s
+		counts[s.Name] = s.Count
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:        cfg,
+		log:        log,
+		res:        reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout}),
+		svcs:       svcs,
+		started:    time.Now(),
+		baseCtx:    ctx,
+		baseCancel: cancel,
+		sessions:   map[string]*session{},
+		tunnels:    map[*tunnel]struct{}{},
+		stopCh:     make(chan struct{}),
+	}
+	s.bufPool.New = func() any { b := make([]byte, spliceBuf); return &b }
+	s.upgrader = websocket.Upgrader{
+		ReadBufferSize:   spliceBuf,
+		WriteBufferSize:  spliceBuf,
+		WriteBufferPool:  &sync.Pool{},
+		Subprotocols:     []string{"binary"},
+		HandshakeTimeout: 10 * time.Second,
+		// The Origin is checked before Upgrade is called.
+		CheckOrigin: func(*http.Request) bool { return true },
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			s.writeError(w, r, &httpError{status: status, msg: "websocket handshake failed: " + reason.Error()})
+		},
+	}
+	pruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)
+	return s, nil
+}
+
+// StopRequested is closed when a client asked the gateway to stop
+// (GET /v1/stop).
+func (s *Server) StopRequested() <-chan struct{} { return s.stopCh }
+
+func (s *Server) requestStop() { s.stopOnce.Do(func() { close(s.stopCh) }) }
+
+// Serve accepts websocket connections on wsLn and, when httpLn is not nil,
+// HTTP (static files, REST API and websockets) on httpLn. It returns when
+// ctx ends or a stop is requested, after a graceful Shutdown.
+func (s *Server) Serve(ctx context.Context, wsLn, httpLn net.Listener) error {
+	errCh := make(chan error, 2)
+	start := func(ln net.Listener, h http.Handler, name string) {
+		if s.cfg.TLS != nil {
+			ln = tls.NewListener(ln, s.cfg.TLS)
+		}
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       60 * time.Second,
+			WriteTimeout:      5 * time.Minute,
+			IdleTimeout:       2 * time.Minute,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          newStdLog(s.log),
+			BaseContext:       func(net.Listener) context.Context { return s.baseCtx },
+		}
+		s.mu.Lock()
+		s.servers = append(s.servers, srv)
+		s.mu.Unlock()
+		scheme := "ws"
+		if name == "http" {
+			scheme = "http"
+		}
+		if s.cfg.TLS != nil {
+			scheme += "s"
+		}
+		s.log.Info().Str("listener", name).Str("address", ln.Addr().String()).Str("scheme", scheme).Msg("listening")
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errCh <- fmt.Errorf("%s listener: %w", name, err)
+			}
+		}()
+	}
+	if wsLn != nil {
+		start(wsLn, s.wsPortHandler(), "websocket")
+	}
+	if httpLn != nil {
+		start(httpLn, s.httpPortHandler(), "http")
+	}
+
+	sweep := s.cfg.Timeout / 4
+	if sweep > time.Second {
+		sweep = time.Second
+	}
+	if sweep < 50*time.Millisecond {
+		sweep = 50 * time.Millisecond
+	}
+	tick := time.NewTicker(sweep)
+	defer tick.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			s.log.Info().Msg("shutting down: signal")
+			break loop
+		case <-s.stopCh:
+			s.log.Info().Msg("shutting down: /v1/stop")
+			break loop
+		case runErr = <-errCh:
+			s.log.Error().Err(runErr).Msg("listener failed; shutting down")
+			break loop
+		case <-tick.C:
+			s.sweep()
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
+
+// Shutdown stops accepting, closes every tunnel with 1001, stops every
+// service and waits for all of it, bounded by ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closing = true
+	servers := append([]*http.Server(nil), s.servers...)
+	tunnels := make([]*tunnel, 0, len(s.tunnels))
+	for t := range s.tunnels {
+		tunnels = append(tunnels, t)
+	}
+	s.mu.Unlock()
+
+	for _, srv := range servers {
+		// Shutdown waits for idle keep-alive connections; hijacked
+		// websockets are ours to close below.
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := srv.Shutdown(c); err != nil {
+			_ = srv.Close()
+		}
+		cancel()
+	}
+	for _, t := range tunnels {
+		t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
+	}
+	// Sessions that have no websocket (idle in a reconnect grace, or
+	// starting) are stopped here; handlers stop their own.
+	s.mu.Lock()
+	var idle []*session
+	for _, ss := range s.sessions {
+		if ss.tun == nil && ss.inst != nil && !ss.stopping {
+			ss.stopping = true
+			idle = append(idle, ss)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range idle {
+		s.stopSession(ss, "gateway shutting down")
+	}
+	s.baseCancel()
+
+	done := make(chan struct{})
+	go func() { s.work.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.log.Info().Msg("shutdown complete")
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("shutdown did not finish in time: %w", ctx.Err())
+	}
+}
+
+// originAllowed accepts requests without an Origin (non-browser clients),
+// an Origin on the same host as the request, and the allow-list.
+func (s *Server) originAllowed(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	for _, a := range s.cfg.AllowedOrigins {
+		if a == "*" || strings.EqualFold(strings.TrimRight(a, "/"), o) {
+			return true
+		}
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(r.Host); err == nil {
+		host = h
+	}
+	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
+}
+
+// authorized reports whether r carries the security token (true when none
+// is configured).
+func (s *Server) authorized(r *http.Request) bool {
+	if s.cfg.SecurityToken == "" {
+		return true
+	}
+	return s.hasToken(r)
+}
+
+func (s *Server) hasToken(r *http.Request) bool {
+	if s.cfg.SecurityToken == "" {
+		return false
+	}
+	got := r.URL.Query().Get("security_token")
+	if got == "" {
+		if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+			got = strings.TrimPrefix(h, "Bearer ")
+		}
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.SecurityToken)) == 1
+}
+
+// isAdmin: with a security token, its holder; without one, a loopback
+// client. A cross-site browser request is never an admin.
+func (s *Server) isAdmin(r *http.Request) bool {
+	if r.Header.Get("Sec-Fetch-Site") == "cross-site" || !s.originAllowed(r) {
+		return false
+	}
+	if s.cfg.SecurityToken != "" {
+		return s.hasToken(r)
+	}
+	return isLoopback(r.RemoteAddr)
+}
+
+func isLoopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// pruneSessionDirs keeps the newest keep session directories.
+func pruneSessionDirs(root string, keep int, log zerolog.Logger) {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	type d struct {
+		name string
+		mod  time.Time
+	}
+	var dirs []d
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		dirs = append(dirs, d{e.Name(), info.ModTime()})
+	}
+	if len(dirs) <= keep {
+		return
+	}
+	sort.Slice(dirs, func(i, j int) bool { return dirs[i].mod.Before(dirs[j].mod) })
+	for _, x := range dirs[:len(dirs)-keep] {
+		if err := os.RemoveAll(filepath.Join(root, x.name)); err != nil {
+			log.Warn().Err(err).Str("dir", x.name).Msg("cannot prune old session directory")
+		}
+	}
+}

@@ -1,0 +1,394 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"github.com/rs/zerolog"
+
+	"wsgateway/reservation"
+	"wsgateway/services"
+)
+
+// session is a reservation that a websocket has used: its running service
+// instance and the tunnel that currently holds it.
+type session struct {
+	token    string
+	res      reservation.Reservation
+	svc      *services.Service
+	inst     *services.Instance
+	tun      *tunnel
+	created  time.Time
+	state    string // starting, running, idle, stopping
+	stopping bool
+	released bool
+	remote   string
+	bytesUp  int64
+	bytesDn  int64
+	done     chan struct{} // closed when the service has stopped and the slot is free
+}
+
+// wsPortHandler serves ws_server_port: websocket upgrades on any path.
+func (s *Server) wsPortHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !websocket.IsWebSocketUpgrade(r) {
+			s.writeError(w, r, errorf(http.StatusUpgradeRequired,
+				"this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"))
+			return
+		}
+		s.serveWS(w, r)
+	})
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !s.originAllowed(r) {
+		s.writeError(w, r, errorf(http.StatusForbidden,
+			"websocket Origin %q is not allowed; start the gateway with --allowed_origins %s to allow it",
+			truncate(r.Header.Get("Origin"), 100), truncate(r.Header.Get("Origin"), 100)))
+		return
+	}
+	s.mu.Lock()
+	closing := s.closing
+	if !closing {
+		s.work.Add(1)
+	}
+	s.mu.Unlock()
+	if closing {
+		s.writeError(w, r, errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
+		return
+	}
+	defer s.work.Done()
+
+	tok := r.URL.Query().Get("token")
+	id := s.connID.Add(1)
+	log := s.log.With().Uint64("conn", id).Str("remote", r.RemoteAddr).Logger()
+	if tok == "" {
+		if s.cfg.ClientAddr == "" {
+			s.writeError(w, r, errorf(http.StatusUnauthorized,
+				"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
+			return
+		}
+		s.serveBasic(w, r, log)
+		return
+	}
+	s.serveToken(w, r, tok, log)
+}
+
+// serveBasic splices the websocket to --client_hostname:--client_port.
+func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.Logger) {
+	log = log.With().Str("service", "basic").Str("target", s.cfg.ClientAddr).Logger()
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", s.cfg.ClientAddr)
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot connect to the target")
+		s.writeError(w, r, &httpError{status: http.StatusBadGateway,
+			msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), err: err})
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		c.Close()
+		log.Debug().Err(err).Msg("upgrade failed")
+		return
+	}
+	t := s.newTunnel(ws, c, log)
+	if t == nil {
+		return
+	}
+	t.run()
+	s.dropTunnel(t)
+}
+
+// serveToken serves a websocket carrying a reservation token: it claims
+// the token, launches (or reattaches to) the service and splices.
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) {
+	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
+		s.writeError(w, r, errorf(http.StatusForbidden, "unknown token"))
+		return
+	}
+	res, err := s.res.Claim(tok)
+	if err != nil {
+		switch {
+		case errors.Is(err, reservation.ErrBusy):
+			s.writeError(w, r, errorf(http.StatusConflict, "token %s… is already in use by another websocket; a token serves one connection at a time", reservation.TokenPrefix(tok)))
+		case errors.Is(err, reservation.ErrExpiredToken):
+			s.writeError(w, r, errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", reservation.TokenPrefix(tok)))
+		case errors.Is(err, reservation.ErrEnded):
+			s.writeError(w, r, errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", reservation.TokenPrefix(tok)))
+		default:
+			s.writeError(w, r, errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>"))
+		}
+		return
+	}
+	svc := s.svcs[res.Service]
+	log = log.With().Str("service", res.Service).Int("index", res.Index).Str("token", reservation.TokenPrefix(tok)).Logger()
+
+	s.mu.Lock()
+	ss := s.sessions[tok]
+	if ss == nil {
+		ss = &session{token: tok, res: res, svc: svc, created: time.Now(), state: "starting", done: make(chan struct{})}
+		s.sessions[tok] = ss
+	}
+	ss.remote = r.RemoteAddr
+	s.mu.Unlock()
+
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		log.Debug().Err(err).Msg("upgrade failed")
+		s.afterTunnel(ss, log)
+		return
+	}
+
+	if ss.inst == nil {
+		inst, err := s.launch(ss, log)
+		if err != nil {
+			closeWS(ws, websocket.CloseInternalServerErr, err.Error())
+			s.afterTunnel(ss, log)
+			return
+		}
+		s.mu.Lock()
+		ss.inst = inst
+		s.mu.Unlock()
+	}
+	ctx, cancel := context.WithCancel(s.baseCtx)
+	go func() {
+		// A release during the dial ends it.
+		select {
+		case <-ctx.Done():
+		case <-ss.done:
+			cancel()
+		}
+	}()
+	c, err := ss.inst.Dial(ctx)
+	cancel()
+	if err != nil {
+		log.Warn().Err(err).Msg("cannot connect to the service")
+		closeWS(ws, websocket.CloseInternalServerErr, "cannot connect to the service: "+unwrapNetErr(err).Error())
+		s.afterTunnel(ss, log)
+		return
+	}
+	t := s.newTunnel(ws, c, log)
+	if t == nil {
+		s.afterTunnel(ss, log)
+		return
+	}
+	s.mu.Lock()
+	if ss.released || ss.stopping {
+		s.mu.Unlock()
+		t.closeWith(websocket.CloseNormalClosure, "reservation released")
+	} else {
+		ss.tun = t
+		ss.state = "running"
+		s.mu.Unlock()
+	}
+	// A service that dies ends its tunnel with a reason.
+	go func() {
+		select {
+		case <-ss.inst.Exited():
+			if err := ss.inst.ExitErr(); err != nil {
+				t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
+			}
+		case <-t.done:
+		}
+	}()
+	t.run()
+	s.dropTunnel(t)
+	s.mu.Lock()
+	ss.tun = nil
+	ss.bytesUp += t.up.Load()
+	ss.bytesDn += t.down.Load()
+	s.mu.Unlock()
+	s.afterTunnel(ss, log)
+}
+
+// launch runs the service script for a session.
+func (s *Server) launch(ss *session, log zerolog.Logger) (*services.Instance, error) {
+	opts, err := ss.svc.MergedOptions(ss.res.Options)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(ss.svc.Name), ss.res.Index, reservation.TokenPrefix(ss.token)))
+	spec := services.Spec{
+		Service:      ss.svc,
+		Index:        ss.res.Index,
+		Token:        ss.token,
+		Options:      opts,
+		SessionDir:   dir,
+		StartTimeout: s.cfg.StartTimeout,
+		StopGrace:    s.cfg.StopGrace,
+	}
+	inst, err := services.Start(s.baseCtx, spec, log)
+	if err != nil {
+		return nil, fmt.Errorf("%w (log: %s)", err, filepath.Join(dir, services.LogName))
+	}
+	return inst, nil
+}
+
+// afterTunnel decides, when a websocket ends, whether the session waits
+// for a reconnect (reconnect_grace) or stops now.
+func (s *Server) afterTunnel(ss *session, log zerolog.Logger) {
+	grace := reconnectGrace(ss.svc)
+	s.mu.Lock()
+	keep := grace > 0 && ss.inst != nil && !ss.released && !ss.stopping && !s.closing && !ss.inst.Detached()
+	if keep {
+		select {
+		case <-ss.inst.Exited():
+			keep = false
+		default:
+		}
+	}
+	if keep {
+		ss.state = "idle"
+		s.mu.Unlock()
+		s.res.Unclaim(ss.token, grace)
+		log.Info().Dur("grace", grace).Msg("websocket closed; service kept for a reconnect")
+		return
+	}
+	if ss.stopping {
+		s.mu.Unlock()
+		return
+	}
+	ss.stopping = true
+	s.mu.Unlock()
+	s.stopSession(ss, "websocket closed")
+}
+
+// stopSession stops the session's service, then frees its slot. The
+// caller has set ss.stopping.
+func (s *Server) stopSession(ss *session, why string) {
+	s.res.MarkStopping(ss.token)
+	s.mu.Lock()
+	ss.state = "stopping"
+	inst := ss.inst
+	s.mu.Unlock()
+	if inst != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.StopGrace+10*time.Second)
+		_ = inst.Stop(ctx)
+		cancel()
+	}
+	_, _ = s.res.End(ss.token)
+	s.mu.Lock()
+	delete(s.sessions, ss.token)
+	s.mu.Unlock()
+	close(ss.done)
+	s.log.Debug().Str("service", ss.svc.Name).Int("index", ss.res.Index).
+		Str("token", reservation.TokenPrefix(ss.token)).Str("why", why).Msg("session ended; slot free")
+}
+
+// sweep reclaims unused reservations and sessions whose reconnect grace
+// has run out.
+func (s *Server) sweep() {
+	for _, r := range s.res.Sweep() {
+		s.mu.Lock()
+		ss := s.sessions[r.Token]
+		var stop bool
+		if ss != nil && !ss.stopping && ss.tun == nil {
+			ss.stopping = true
+			stop = true
+		}
+		closing := s.closing
+		if stop && !closing {
+			s.work.Add(1)
+		}
+		s.mu.Unlock()
+		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
+			Str("state", string(r.State)).Msg("reservation reclaimed: unused for too long")
+		if stop && !closing {
+			go func() {
+				defer s.work.Done()
+				s.stopSession(ss, "reconnect grace expired")
+			}()
+		}
+	}
+}
+
+func reconnectGrace(svc *services.Service) time.Duration {
+	raw, ok := svc.Options["reconnect_grace"]
+	if !ok {
+		return 0
+	}
+	var f float64
+	if err := json.Unmarshal(raw, &f); err != nil {
+		var str string
+		if json.Unmarshal(raw, &str) != nil {
+			return 0
+		}
+		f, _ = strconv.ParseFloat(str, 64)
+	}
+	if f <= 0 {
+		return 0
+	}
+	return time.Duration(f * float64(time.Second))
+}
+
+var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)
+
+func safeName(s string) string {
+	s = unsafeChars.ReplaceAllString(s, "_")
+	if len(s) > 32 {
+		s = s[:32]
+	}
+	return s
+}
+
+// closeWS sends a close frame with code and reason, then closes.
+func closeWS(ws *websocket.Conn, code int, reason string) {
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, truncate(reason, 123)), time.Now().Add(time.Second))
+	// Give the client a moment to answer the close.
+	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, _, err := ws.NextReader(); err != nil {
+			break
+		}
+	}
+	ws.Close()
+}
+
+// truncate cuts s to at most n bytes on a UTF-8 boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func unwrapNetErr(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
+// newStdLog adapts the zerolog logger for http.Server's error log.
+func newStdLog(l zerolog.Logger) *log.Logger {
+	return log.New(stdWriter{l}, "", 0)
+}
+
+type stdWriter struct{ l zerolog.Logger }
+
+func (w stdWriter) Write(p []byte) (int, error) {
+	w.l.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,376 @@
+// Package reservation holds the gateway's bookkeeping of counted service
+// slots: it issues reservation tokens, hands out per-service instance
+// indexes, lets one websocket at a time claim a token, and reclaims
+// reservations that are left unused.
+//
+// The package knows nothing about websockets or processes; the gateway asks
+// it for a slot, then asks the services package for a running instance.
+package reservation
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Sentinel errors; match them with errors.Is.
+var (
+	ErrUnknownService = errors.New("unknown service")
+	ErrNoSlot         = errors.New("no free slot")
+	ErrUnknownToken   = errors.New("unknown token")
+	ErrExpiredToken   = errors.New("reservation expired")
+	ErrBusy           = errors.New("token already in use by another websocket")
+	ErrEnded          = errors.New("reservation has ended")
+)
+
+// State is where a reservation is in its life.
+type State string
+
+// The states of a reservation.
+const (
+	// Reserved: issued, no websocket has used it yet.
+	Reserved State = "reserved"
+	// Active: a websocket holds the token.
+	Active State = "active"
+	// Idle: the service is running but no websocket holds the token
+	// (only while a reconnect grace period runs).
+	Idle State = "idle"
+	// Stopping: its service is being stopped; the slot frees when End is
+	// called.
+	Stopping State = "stopping"
+)
+
+// Reservation is one held slot. Values returned by the Manager are copies.
+type Reservation struct {
+	Token     string            `json:"token"`
+	Service   string            `json:"service"`
+	Index     int               `json:"index"`
+	Options   map[string]string `json:"options,omitempty"`
+	State     State             `json:"state"`
+	Created   time.Time         `json:"created"`
+	Expires   time.Time         `json:"expires"`
+	Connects  int               `json:"connects"`
+	LastClaim time.Time         `json:"last_claim,omitempty"`
+}
+
+// TokenPrefix is the part of a token that may appear in logs.
+func TokenPrefix(tok string) string {
+	if len(tok) > 8 {
+		return tok[:8]
+	}
+	return tok
+}
+
+// Config sets up a Manager.
+type Config struct {
+	// Counts maps each service name to its number of slots.
+	Counts map[string]int
+	// Timeout reclaims reservations not used within it.
+	Timeout time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// ExpiredMemory is how many expired tokens are remembered so that a late
+	// client is told "expired" rather than "unknown". Default 4096.
+	ExpiredMemory int
+}
+
+// Manager owns all reservations. It is safe for concurrent use.
+type Manager struct {
+	mu       sync.Mutex
+	counts   map[string]int
+	timeout  time.Duration
+	now      func() time.Time
+	byToken  map[string]*Reservation
+	held     map[string][]bool // service -> index held
+	expired  map[string]time.Time
+	expOrder []string
+	expCap   int
+	onExpire func(Reservation)
+}
+
+// New returns a Manager for the given services.
+func New(cfg Config) *Manager {
+	m := &Manager{
+		counts:  map[string]int{},
+		timeout: cfg.Timeout,
+		now:     cfg.Now,
+		byToken: map[string]*Reservation{},
+		held:    map[string][]bool{},
+		expired: map[string]time.Time{},
+		expCap:  cfg.ExpiredMemory,
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	if m.expCap <= 0 {
+		m.expCap = 4096
+	}
+	for name, n := range cfg.Counts {
+		m.counts[name] = n
+		m.held[name] = make([]bool, n)
+	}
+	return m
+}
+
+// OnExpire registers a function called (outside the lock) for every
+// reservation reclaimed by Sweep.
+func (m *Manager) OnExpire(f func(Reservation)) {
+	m.mu.Lock()
+	m.onExpire = f
+	m.mu.Unlock()
+}
+
+// NewToken returns a random UUID version 4 string (122 random bits from
+// crypto/rand).
+func NewToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("reading random token: %w", err)
+	}
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return string(out[:]), nil
+}
+
+// Reserve takes a free slot of service and returns the new reservation.
+func (m *Manager) Reserve(service string, opts map[string]string) (Reservation, error) {
+	tok, err := NewToken()
+	if err != nil {
+		return Reservation{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	slots, ok := m.held[service]
+	if !ok {
+		return Reservation{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	idx := -1
+	for i, h := range slots {
+		if !h {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return Reservation{}, fmt.Errorf("%w: all %d slots of %q are in use", ErrNoSlot, len(slots), service)
+	}
+	slots[idx] = true
+	now := m.now()
+	r := &Reservation{
+		Token:   tok,
+		Service: service,
+		Index:   idx,
+		Options: opts,
+		State:   Reserved,
+		Created: now,
+		Expires: now.Add(m.timeout),
+	}
+	m.byToken[tok] = r
+	return *r, nil
+}
+
+// find looks a token up in constant time with respect to its content:
+// tokens are compared with subtle.ConstantTimeCompare after a map lookup
+// keyed by the exact token, so a near miss and a far miss cost the same.
+func (m *Manager) find(tok string) (*Reservation, error) {
+	r, ok := m.byToken[tok]
+	if ok && subtle.ConstantTimeCompare([]byte(r.Token), []byte(tok)) == 1 {
+		return r, nil
+	}
+	if _, gone := m.expired[tok]; gone {
+		return nil, ErrExpiredToken
+	}
+	return nil, ErrUnknownToken
+}
+
+// Get returns the reservation for tok.
+func (m *Manager) Get(tok string) (Reservation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.find(tok)
+	if err != nil {
+		return Reservation{}, err
+	}
+	return *r, nil
+}
+
+// Claim marks tok as held by a websocket. Only one websocket may hold a
+// token at a time.
+func (m *Manager) Claim(tok string) (Reservation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.find(tok)
+	if err != nil {
+		return Reservation{}, err
+	}
+	if r.State == Active {
+		return Reservation{}, ErrBusy
+	}
+	if r.State == Stopping {
+		return Reservation{}, ErrEnded
+	}
+	if r.State == Reserved && !m.now().Before(r.Expires) {
+		m.expireLocked(r)
+		return Reservation{}, ErrExpiredToken
+	}
+	r.State = Active
+	r.Connects++
+	r.LastClaim = m.now()
+	return *r, nil
+}
+
+// Unclaim marks an active reservation as idle until deadline: the service
+// keeps running and the same token may claim it again. A zero grace ends
+// the reservation instead (see End).
+func (m *Manager) Unclaim(tok string, grace time.Duration) (ended bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.byToken[tok]
+	if !ok {
+		return true
+	}
+	if grace <= 0 {
+		m.removeLocked(r)
+		return true
+	}
+	r.State = Idle
+	r.Expires = m.now().Add(grace)
+	return false
+}
+
+// MarkStopping makes the reservation unclaimable while its service stops.
+// It reports whether the token was known.
+func (m *Manager) MarkStopping(tok string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.find(tok)
+	if err != nil {
+		return false
+	}
+	r.State = Stopping
+	return true
+}
+
+// End removes the reservation and frees its slot. It returns the
+// reservation as it was, or ErrUnknownToken.
+func (m *Manager) End(tok string) (Reservation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.find(tok)
+	if err != nil {
+		return Reservation{}, err
+	}
+	out := *r
+	m.removeLocked(r)
+	return out, nil
+}
+
+func (m *Manager) removeLocked(r *Reservation) {
+	delete(m.byToken, r.Token)
+	if slots, ok := m.held[r.Service]; ok && r.Index >= 0 && r.Index < len(slots) {
+		slots[r.Index] = false
+	}
+}
+
+func (m *Manager) expireLocked(r *Reservation) {
+	m.removeLocked(r)
+	m.expired[r.Token] = m.now()
+	m.expOrder = append(m.expOrder, r.Token)
+	for len(m.expOrder) > m.expCap {
+		delete(m.expired, m.expOrder[0])
+		m.expOrder = m.expOrder[1:]
+	}
+}
+
+// Sweep reclaims every unused reservation whose deadline has passed, and
+// marks Stopping every idle one whose reconnect grace has run out (its
+// slot frees when the caller, having stopped the service, calls End). It
+// returns both.
+func (m *Manager) Sweep() []Reservation {
+	m.mu.Lock()
+	now := m.now()
+	var gone []Reservation
+	for _, r := range m.byToken {
+		if now.Before(r.Expires) {
+			continue
+		}
+		switch r.State {
+		case Reserved:
+			gone = append(gone, *r)
+			m.expireLocked(r)
+		case Idle:
+			r.State = Stopping
+			gone = append(gone, *r)
+		}
+	}
+	f := m.onExpire
+	m.mu.Unlock()
+	if f != nil {
+		for _, r := range gone {
+			f(r)
+		}
+	}
+	return gone
+}
+
+// ServiceSlots describes one service's slots.
+type ServiceSlots struct {
+	Name  string `json:"name"`
+	Count int    `json:"count"`
+	Free  int    `json:"free"`
+}
+
+// Snapshot returns the services' slot counts and every reservation, sorted
+// by service then index.
+func (m *Manager) Snapshot() ([]ServiceSlots, []Reservation) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	svcs := make([]ServiceSlots, 0, len(m.held))
+	for name, slots := range m.held {
+		free := 0
+		for _, h := range slots {
+			if !h {
+				free++
+			}
+		}
+		svcs = append(svcs, ServiceSlots{Name: name, Count: len(slots), Free: free})
+	}
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Name < svcs[j].Name })
+	res := make([]Reservation, 0, len(m.byToken))
+	for _, r := range m.byToken {
+		res = append(res, *r)
+	}
+	sort.Slice(res, func(i, j int) bool {
+		if res[i].Service != res[j].Service {
+			return res[i].Service < res[j].Service
+		}
+		return res[i].Index < res[j].Index
+	})
+	return svcs, res
+}
+
+// Tokens returns every live token.
+func (m *Manager) Tokens() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.byToken))
+	for t := range m.byToken {
+		out = append(out, t)
+	}
+	return out
+}

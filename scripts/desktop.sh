@@ -1,0 +1,65 @@
+#!/bin/sh
+# desktop: one TigerVNC Xvnc desktop per slot, with a window manager and a
+# terminal, reachable only through a Unix socket in the session directory.
+#
+# Service script protocol: "start" prints {"unix": "<socket>"} once Xvnc
+# listens and stays in the foreground; the gateway stops the whole process
+# group when the session ends.
+# Options (WSGW_OPTIONS JSON): geometry (WIDTHxHEIGHT, default 1280x800).
+set -eu
+
+case "${1:-}" in
+start) ;;
+stop) exit 0 ;;
+*) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
+
+if ! command -v Xvnc >/dev/null 2>&1; then
+	echo "Xvnc not found: install the Debian package tigervnc-standalone-server" >&2
+	exit 1
+fi
+
+opts=${WSGW_OPTIONS:-"{}"}
+geometry=$(printf '%s' "$opts" | sed -n 's/.*"geometry":"\([^"]*\)".*/\1/p')
+geometry=${geometry:-1280x800}
+if ! printf '%s' "$geometry" | grep -Eq '^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$'; then
+	echo "option geometry must look like 1280x800, got: $geometry" >&2
+	exit 1
+fi
+
+dir=${WSGW_SESSION_DIR:?WSGW_SESSION_DIR is not set}
+sock="$dir/vnc.sock"
+dfile="$dir/display"
+rm -f "$sock" "$dfile"
+
+Xvnc -displayfd 3 -geometry "$geometry" -depth 24 \
+	-rfbport -1 -rfbunixpath "$sock" -rfbunixmode 0600 \
+	-SecurityTypes None -AlwaysShared -nolisten tcp \
+	-desktop "${WSGW_SERVICE:-desktop}" 3>"$dfile" &
+xvnc=$!
+
+i=0
+while [ ! -S "$sock" ] || [ ! -s "$dfile" ]; do
+	if ! kill -0 "$xvnc" 2>/dev/null; then
+		echo "Xvnc exited before it was ready" >&2
+		exit 1
+	fi
+	i=$((i + 1))
+	if [ "$i" -gt 300 ]; then
+		echo "Xvnc did not become ready within 30 seconds" >&2
+		exit 1
+	fi
+	sleep 0.1
+done
+display=":$(head -n1 "$dfile")"
+export DISPLAY="$display"
+
+if command -v openbox >/dev/null 2>&1; then
+	openbox >/dev/null 2>&1 &
+fi
+if command -v xterm >/dev/null 2>&1; then
+	xterm -geometry 100x30+20+20 -title "wsgateway desktop" >/dev/null 2>&1 &
+fi
+
+printf '{"unix": "%s", "display": "%s"}\n' "$sock" "$display"
+wait "$xvnc"

@@ -1,0 +1,250 @@
+// Package services describes the programs the gateway can put behind a
+// token: it parses the Nexus-format services config, knows the built-in
+// services compiled into the binary, and launches and stops service scripts
+// following the gateway's script protocol.
+package services
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Service is one kind of launchable program with a number of slots.
+type Service struct {
+	Name string
+	// Script is the absolute path of the executable run with "start" and
+	// "stop".
+	Script string
+	Count  int
+	// Options are passed to the script as JSON (merged with the
+	// reservation's query options). Values are kept as raw JSON.
+	Options map[string]json.RawMessage
+	// BuiltIn is true for services compiled into the binary.
+	BuiltIn bool
+}
+
+// ConfigError is a problem in a services config: the file, the service and
+// what is wrong.
+type ConfigError struct {
+	File    string
+	Service string
+	Key     string
+	Msg     string
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Service != "" {
+		fmt.Fprintf(&b, ": service %q", e.Service)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": key %q", e.Key)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// MaxConfigBytes bounds the size of a services config file.
+const MaxConfigBytes = 4 << 20
+
+// MaxCount bounds a service's count.
+const MaxCount = 10000
+
+// LoadConfig reads a Nexus-format services config. A relative script path
+// is relative to the config file's directory.
+func LoadConfig(path string) ([]*Service, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Msg: fmt.Sprintf("cannot read: %v", err)}
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return nil, &ConfigError{File: path, Msg: fmt.Sprintf("cannot read: %v", err)}
+	}
+	if len(data) > MaxConfigBytes {
+		return nil, &ConfigError{File: path, Msg: fmt.Sprintf("file is larger than %d bytes", MaxConfigBytes)}
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &ConfigError{File: path, Msg: err.Error()}
+	}
+	return ParseConfig(path, filepath.Dir(abs), data)
+}
+
+type rawService struct {
+	Script  *string                    `json:"script"`
+	Count   *json.Number               `json:"count"`
+	Options map[string]json.RawMessage `json:"options"`
+}
+
+// ParseConfig parses config bytes; file names the source in errors and dir
+// is where relative script paths start.
+func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
+	var top map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&top); err != nil {
+		return nil, &ConfigError{File: file, Msg: "not a JSON object of services: " + jsonErr(data, err)}
+	}
+	if dec.More() {
+		return nil, &ConfigError{File: file, Msg: "unexpected data after the JSON object"}
+	}
+	if len(top) == 0 {
+		return nil, &ConfigError{File: file, Msg: `no services defined; expected {"Name": {"script": ..., "count": ..., "options": {...}}}`}
+	}
+	names := make([]string, 0, len(top))
+	for n := range top {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]*Service, 0, len(names))
+	for _, name := range names {
+		if err := ValidName(name); err != nil {
+			return nil, &ConfigError{File: file, Service: name, Msg: err.Error()}
+		}
+		var rs rawService
+		d := json.NewDecoder(bytes.NewReader(top[name]))
+		d.UseNumber()
+		d.DisallowUnknownFields()
+		if err := d.Decode(&rs); err != nil {
+			msg := err.Error()
+			if strings.Contains(msg, "unknown field") {
+				msg += `; a service has exactly "script", "count" and "options" (put anything else inside "options")`
+			}
+			return nil, &ConfigError{File: file, Service: name, Msg: msg}
+		}
+		if rs.Script == nil || *rs.Script == "" {
+			return nil, &ConfigError{File: file, Service: name, Key: "script", Msg: "missing; set it to the path of an executable (relative to the config file)"}
+		}
+		if rs.Count == nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "count", Msg: "missing; set it to the number of simultaneous instances, e.g. 2"}
+		}
+		cnt, err := rs.Count.Int64()
+		if err != nil || cnt < 1 || cnt > MaxCount {
+			return nil, &ConfigError{File: file, Service: name, Key: "count", Msg: fmt.Sprintf("must be a whole number from 1 to %d, got %s", MaxCount, rs.Count.String())}
+		}
+		if rs.Options == nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "options", Msg: `missing; use {} when the service has none`}
+		}
+		script := *rs.Script
+		if !filepath.IsAbs(script) {
+			script = filepath.Join(dir, script)
+		}
+		st, err := os.Stat(script)
+		if err != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "script", Msg: fmt.Sprintf("cannot use %s: %v", script, err)}
+		}
+		if st.IsDir() || st.Mode()&0o111 == 0 {
+			return nil, &ConfigError{File: file, Service: name, Key: "script", Msg: fmt.Sprintf("%s is not an executable file (chmod +x it)", script)}
+		}
+		if err := checkOptions(rs.Options); err != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "options", Msg: err.Error()}
+		}
+		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options})
+	}
+	return out, nil
+}
+
+func checkOptions(o map[string]json.RawMessage) error {
+	if g, ok := o["group"]; ok {
+		var s string
+		if err := json.Unmarshal(g, &s); err != nil {
+			return fmt.Errorf(`"group" must be a string naming a group`)
+		}
+	}
+	if fe, ok := o["file_ext"]; ok {
+		var l []string
+		if err := json.Unmarshal(fe, &l); err != nil {
+			return fmt.Errorf(`"file_ext" must be a list of strings such as [".vtk"]`)
+		}
+	}
+	return nil
+}
+
+// ValidName checks a service name: non-empty, at most 128 bytes, no '/',
+// no control characters.
+func ValidName(name string) error {
+	if name == "" {
+		return errors.New("empty service name")
+	}
+	if len(name) > 128 {
+		return errors.New("service name longer than 128 bytes")
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f || r == '/' {
+			return fmt.Errorf("service name contains %q; use letters, digits, spaces and punctuation other than '/'", r)
+		}
+	}
+	return nil
+}
+
+func jsonErr(data []byte, err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := 1, 1
+		for i := 0; i < int(se.Offset) && i < len(data); i++ {
+			if data[i] == '\n' {
+				line++
+				col = 1
+			} else {
+				col++
+			}
+		}
+		return fmt.Sprintf("line %d column %d: %v", line, col, err)
+	}
+	return err.Error()
+}
+
+// StringOption returns a string option of the service, or "".
+func (s *Service) StringOption(key string) string {
+	raw, ok := s.Options[key]
+	if !ok {
+		return ""
+	}
+	var v string
+	if json.Unmarshal(raw, &v) == nil {
+		return v
+	}
+	return ""
+}
+
+// FileExt returns the service's file_ext option.
+func (s *Service) FileExt() []string {
+	raw, ok := s.Options["file_ext"]
+	if !ok {
+		return nil
+	}
+	var v []string
+	_ = json.Unmarshal(raw, &v)
+	return v
+}
+
+// MergedOptions returns the service options merged with the reservation's
+// query options (the latter win) as a JSON object.
+func (s *Service) MergedOptions(query map[string]string) ([]byte, error) {
+	m := make(map[string]json.RawMessage, len(s.Options)+len(query))
+	for k, v := range s.Options {
+		m[k] = v
+	}
+	for k, v := range query {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("encoding option %q: %w", k, err)
+		}
+		m[k] = b
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encoding options: %w", err)
+	}
+	return out, nil
+}
