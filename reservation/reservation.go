@@ -244,6 +244,11 @@ func (m *Manager) Unclaim(tok string, grace time.Duration) (ended bool) {
 	if !ok {
 		return true
 	}
+	if r.State == Stopping {
+		// Its service is being stopped: it stays unclaimable and its slot
+		// frees only when End is called.
+		return true
+	}
 	if grace <= 0 {
 		m.removeLocked(r)
 		return true

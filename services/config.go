@@ -191,7 +191,8 @@ func jsonErr(data []byte, err error) string {
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		line, col := 1, 1
-		for i := 0; i < int(se.Offset) && i < len(data); i++ {
+		// Offset counts the offending byte itself; stop just before it.
+		for i := 0; i < int(se.Offset)-1 && i < len(data); i++ {
 			if data[i] == '\n' {
 				line++
 				col = 1
