@@ -135,6 +135,9 @@ func startGatewayExact(t *testing.T, args ...string) *gateway {
 	go func() { g.exitErr = g.cmd.Wait(); close(g.exited) }()
 	t.Cleanup(func() {
 		g.stop()
+		if strings.Contains(g.log.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector fired in the gateway")
+		}
 		if t.Failed() {
 			t.Logf("gateway log:\n%s", g.log.String())
 		}

@@ -61,5 +61,8 @@ if command -v xterm >/dev/null 2>&1; then
 	xterm -geometry 100x30+20+20 -title "wsgateway desktop" >/dev/null 2>&1 &
 fi
 
+# Stopping: take the children down and reap them, so none is left a zombie.
+trap 'kill $(jobs -p) 2>/dev/null; wait; exit 0' TERM INT HUP
+
 printf '{"unix": "%s", "display": "%s"}\n' "$sock" "$display"
 wait "$xvnc"

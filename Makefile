@@ -1,0 +1,63 @@
+# wsgateway: `make run` starts the gateway on the example services config,
+# `make test` runs every check. Both install what they need first.
+
+GO        ?= go
+BIN       := bin/wsgateway
+WS_PORT   ?= 9091
+HTTP_PORT ?= 9090
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+
+# Debian packages the gateway and its tests use: Xvnc and a desktop for the
+# built-in service, noVNC's own pages, websockify for the benchmark, and
+# Chromium for the browser tests.
+APT_PKGS  := tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
+             python3-numpy chromium chromium-driver fonts-dejavu-core
+
+.PHONY: all build run test deps deps-apt deps-npm fmt-check vet clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/wsgateway
+
+deps: deps-apt deps-npm
+	$(GO) mod download
+
+# Installs the missing Debian packages (as root, or through sudo).
+deps-apt:
+	@missing=""; for p in $(APT_PKGS); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+deps-npm: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+run: deps build
+	@echo
+	@echo "wsgateway: dashboard and REST API on http://localhost:$(HTTP_PORT)/ , websockets on ws://localhost:$(WS_PORT)/"
+	@echo "  reserve a desktop:  curl -s http://localhost:$(HTTP_PORT)/v1/reserve/Local%20Desktop"
+	@echo
+	./$(BIN) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json $(WS_PORT)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+test: deps fmt-check vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+clean:
+	rm -rf bin test-artifacts
