@@ -36,17 +36,23 @@ func (s *Server) httpPortHandler() http.Handler {
 	v1.Handle("/status", s.handle(s.handleStatus)).Methods(http.MethodGet, http.MethodHead)
 	v1.Handle("/status_view", s.handle(s.handleStatusView)).Methods(http.MethodGet, http.MethodHead)
 	v1.Handle("/stop", s.handle(s.handleStop)).Methods(http.MethodGet)
+	v1.Handle("/check_token", s.handle(s.handleCheckToken)).Methods(http.MethodGet)
 	v1.NotFoundHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
 	})
 	v1.MethodNotAllowedHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)
 	})
+	pages := s.pagesHandler()
+	r.PathPrefix(PagesPrefix + "novnc/").Handler(http.StripPrefix(PagesPrefix+"novnc", s.novncHandler()))
+	r.PathPrefix(PagesPrefix).Handler(http.StripPrefix(strings.TrimSuffix(PagesPrefix, "/"), pages))
+	r.Path(strings.TrimSuffix(PagesPrefix, "/")).Handler(http.RedirectHandler(PagesPrefix, http.StatusMovedPermanently))
 	if s.cfg.HTTPDirectory != "" {
 		r.PathPrefix("/").Handler(s.staticHandler(s.cfg.HTTPDirectory))
 	} else {
+		r.Path("/").Handler(pages)
 		r.PathPrefix("/").Handler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return errorf(http.StatusNotFound, "not found: %s (no --http_directory is served)", r.URL.Path)
+			return errorf(http.StatusNotFound, "not found: %s (no --http_directory is served; the dashboard is at %s)", truncate(r.URL.Path, 200), PagesPrefix)
 		}))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -180,6 +186,34 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleCheckToken answers, over plain HTTP, what a websocket with this
+// token would be told: browsers hide a refused upgrade's answer, so the
+// viewer asks here. The token travels in the X-Wsgw-Token header.
+func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error {
+	tok := r.Header.Get("X-Wsgw-Token")
+	if tok == "" {
+		return errorf(http.StatusBadRequest, "send the token in the X-Wsgw-Token header")
+	}
+	res, err := s.res.Get(tok)
+	if err == nil {
+		switch res.State {
+		case reservation.Active:
+			err = reservation.ErrBusy
+		case reservation.Stopping:
+			err = reservation.ErrEnded
+		case reservation.Reserved:
+			if !time.Now().Before(res.Expires) {
+				err = reservation.ErrExpiredToken
+			}
+		}
+	}
+	if err != nil {
+		return tokenError(err, tok)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "service": res.Service, "index": res.Index, "state": res.State})
+	return nil
+}
+
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {
 	if err := s.requireAdmin(r); err != nil {
 		return err
@@ -196,6 +230,7 @@ func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {
 // Status is the body of /v1/status.
 type Status struct {
 	Version      string          `json:"version"`
+	Admin        bool            `json:"admin"`
 	Uptime       float64         `json:"uptime_seconds"`
 	BasicTarget  string          `json:"basic_target,omitempty"`
 	Tunnels      int             `json:"tunnels"`
@@ -227,6 +262,7 @@ type ResStatus struct {
 
 // SessionStatus describes one launched service instance.
 type SessionStatus struct {
+	Token       string  `json:"token,omitempty"`
 	TokenPrefix string  `json:"token_prefix"`
 	Service     string  `json:"service"`
 	Index       int     `json:"index"`
@@ -242,7 +278,7 @@ type SessionStatus struct {
 func (s *Server) status(admin bool) Status {
 	now := time.Now()
 	svcs, res := s.res.Snapshot()
-	st := Status{Version: s.cfg.Version, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
+	st := Status{Version: s.cfg.Version, Admin: admin, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
 		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
 	for _, v := range svcs {
 		svc := s.svcs[v.Name]
@@ -277,6 +313,7 @@ func (s *Server) status(admin bool) Status {
 		}
 		if admin {
 			x.Remote = ss.remote
+			x.Token = ss.token
 		}
 		st.Sessions = append(st.Sessions, x)
 	}

@@ -32,6 +32,8 @@ import (
 type Config struct {
 	// HTTPDirectory is served as static files on the HTTP listener.
 	HTTPDirectory string
+	// NovncDirectory holds noVNC (core/rfb.js); served under /wsgw/novnc/.
+	NovncDirectory string
 	// SecurityToken protects the REST API when set.
 	SecurityToken string
 	// Services are the launchable services (config file and built-ins).

@@ -125,16 +125,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	}
 	res, err := s.res.Claim(tok)
 	if err != nil {
-		switch {
-		case errors.Is(err, reservation.ErrBusy):
-			s.writeError(w, r, errorf(http.StatusConflict, "token %s… is already in use by another websocket; a token serves one connection at a time", reservation.TokenPrefix(tok)))
-		case errors.Is(err, reservation.ErrExpiredToken):
-			s.writeError(w, r, errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", reservation.TokenPrefix(tok)))
-		case errors.Is(err, reservation.ErrEnded):
-			s.writeError(w, r, errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", reservation.TokenPrefix(tok)))
-		default:
-			s.writeError(w, r, errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>"))
-		}
+		s.writeError(w, r, tokenError(err, tok))
 		return
 	}
 	svc := s.svcs[res.Service]
@@ -216,6 +207,21 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	ss.bytesDn += t.down.Load()
 	s.mu.Unlock()
 	s.afterTunnel(ss, log)
+}
+
+// tokenError turns a reservation error into the refusal a client sees.
+func tokenError(err error, tok string) error {
+	p := reservation.TokenPrefix(tok)
+	switch {
+	case errors.Is(err, reservation.ErrBusy):
+		return errorf(http.StatusConflict, "token %s… is already in use by another websocket; a token serves one connection at a time", p)
+	case errors.Is(err, reservation.ErrExpiredToken):
+		return errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", p)
+	case errors.Is(err, reservation.ErrEnded):
+		return errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", p)
+	default:
+		return errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>")
+	}
 }
 
 // launch runs the service script for a session.

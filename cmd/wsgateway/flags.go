@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 type Config struct {
 	WSPort              int
 	HTTPDirectory       string
+	NovncDirectory      string
 	HTTPPort            int
 	Cert, Key           string
 	SecurityToken       string
@@ -126,6 +128,14 @@ func options() []option {
 			set: func(c *Config, a []string) error { c.SessionDir = a[0]; return nil }},
 		{name: "bind_address", meta: "address", help: "Address to listen on (e.g. 127.0.0.1). Default: all interfaces",
 			set: func(c *Config, a []string) error { c.BindAddress = a[0]; return nil }},
+		{name: "novnc_directory", meta: "directory", help: "noVNC to serve under /wsgw/novnc/ for the viewer page. Default: ./node_modules/@novnc/novnc (npm), else /usr/share/novnc (Debian)",
+			set: func(c *Config, a []string) error {
+				if _, err := os.Stat(filepath.Join(a[0], "core", "rfb.js")); err != nil {
+					return fmt.Errorf("%s does not hold noVNC (no core/rfb.js)", a[0])
+				}
+				c.NovncDirectory = a[0]
+				return nil
+			}},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
 	}

@@ -97,6 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 	g := gateway.Config{
 		HTTPDirectory:  cfg.HTTPDirectory,
+		NovncDirectory: cfg.NovncDirectory,
 		SecurityToken:  cfg.SecurityToken,
 		Timeout:        cfg.Timeout,
 		StartTimeout:   cfg.StartTimeout,
@@ -104,6 +105,9 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 		AllowedOrigins: cfg.AllowedOrigins,
 		SessionRoot:    cfg.SessionDir,
 		Version:        version,
+	}
+	if g.NovncDirectory == "" {
+		g.NovncDirectory = findNovnc()
 	}
 	if g.SessionRoot == "" {
 		g.SessionRoot = filepath.Join(os.TempDir(), fmt.Sprintf("wsgateway-%d", os.Getuid()), "sessions")
@@ -153,4 +157,22 @@ func newLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func()) {
 		}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger(), closer
+}
+
+// findNovnc looks for noVNC where make deps (npm) or Debian put it.
+func findNovnc() string {
+	var cands []string
+	if wd, err := os.Getwd(); err == nil {
+		cands = append(cands, filepath.Join(wd, "node_modules", "@novnc", "novnc"))
+	}
+	if exe, err := os.Executable(); err == nil {
+		cands = append(cands, filepath.Join(filepath.Dir(filepath.Dir(exe)), "node_modules", "@novnc", "novnc"))
+	}
+	cands = append(cands, "/usr/share/novnc")
+	for _, c := range cands {
+		if _, err := os.Stat(filepath.Join(c, "core", "rfb.js")); err == nil {
+			return c
+		}
+	}
+	return ""
 }

@@ -1,0 +1,137 @@
+// The viewer: opens noVNC's RFB against the gateway with the token from
+// the URL fragment (#token=…&service=…), which never reaches a server log.
+// With #service=NAME and no token it reserves a slot itself; other
+// fragment parameters become reservation options (e.g. geometry=1600x900).
+import RFB from './novnc/core/rfb.js';
+import { api } from './api.js';
+
+const $ = (sel) => document.querySelector(sel);
+const statusEl = $('#status');
+const reasonEl = $('#reason');
+const reconnectBtn = $('#reconnect');
+const params = new URLSearchParams(location.hash.slice(1));
+let token = params.get('token') || '';
+const service = params.get('service') || '';
+const viewer = { state: 'reserving', rfb: null, closeCode: 0, closeReason: '' };
+window.wsgwViewer = viewer;
+
+if (service) {
+  $('#title').textContent = service;
+  document.title = service + ' · wsgateway';
+}
+
+function setState(state, text, reason = '') {
+  viewer.state = state;
+  statusEl.dataset.state = state;
+  statusEl.textContent = text;
+  reasonEl.textContent = reason;
+  reasonEl.title = reason;
+  reconnectBtn.hidden = !(state === 'disconnected' || state === 'error');
+}
+
+async function reserve() {
+  setState('reserving', `Reserving ${service}…`);
+  const opts = new URLSearchParams();
+  for (const [k, v] of params) if (k !== 'token' && k !== 'service') opts.set(k, v);
+  const q = opts.toString();
+  const r = await api('/v1/reserve/' + encodeURIComponent(service) + (q ? '?' + q : ''));
+  token = r.token;
+  params.set('token', token);
+  history.replaceState(null, '', '#' + params.toString());
+}
+
+// explain asks the gateway why a websocket was refused: browsers hide the
+// HTTP answer of a refused upgrade, so the page asks the same question
+// over plain HTTP, with the token in a header rather than a URL.
+async function explain() {
+  try {
+    await api('/v1/check_token', { headers: { 'X-Wsgw-Token': token } });
+    return '';
+  } catch (e) {
+    return e.message;
+  }
+}
+
+function connect() {
+  if (viewer.rfb) {
+    viewer.rfb.disconnect();
+    viewer.rfb = null;
+  }
+  $('#screen').replaceChildren();
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(`${scheme}//${location.host}/websockify?token=${encodeURIComponent(token)}`);
+  ws.binaryType = 'arraybuffer';
+  let opened = false;
+  ws.addEventListener('open', () => {
+    opened = true;
+    setState('starting', `Starting ${service || 'the desktop'}…`);
+  });
+  ws.addEventListener('close', (e) => {
+    viewer.closeCode = e.code;
+    viewer.closeReason = e.reason;
+  });
+  setState('starting', 'Connecting to the gateway…');
+  const rfb = new RFB($('#screen'), ws, { wsProtocols: [] });
+  viewer.rfb = rfb;
+  rfb.scaleViewport = true;
+  rfb.resizeSession = false;
+  rfb.focusOnClick = true;
+  rfb.addEventListener('connect', () => {
+    setState('connected', 'Connected');
+    rfb.focus();
+  });
+  rfb.addEventListener('desktopname', (e) => {
+    if (!service) $('#title').textContent = e.detail.name;
+  });
+  rfb.addEventListener('clipboard', (e) => { $('#clipboard').value = e.detail.text; });
+  rfb.addEventListener('disconnect', async (e) => {
+    if (viewer.rfb !== rfb) return;
+    // The close event carries the gateway's reason; it may arrive just
+    // after noVNC's disconnect.
+    await new Promise((r) => setTimeout(r, 50));
+    let reason = viewer.closeReason;
+    if (!opened) reason = (await explain()) || 'the gateway refused the connection';
+    if (!reason && !e.detail.clean) reason = 'the connection was lost';
+    if (!opened) setState('error', 'Could not connect', reason);
+    else setState('disconnected', 'Disconnected', reason);
+  });
+  rfb.addEventListener('securityfailure', (e) => {
+    setState('error', 'Authentication failed', e.detail.reason || '');
+  });
+}
+
+reconnectBtn.addEventListener('click', async () => {
+  // Within the service's reconnect grace the same token reattaches to the
+  // running desktop; once it has ended, a named service is reserved anew.
+  if (service) {
+    const why = await explain();
+    if (why) {
+      token = '';
+      try { await reserve(); } catch (e) { setState('error', 'Could not reserve', e.message); return; }
+    }
+  }
+  connect();
+});
+
+$('#fullscreen').addEventListener('click', () => {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else document.documentElement.requestFullscreen().catch(() => {});
+});
+
+$('#clipboard-toggle').addEventListener('click', () => $('#clipboard-panel').classList.toggle('open'));
+$('#clipboard').addEventListener('input', () => {
+  if (viewer.rfb) viewer.rfb.clipboardPasteFrom($('#clipboard').value);
+});
+
+async function main() {
+  if (!token && !service) {
+    setState('error', 'Nothing to open', 'this page needs #token=<token> or #service=<name> in its address');
+    return;
+  }
+  if (!token) {
+    try { await reserve(); } catch (e) { setState('error', 'Could not reserve', e.message); return; }
+  }
+  connect();
+}
+
+main();
