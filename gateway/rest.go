@@ -56,6 +56,12 @@ func (s *Server) httpPortHandler() http.Handler {
 		}))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		for _, ext := range s.cfg.Extensions {
+			if ext.Match(req) {
+				ext.Handler.ServeHTTP(w, req)
+				return
+			}
+		}
 		if websocket.IsWebSocketUpgrade(req) {
 			s.serveWS(w, req)
 			return

@@ -62,6 +62,18 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Version is reported by /v1/status.
 	Version string
+	// Extensions claim requests on the HTTP port (websocket upgrades
+	// included) before the gateway's own routes; the first whose Match
+	// is true serves the request.
+	Extensions []Extension
+}
+
+// Extension is a capability mounted on the gateway's HTTP port, such as
+// the ParaViewWeb launcher API.
+type Extension struct {
+	Name    string
+	Match   func(r *http.Request) bool
+	Handler http.Handler
 }
 
 func (c *Config) defaults() {

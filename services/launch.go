@@ -364,6 +364,7 @@ func (inst *Instance) Dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	var last error
 	wait := 10 * time.Millisecond
+	exited := inst.exited
 	for {
 		c, err := d.DialContext(ctx, inst.endpoint.Network, inst.endpoint.Address)
 		if err == nil {
@@ -376,10 +377,14 @@ func (inst *Instance) Dial(ctx context.Context) (net.Conn, error) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w at %s: %w", ErrDial, inst.endpoint.Address, last)
-		case <-inst.exited:
+		case <-exited:
 			if inst.exitErr != nil {
 				return nil, fmt.Errorf("%w at %s: the service exited (%v)", ErrDial, inst.endpoint.Address, inst.exitErr)
 			}
+			// Exited 0: a detached service. Stop watching the closed
+			// channel, or the loop would spin without waiting.
+			exited = nil
+			continue
 		case <-time.After(wait):
 		}
 		if wait < 200*time.Millisecond {
