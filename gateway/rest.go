@@ -43,6 +43,8 @@ func (s *Server) httpPortHandler() http.Handler {
 	v1.MethodNotAllowedHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)
 	})
+	r.Handle("/metrics", s.metricsHandler()).Methods(http.MethodGet, http.MethodHead)
+	r.PathPrefix("/debug/pprof/").Handler(s.pprofHandler())
 	pages := s.pagesHandler()
 	r.PathPrefix(PagesPrefix + "novnc/").Handler(http.StripPrefix(PagesPrefix+"novnc", s.novncHandler()))
 	r.PathPrefix(PagesPrefix).Handler(http.StripPrefix(strings.TrimSuffix(PagesPrefix, "/"), pages))

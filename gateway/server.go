@@ -110,6 +110,7 @@ type Server struct {
 	bufPool  sync.Pool
 	started  time.Time
 	connID   atomic.Uint64
+	metrics  *metrics
 
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
@@ -162,6 +163,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		tunnels:    map[*tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
+	s.metrics = newMetrics(s)
 	s.bufPool.New = func() any { b := make([]byte, spliceBuf); return &b }
 	s.upgrader = websocket.Upgrader{
 		ReadBufferSize:   spliceBuf,

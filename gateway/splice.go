@@ -1,35 +1,50 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 )
 
 // spliceBuf is the size of the pooled copy buffers.
-const spliceBuf = 32 << 10
+const spliceBuf = 64 << 10
 
 // closeWait is how long a close handshake may take.
 const closeWait = 2 * time.Second
 
-// tunnel joins one websocket to one service connection. One goroutine
+// tunnel joins one websocket to one service connection. The websocket
+// handshake is gorilla's; the frames are ours, read and written directly
+// on the connection with pooled buffers, so the hot path allocates
+// nothing and an idle tunnel holds no buffer (on plain TCP and Unix
+// sockets it waits for readability before taking one). One goroutine
 // copies each way; whichever side ends first starts the close, once.
 type tunnel struct {
 	s      *Server
-	ws     *websocket.Conn
-	conn   net.Conn
+	client net.Conn // the websocket's connection (after the handshake)
+	conn   net.Conn // the service
 	log    zerolog.Logger
 	opened time.Time
 	trace  bool
+	proto  string
 
 	up   atomic.Int64 // client → service
 	down atomic.Int64 // service → client
+
+	parser frameParser
+
+	// writeMu serialises frames written to the client.
+	writeMu   sync.Mutex
+	closeSent bool
+	ctrlOut   [2 + 125]byte
 
 	initiated  atomic.Bool
 	mu         sync.Mutex
@@ -37,13 +52,26 @@ type tunnel struct {
 	sentReason string
 	clientCode int
 	done       chan struct{}
+
+	// readiness waiting without a buffer
+	clientRaw, connRaw syscall.RawConn
+	peekFn             func(fd uintptr) bool
 }
+
+var _ frameHandler = (*tunnel)(nil)
 
 // newTunnel registers a tunnel, or closes both ends with 1001 when the
 // gateway is shutting down.
 func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger) *tunnel {
-	t := &tunnel{s: s, ws: ws, conn: conn, log: log, opened: time.Now(), done: make(chan struct{}),
-		trace: log.GetLevel() <= zerolog.TraceLevel}
+	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(), done: make(chan struct{}),
+		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol()}
+	t.peekFn = t.peek
+	t.clientRaw = rawConn(t.client)
+	t.connRaw = rawConn(conn)
+	_ = t.client.SetDeadline(time.Time{})
+	if tc, ok := t.client.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -53,8 +81,24 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	}
 	s.tunnels[t] = struct{}{}
 	s.mu.Unlock()
-	log.Info().Str("subprotocol", ws.Subprotocol()).Str("target", conn.RemoteAddr().String()).Msg("tunnel open")
+	s.metrics.tunnels.Inc()
+	s.metrics.tunnelsOpen.Inc()
+	log.Info().Str("subprotocol", t.proto).Str("target", conn.RemoteAddr().String()).Msg("tunnel open")
 	return t
+}
+
+// rawConn returns the connection's RawConn when readiness can be waited
+// for without a buffer (plain TCP and Unix sockets, not TLS).
+func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 func (s *Server) dropTunnel(t *tunnel) {
@@ -64,14 +108,15 @@ func (s *Server) dropTunnel(t *tunnel) {
 }
 
 // run copies both ways until both directions end, then closes both ends
-// and logs the totals.
+// and logs the totals. The client-to-service direction runs on the
+// caller's goroutine.
 func (t *tunnel) run() {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); t.clientToService() }()
-	go func() { defer wg.Done(); t.serviceToClient() }()
-	wg.Wait()
-	t.ws.Close()
+	done := make(chan struct{})
+	go func() { defer close(done); t.serviceToClient() }()
+	t.clientToService()
+	<-done
+	t.s.metrics.tunnelsOpen.Dec()
+	t.client.Close()
 	t.conn.Close()
 	close(t.done)
 	t.mu.Lock()
@@ -97,90 +142,263 @@ func (t *tunnel) closeWith(code int, reason string) {
 	_ = t.conn.Close()
 }
 
+// sendClose writes a close frame (once) and gives the client closeWait to
+// answer it.
 func (t *tunnel) sendClose(code int, reason string) {
 	reason = truncate(reason, 123)
 	t.mu.Lock()
 	t.sentCode, t.sentReason = code, reason
 	t.mu.Unlock()
-	_ = t.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeWait))
-	// The client answers the close frame; stop waiting for it after a while.
-	_ = t.ws.SetReadDeadline(time.Now().Add(closeWait))
+	// A writer stuck on a client that does not read gives up in time.
+	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
+	t.writeControl(opClose, code, reason, nil)
+	_ = t.client.SetReadDeadline(time.Now().Add(closeWait))
 }
 
-// writerOnly hides ReadFrom so io.CopyBuffer uses our pooled buffer.
-type writerOnly struct{ io.Writer }
+// writeControl writes a control frame; a close frame is written once and
+// nothing follows it.
+func (t *tunnel) writeControl(op byte, code int, reason string, payload []byte) {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
+	if t.closeSent {
+		return
+	}
+	b := t.ctrlOut[:2]
+	b[0] = 0x80 | op
+	if op == opClose {
+		t.closeSent = true
+		if code != 0 {
+			b = b[:4]
+			binary.BigEndian.PutUint16(b[2:4], uint16(code))
+			b = append(b, reason...)
+		}
+	} else {
+		b = append(b, payload...)
+	}
+	b[1] = byte(len(b) - 2)
+	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
+	_, _ = t.client.Write(b)
+	if op != opClose {
+		_ = t.client.SetWriteDeadline(time.Time{})
+	}
+}
+
+// peek is the RawConn callback that reports whether a socket has data
+// (or EOF, or an error) without taking it; false makes the runtime wait
+// for readability.
+func (t *tunnel) peek(fd uintptr) bool {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	if err == syscall.EAGAIN || err == syscall.EINTR {
+		return false
+	}
+	return true
+}
+
+// waitReadable blocks until rc has something to read. A nil rc (TLS)
+// returns at once and the caller reads with its buffer.
+func (t *tunnel) waitReadable(rc syscall.RawConn) error {
+	if rc == nil {
+		return nil
+	}
+	return rc.Read(t.peekFn)
+}
+
+// data is the frameHandler callback: payload for the service.
+func (t *tunnel) data(p []byte) error {
+	_, err := t.conn.Write(p)
+	if err != nil {
+		return err
+	}
+	t.up.Add(int64(len(p)))
+	t.s.metrics.bytesIn.Add(float64(len(p)))
+	return nil
+}
+
+// errClientClosed ends the client-to-service loop after a close frame.
+var errClientClosed = errors.New("client sent close")
+
+// control is the frameHandler callback for pings, pongs and close.
+func (t *tunnel) control(op byte, payload []byte) error {
+	switch op {
+	case opPing:
+		t.writeControl(opPong, 0, "", payload)
+	case opClose:
+		code := websocket.CloseNoStatusReceived
+		if len(payload) >= 2 {
+			code = int(binary.BigEndian.Uint16(payload))
+			if !utf8.Valid(payload[2:]) {
+				code = websocket.CloseProtocolError
+			}
+		} else if len(payload) == 1 {
+			code = websocket.CloseProtocolError
+		}
+		t.mu.Lock()
+		t.clientCode = code
+		t.mu.Unlock()
+		// Echo the close (RFC 6455 §5.5.1) unless ours went first.
+		echo := code
+		if code == websocket.CloseNoStatusReceived {
+			echo = 0
+		}
+		t.writeControl(opClose, echo, "", nil)
+		return errClientClosed
+	}
+	return nil
+}
 
 func (t *tunnel) clientToService() {
-	bp := t.s.bufPool.Get().(*[]byte)
-	defer t.s.bufPool.Put(bp)
-	buf := *bp
-	dst := writerOnly{t.conn}
+	var err error
 	for {
-		mt, rd, err := t.ws.NextReader()
-		if err != nil {
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				t.mu.Lock()
-				t.clientCode = ce.Code
-				t.mu.Unlock()
-			}
+		if err = t.waitReadable(t.clientRaw); err != nil {
 			break
 		}
-		if mt != websocket.BinaryMessage && mt != websocket.TextMessage {
-			continue
-		}
-		n, err := io.CopyBuffer(dst, rd, buf)
-		t.up.Add(n)
-		if t.trace {
-			t.log.Trace().Int64("bytes", n).Msg("client → service")
-		}
-		if err != nil {
-			// The service side failed, or the client's frame did.
-			if t.initiated.CompareAndSwap(false, true) {
-				t.sendClose(websocket.CloseInternalServerErr, "service connection lost")
+		bp := t.s.bufPool.Get().(*[]byte)
+		buf := *bp
+		for {
+			var n int
+			n, err = t.client.Read(buf)
+			if n > 0 {
+				if t.trace {
+					t.log.Trace().Int("bytes", n).Msg("client → service")
+				}
+				if ferr := t.parser.feed(buf[:n], t); ferr != nil {
+					err = ferr
+					break
+				}
 			}
+			// A full buffer means more may be waiting; otherwise give the
+			// buffer back while the client is quiet.
+			if err != nil || n < len(buf) || t.clientRaw == nil {
+				break
+			}
+		}
+		t.s.bufPool.Put(bp)
+		if err != nil {
 			break
 		}
 	}
-	if t.initiated.CompareAndSwap(false, true) {
-		// The client closed first: finish what we sent to the service,
-		// then let the other direction drain briefly.
-		if cw, ok := t.conn.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-			_ = t.conn.SetReadDeadline(time.Now().Add(closeWait))
-		} else {
+	switch {
+	case errors.Is(err, errClientClosed):
+		// The client closed: finish what we sent to the service, then let
+		// the other direction drain briefly.
+		if t.initiated.CompareAndSwap(false, true) {
+			t.halfCloseService()
+		}
+	case errors.Is(err, errProtocol):
+		if t.initiated.CompareAndSwap(false, true) {
+			t.sendClose(websocket.CloseProtocolError, t.parser.reason)
 			_ = t.conn.Close()
 		}
+	default:
+		var ne net.Error
+		isWrite := !errors.Is(err, io.EOF) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, net.ErrClosed)
+		if t.initiated.CompareAndSwap(false, true) {
+			if isWrite && !isClientSide(err) {
+				t.sendClose(websocket.CloseInternalServerErr, "service connection lost")
+				_ = t.conn.Close()
+			} else {
+				// The client vanished without a close frame.
+				t.mu.Lock()
+				t.clientCode = websocket.CloseAbnormalClosure
+				t.mu.Unlock()
+				t.halfCloseService()
+			}
+		}
+	}
+}
+
+// isClientSide reports whether err came from the client's connection
+// (reads) rather than the service's (writes). Service writes are wrapped
+// by net.OpError with Op "write".
+func isClientSide(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Op == "read"
+	}
+	return true
+}
+
+func (t *tunnel) halfCloseService() {
+	if cw, ok := t.conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		_ = t.conn.SetReadDeadline(time.Now().Add(closeWait))
+	} else {
+		_ = t.conn.Close()
 	}
 }
 
 func (t *tunnel) serviceToClient() {
-	bp := t.s.bufPool.Get().(*[]byte)
-	defer t.s.bufPool.Put(bp)
-	buf := *bp
+	var err error
 	for {
-		n, err := t.conn.Read(buf)
-		if n > 0 {
-			if werr := t.ws.WriteMessage(websocket.BinaryMessage, buf[:n]); werr != nil {
-				if t.initiated.CompareAndSwap(false, true) {
-					_ = t.conn.Close()
+		if err = t.waitReadable(t.connRaw); err != nil {
+			break
+		}
+		bp := t.s.bufPool.Get().(*[]byte)
+		buf := *bp
+		for {
+			var n int
+			n, err = t.conn.Read(buf[headerRoom:])
+			if n > 0 {
+				if werr := t.writeData(buf, n); werr != nil {
+					err = werr
+					break
 				}
-				return
 			}
-			t.down.Add(int64(n))
-			if t.trace {
-				t.log.Trace().Int("bytes", n).Msg("service → client")
+			if err != nil || n < len(buf)-headerRoom || t.connRaw == nil {
+				break
 			}
 		}
+		t.s.bufPool.Put(bp)
 		if err != nil {
-			if t.initiated.CompareAndSwap(false, true) {
-				if errors.Is(err, io.EOF) {
-					t.sendClose(websocket.CloseNormalClosure, "Target closed")
-				} else {
-					t.sendClose(websocket.CloseInternalServerErr, "service connection error")
-				}
-			}
-			return
+			break
 		}
 	}
+	if errors.Is(err, errCloseSent) {
+		return
+	}
+	if t.initiated.CompareAndSwap(false, true) {
+		if errors.Is(err, io.EOF) {
+			t.sendClose(websocket.CloseNormalClosure, "Target closed")
+		} else if isServiceRead(err) {
+			t.sendClose(websocket.CloseInternalServerErr, "service connection error")
+		} else {
+			// Writing to the client failed: it is gone.
+			_ = t.conn.Close()
+			_ = t.client.Close()
+		}
+	}
+}
+
+// isServiceRead reports whether err is a read error from the service.
+func isServiceRead(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Op == "read"
+	}
+	return true
+}
+
+var errCloseSent = errors.New("close frame already sent")
+
+// writeData frames buf[headerRoom:headerRoom+n] as one binary message and
+// writes it with the header in the room in front: one write, no copy.
+func (t *tunnel) writeData(buf []byte, n int) error {
+	start := putHeader(buf, opBinary, n)
+	t.writeMu.Lock()
+	if t.closeSent {
+		t.writeMu.Unlock()
+		return errCloseSent
+	}
+	_, err := t.client.Write(buf[start : headerRoom+n])
+	t.writeMu.Unlock()
+	if err != nil {
+		return err
+	}
+	t.down.Add(int64(n))
+	t.s.metrics.bytesOut.Add(float64(n))
+	if t.trace {
+		t.log.Trace().Int("bytes", n).Msg("service → client")
+	}
+	return nil
 }

@@ -52,9 +52,21 @@ func (s *Server) wsPortHandler() http.Handler {
 	})
 }
 
+// refuse answers a websocket request with an HTTP error before the
+// upgrade, and counts it.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	var he *httpError
+	if errors.As(err, &he) {
+		status = he.status
+	}
+	s.metrics.refusedWith(status)
+	s.writeError(w, r, err)
+}
+
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.originAllowed(r) {
-		s.writeError(w, r, errorf(http.StatusForbidden,
+		s.refuse(w, r, errorf(http.StatusForbidden,
 			"websocket Origin %q is not allowed; start the gateway with --allowed_origins %s to allow it",
 			truncate(r.Header.Get("Origin"), 100), truncate(r.Header.Get("Origin"), 100)))
 		return
@@ -66,7 +78,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if closing {
-		s.writeError(w, r, errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
+		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
 		return
 	}
 	defer s.work.Done()
@@ -76,7 +88,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With().Uint64("conn", id).Str("remote", r.RemoteAddr).Logger()
 	if tok == "" {
 		if s.cfg.ClientAddr == "" {
-			s.writeError(w, r, errorf(http.StatusUnauthorized,
+			s.refuse(w, r, errorf(http.StatusUnauthorized,
 				"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
 			return
 		}
@@ -95,7 +107,8 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 	c, err := d.DialContext(ctx, "tcp", s.cfg.ClientAddr)
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot connect to the target")
-		s.writeError(w, r, &httpError{status: http.StatusBadGateway,
+		s.metrics.failures.WithLabelValues("target_down").Inc()
+		s.refuse(w, r, &httpError{status: http.StatusBadGateway,
 			msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), err: err})
 		return
 	}
@@ -120,12 +133,12 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 // the token, launches (or reattaches to) the service and splices.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
-		s.writeError(w, r, errorf(http.StatusForbidden, "unknown token"))
+		s.refuse(w, r, errorf(http.StatusForbidden, "unknown token"))
 		return
 	}
 	res, err := s.res.Claim(tok)
 	if err != nil {
-		s.writeError(w, r, tokenError(err, tok))
+		s.refuse(w, r, tokenError(err, tok))
 		return
 	}
 	svc := s.svcs[res.Service]
@@ -147,9 +160,17 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		return
 	}
 
+	var launchStart time.Time
 	if ss.inst == nil {
+		launchStart = time.Now()
 		inst, err := s.launch(ss, log)
 		if err != nil {
+			s.metrics.launches.WithLabelValues(ss.svc.Name, "failed").Inc()
+			reason := "start_failed"
+			if errors.Is(err, services.ErrStartTimeout) {
+				reason = "start_timeout"
+			}
+			s.metrics.failures.WithLabelValues(reason).Inc()
 			closeWS(ws, websocket.CloseInternalServerErr, err.Error())
 			s.afterTunnel(ss, log)
 			return
@@ -171,9 +192,17 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	cancel()
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot connect to the service")
+		s.metrics.failures.WithLabelValues("dial").Inc()
+		if !launchStart.IsZero() {
+			s.metrics.launches.WithLabelValues(ss.svc.Name, "failed").Inc()
+		}
 		closeWS(ws, websocket.CloseInternalServerErr, "cannot connect to the service: "+unwrapNetErr(err).Error())
 		s.afterTunnel(ss, log)
 		return
+	}
+	if !launchStart.IsZero() {
+		s.metrics.launches.WithLabelValues(ss.svc.Name, "ok").Inc()
+		s.metrics.launchSecs.WithLabelValues(ss.svc.Name).Observe(time.Since(launchStart).Seconds())
 	}
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
@@ -194,6 +223,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		select {
 		case <-ss.inst.Exited():
 			if err := ss.inst.ExitErr(); err != nil {
+				s.metrics.failures.WithLabelValues("service_exited").Inc()
 				t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
 			}
 		case <-t.done:
