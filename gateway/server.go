@@ -62,6 +62,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Version is reported by /v1/status.
 	Version string
+	// Supervisor runs service scripts under a supervisor process (nil:
+	// scripts run directly).
+	Supervisor *services.Supervisor
 	// Extensions claim requests on the HTTP port (websocket upgrades
 	// included) before the gateway's own routes; the first whose Match
 	// is true serves the request.

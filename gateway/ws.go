@@ -269,6 +269,7 @@ func (s *Server) launch(ss *session, log zerolog.Logger) (*services.Instance, er
 		SessionDir:   dir,
 		StartTimeout: s.cfg.StartTimeout,
 		StopGrace:    s.cfg.StopGrace,
+		Supervisor:   s.cfg.Supervisor,
 	}
 	inst, err := services.Start(s.baseCtx, spec, log)
 	if err != nil {

@@ -51,6 +51,9 @@ type Spec struct {
 	StopGrace time.Duration
 	// ExtraEnv is added to the allow-listed environment (KEY=VALUE).
 	ExtraEnv []string
+	// Supervisor, when set, runs the script under a supervisor process
+	// that reaps its orphans and stops the group if the gateway dies.
+	Supervisor *Supervisor
 }
 
 // Endpoint is where a started service listens.
@@ -125,7 +128,7 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	inst := &Instance{spec: spec, log: log, logFile: lf, exited: make(chan struct{})}
 	inst.env = inst.environ()
 
-	cmd := exec.Command(spec.Service.Script, "start")
+	cmd := spec.command("start")
 	cmd.Dir = spec.SessionDir
 	cmd.Env = inst.env
 	cmd.Stderr = lf
@@ -209,6 +212,18 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	log.Info().Int("pid", inst.pgid).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
 		Dur("took", time.Since(inst.started)).Msg("service ready")
 	return inst, nil
+}
+
+// command builds the command that runs the script with verb, under the
+// supervisor when there is one.
+func (s Spec) command(verb string) *exec.Cmd {
+	if s.Supervisor == nil {
+		return exec.Command(s.Service.Script, verb)
+	}
+	exe, args, files := s.Supervisor.command(s.Service.Script, verb, s.StopGrace)
+	cmd := exec.Command(exe, args...)
+	cmd.ExtraFiles = files
+	return cmd
 }
 
 func (inst *Instance) exitFailure() error {
@@ -427,7 +442,7 @@ func (inst *Instance) runStop(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*grace)
 	defer cancel()
-	cmd := exec.Command(inst.spec.Service.Script, "stop")
+	cmd := inst.spec.command("stop")
 	cmd.Dir = inst.spec.SessionDir
 	cmd.Env = append(append([]string(nil), inst.env...), "WSGW_START_OUTPUT="+string(inst.ready))
 	cmd.Stdout = inst.logFile
@@ -464,6 +479,10 @@ func (inst *Instance) killGroup(grace time.Duration) {
 		grace = 5 * time.Second
 	}
 	pg := inst.pgid
+	if inst.spec.Supervisor != nil {
+		// The supervisor escalates at grace itself; give it time to.
+		grace += 3 * time.Second
+	}
 	if syscall.Kill(-pg, syscall.SIGTERM) == nil {
 		deadline := time.Now().Add(grace)
 		for time.Now().Before(deadline) && groupAlive(pg) {

@@ -30,6 +30,10 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == services.SuperviseArg {
+		// This process is a service supervisor, not the gateway.
+		os.Exit(services.Supervise(os.Args[2:]))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -66,6 +70,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("finding the gateway's own binary for the service supervisor: %w", err)
+	}
+	sup, err := services.NewSupervisor(exe)
+	if err != nil {
+		return err
+	}
+	// Closing the lifeline (here, or by the kernel if the gateway is
+	// killed) makes every supervisor stop its service.
+	defer sup.Close()
+	gcfg.Supervisor = sup
 	srv, err := gateway.New(gcfg, log)
 	if err != nil {
 		return err

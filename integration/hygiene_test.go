@@ -1,0 +1,56 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestServicesDieWithTheGatewayEvenBySIGKILL: the per-service supervisor
+// notices the gateway is gone and takes the whole process group down.
+func TestServicesDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
+	g, _ := svcGateway(t, 2, nil)
+	var pids []int
+	for i := 0; i < 2; i++ {
+		tok := g.reserve(t, "Echo Service", "")["token"].(string)
+		ws, h := connectToken(t, g, tok)
+		defer ws.Close()
+		pids = append(pids, h.PID, grandchildPID(t, h))
+	}
+	for _, p := range pids {
+		if !alive(p) {
+			t.Fatalf("pid %d not running before the kill", p)
+		}
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-g.exited
+	waitFor(t, "every service process to die after the gateway's SIGKILL", 20*time.Second, func() bool {
+		for _, p := range pids {
+			if alive(p) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestNoZombiesAfterStop: the supervisor reaps the service's orphans, so
+// a stopped session leaves no process behind, not even a zombie.
+func TestNoZombiesAfterStop(t *testing.T) {
+	g, _ := svcGateway(t, 1, nil)
+	tok := g.reserve(t, "Echo Service", "")["token"].(string)
+	ws, h := connectToken(t, g, tok)
+	gc := grandchildPID(t, h)
+	ws.Close()
+	waitFor(t, "the slot to be free", 20*time.Second, func() bool { return g.free(t, "Echo Service") == 1 })
+	for _, p := range []int{h.PID, gc} {
+		waitFor(t, fmt.Sprintf("pid %d to be reaped", p), 10*time.Second, func() bool {
+			_, err := os.Stat(fmt.Sprintf("/proc/%d", p))
+			return os.IsNotExist(err)
+		})
+	}
+}

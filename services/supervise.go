@@ -1,0 +1,228 @@
+package services
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// SuperviseArg is the hidden first argument that turns the gateway's own
+// binary into a service supervisor (see Supervise).
+const SuperviseArg = "__wsgw_supervise"
+
+// Supervisor starts service scripts under a small supervisor process: the
+// gateway's own binary run with SuperviseArg. The supervisor leads the
+// service's process group, adopts and reaps its orphans (so none is left a
+// zombie), and takes the whole group down when asked to stop or when the
+// gateway dies, even by SIGKILL: it holds the read end of a pipe whose
+// only write end is in the gateway, and end-of-file on it means the
+// gateway is gone.
+type Supervisor struct {
+	exe      string
+	lifeline *os.File // read end, passed to every supervisor as fd 3
+	keep     *os.File // write end, held by the gateway until it exits
+}
+
+// NewSupervisor prepares supervision with exe (normally os.Executable()),
+// which must call Supervise when its first argument is SuperviseArg.
+func NewSupervisor(exe string) (*Supervisor, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor lifeline: %w", err)
+	}
+	return &Supervisor{exe: exe, lifeline: r, keep: w}, nil
+}
+
+// Close drops the lifeline: every supervisor then stops its service.
+func (s *Supervisor) Close() error {
+	if s == nil {
+		return nil
+	}
+	s.lifeline.Close()
+	return s.keep.Close()
+}
+
+// command returns the program and arguments that run script with verb
+// under supervision, and the extra files to pass.
+func (s *Supervisor) command(script, verb string, grace time.Duration) (string, []string, []*os.File) {
+	return s.exe, []string{SuperviseArg, strconv.FormatInt(grace.Milliseconds(), 10), script, verb}, []*os.File{s.lifeline}
+}
+
+// Supervise is the supervisor's main: args are the grace period in
+// milliseconds, the script and its verb. fd 3 is the lifeline. It returns
+// the exit status: the script's, or 128+signal.
+func Supervise(args []string) int {
+	if len(args) != 3 {
+		fmt.Fprintln(os.Stderr, "wsgateway supervisor: want GRACE_MS SCRIPT VERB")
+		return 2
+	}
+	graceMS, err := strconv.Atoi(args[0])
+	if err != nil || graceMS < 0 {
+		fmt.Fprintln(os.Stderr, "wsgateway supervisor: bad grace", args[0])
+		return 2
+	}
+	grace := time.Duration(graceMS) * time.Millisecond
+	// Orphans of the service come to us, and we reap them.
+	const prSetChildSubreaper = 36
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); e != 0 {
+		fmt.Fprintln(os.Stderr, "wsgateway supervisor: cannot become a subreaper:", e)
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	chld := make(chan os.Signal, 16)
+	signal.Notify(chld, syscall.SIGCHLD)
+
+	gone := make(chan struct{})
+	lifeline := os.NewFile(3, "lifeline")
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := lifeline.Read(b[:]); err != nil {
+				close(gone)
+				return
+			}
+		}
+	}()
+
+	proc, err := os.StartProcess(args[1], []string{args[1], args[2]}, &os.ProcAttr{
+		Env:   os.Environ(),
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cannot run %s: %v\n", args[1], err)
+		return 127
+	}
+	child := proc.Pid
+	status := -1
+	// reap collects every exited child; it reports the script's status.
+	reap := func() {
+		for {
+			var ws syscall.WaitStatus
+			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				return
+			}
+			if pid == child {
+				status = exitCode(ws)
+			}
+		}
+	}
+	for {
+		select {
+		case <-chld:
+			reap()
+			if status >= 0 {
+				if status != 0 {
+					// The service failed: take down what it left behind.
+					stopGroup(grace)
+				}
+				// Status 0 after a ready line means the service was handed
+				// on (detached); what remains is the gateway's to stop.
+				return status
+			}
+		case <-sigs:
+			stopGroup(grace)
+			reap()
+			if status >= 0 {
+				return status
+			}
+			return 128 + int(syscall.SIGTERM)
+		case <-gone:
+			stopGroup(grace)
+			return 128 + int(syscall.SIGTERM)
+		}
+	}
+}
+
+func exitCode(ws syscall.WaitStatus) int {
+	switch {
+	case ws.Exited():
+		return ws.ExitStatus()
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
+	}
+	return 1
+}
+
+// stopGroup sends SIGTERM to the supervisor's process group (the
+// supervisor itself handles it), reaps what exits within grace, then
+// SIGKILLs every other member and reaps them.
+func stopGroup(grace time.Duration) {
+	pg := syscall.Getpgrp()
+	_ = syscall.Kill(-pg, syscall.SIGTERM)
+	deadline := time.Now().Add(grace)
+	for {
+		reapAll()
+		if len(groupMembers(pg)) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, pid := range groupMembers(pg) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for len(groupMembers(pg)) > 0 && time.Now().Before(deadline) {
+		reapAll()
+		time.Sleep(10 * time.Millisecond)
+	}
+	reapAll()
+}
+
+func reapAll() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+// groupMembers lists the live (non-zombie) members of process group pg
+// other than the calling process.
+func groupMembers(pg int) []int {
+	self := os.Getpid()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		g, state, ok := procGroup(pid)
+		if ok && g == pg && state != "Z" && state != "X" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// procGroup reads a process's group and state from /proc.
+func procGroup(pid int) (pgid int, state string, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, "", false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, "", false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 3 {
+		return 0, "", false
+	}
+	g, err := strconv.Atoi(f[2])
+	if err != nil {
+		return 0, "", false
+	}
+	return g, f[0], true
+}
