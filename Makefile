@@ -36,10 +36,15 @@ deps-apt:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-deps-npm: node_modules/.package-lock.json
+deps-npm: node_modules/.package-lock.json integration/wslink/node_modules/.package-lock.json
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The real wslink launcher client and playwright-core for the launcher tests.
+integration/wslink/node_modules/.package-lock.json: integration/wslink/package.json integration/wslink/package-lock.json
+	npm ci --prefix integration/wslink --no-audit --no-fund --loglevel=error
 	@touch $@
 
 run: deps build

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/bits"
 )
 
@@ -37,8 +38,14 @@ type frameParser struct {
 	fragment bool // inside a fragmented data message
 	ctrl     [125]byte
 	ctrlN    int
-	reason   string // why errProtocol was returned
+	reason   string // why errProtocol or errTooBig was returned
+	limit    uint64 // largest data message accepted (0: no limit)
+	msgLen   uint64 // bytes of the current data message so far
 }
+
+// errTooBig is a data message over the read limit; the tunnel closes with
+// 1009.
+var errTooBig = errors.New("websocket message too big")
 
 // frameHandler receives what the parser decodes: payload bytes of data
 // frames (whatever their message boundaries) and whole control frames.
@@ -171,6 +178,14 @@ func (f *frameParser) endHeader() error {
 	f.ctrlN = 0
 	if f.opcode < opClose {
 		f.fragment = !f.fin
+		if f.opcode != opContinuation {
+			f.msgLen = 0
+		}
+		f.msgLen += n
+		if f.limit > 0 && f.msgLen > f.limit {
+			f.reason = fmt.Sprintf("message larger than the gateway's limit of %d bytes", f.limit)
+			return errTooBig
+		}
 	}
 	return nil
 }

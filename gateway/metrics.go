@@ -22,6 +22,7 @@ type metrics struct {
 	launchSecs  *prometheus.HistogramVec
 	failures    *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	limited     *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -47,10 +48,13 @@ func newMetrics(s *Server) *metrics {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wsgateway_upgrades_refused_total", Help: "Websocket upgrades refused before the handshake, by HTTP status."},
 			[]string{"status"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wsgateway_limited_total", Help: "Requests refused or sessions ended by a limit, by limit (max_tunnels, rate_reserve, rate_launch, auth_failures, message_size, policy)."},
+			[]string{"limit"}),
 	}
 	m.bytesIn = m.bytes.WithLabelValues("in")
 	m.bytesOut = m.bytes.WithLabelValues("out")
-	m.reg.MustRegister(m.tunnelsOpen, m.tunnels, m.bytes, m.launches, m.launchSecs, m.failures, m.refused,
+	m.reg.MustRegister(m.tunnelsOpen, m.tunnels, m.bytes, m.launches, m.launchSecs, m.failures, m.refused, m.limited,
 		&stateCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -73,7 +73,12 @@ func (s *Server) httpPortHandler() http.Handler {
 }
 
 func (s *Server) requireAuth(r *http.Request) error {
+	if s.cfg.SecurityToken != "" && s.authLimit.exhausted(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("auth_failures").Inc()
+		return errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
+	}
 	if !s.authorized(r) {
+		s.authLimit.allow(r.RemoteAddr)
 		return errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
 	}
 	return nil
@@ -95,6 +100,10 @@ func (s *Server) requireAdmin(r *http.Request) error {
 func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if err := s.requireAuth(r); err != nil {
 		return err
+	}
+	if !s.reserveLimit.allow(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("rate_reserve").Inc()
+		return errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
 	}
 	name, err := unescapeVar(mux.Vars(r)["service"])
 	if err != nil {

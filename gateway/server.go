@@ -62,6 +62,20 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Version is reported by /v1/status.
 	Version string
+	// MaxMessageBytes closes a websocket with 1009 when a client message
+	// is larger (0: no limit).
+	MaxMessageBytes int64
+	// MaxTunnels caps the websockets served at once (0: no cap).
+	MaxTunnels int
+	// Heartbeat, when set, pings every client this often and drops one
+	// that does not answer within two periods.
+	Heartbeat time.Duration
+	// RateLimit is reserve and launch requests per second per client
+	// address (burst: twice as many); 0 turns it off.
+	RateLimit float64
+	// AuthFailLimit is failed authentications per minute per client
+	// address before further attempts get 429; 0 turns it off.
+	AuthFailLimit float64
 	// Supervisor runs service scripts under a supervisor process (nil:
 	// scripts run directly).
 	Supervisor *services.Supervisor
@@ -105,15 +119,20 @@ func (c *Config) defaults() {
 
 // Server is a running gateway.
 type Server struct {
-	cfg      Config
-	log      zerolog.Logger
-	res      *reservation.Manager
-	svcs     map[string]*services.Service
-	upgrader websocket.Upgrader
-	bufPool  sync.Pool
-	started  time.Time
-	connID   atomic.Uint64
-	metrics  *metrics
+	cfg          Config
+	log          zerolog.Logger
+	res          *reservation.Manager
+	svcs         map[string]*services.Service
+	upgrader     websocket.Upgrader
+	bufPool      sync.Pool
+	started      time.Time
+	connID       atomic.Uint64
+	metrics      *metrics
+	active       atomic.Int64 // websocket handlers running
+	lastPing     time.Time
+	reserveLimit *rateLimiter
+	launchLimit  *rateLimiter
+	authLimit    *rateLimiter
 
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
@@ -167,6 +186,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		stopCh:     make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
+	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
+	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
+	s.authLimit = newRateLimiter(cfg.AuthFailLimit/60, int(cfg.AuthFailLimit))
 	s.bufPool.New = func() any { b := make([]byte, spliceBuf); return &b }
 	s.upgrader = websocket.Upgrader{
 		ReadBufferSize:   spliceBuf,
@@ -257,6 +279,7 @@ loop:
 			break loop
 		case <-tick.C:
 			s.sweep()
+			s.checkTunnels(time.Now())
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
@@ -319,6 +342,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("shutdown did not finish in time: %w", ctx.Err())
+	}
+}
+
+// checkTunnels applies the idle, duration and heartbeat policies.
+func (s *Server) checkTunnels(now time.Time) {
+	ping := s.cfg.Heartbeat > 0 && now.Sub(s.lastPing) >= s.cfg.Heartbeat
+	if ping {
+		s.lastPing = now
+	}
+	s.mu.Lock()
+	ts := make([]*tunnel, 0, len(s.tunnels))
+	for t := range s.tunnels {
+		ts = append(ts, t)
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.checkPolicy(now, s.cfg.Heartbeat, ping)
 	}
 }
 

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -39,6 +40,13 @@ type tunnel struct {
 	up   atomic.Int64 // client → service
 	down atomic.Int64 // service → client
 
+	// policy, checked by the server's once-a-second sweep
+	lastActive  atomic.Int64 // unix nanoseconds of the last payload either way
+	lastPong    atomic.Int64 // unix nanoseconds of the last pong (or open)
+	idleTimeout time.Duration
+	maxDuration time.Duration
+	onPolicy    func(reason string) // called when a policy ends the tunnel
+
 	parser frameParser
 
 	// writeMu serialises frames written to the client.
@@ -66,6 +74,9 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(), done: make(chan struct{}),
 		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol()}
 	t.peekFn = t.peek
+	t.parser.limit = uint64(s.cfg.MaxMessageBytes)
+	t.lastActive.Store(t.opened.UnixNano())
+	t.lastPong.Store(t.opened.UnixNano())
 	t.clientRaw = rawConn(t.client)
 	t.connRaw = rawConn(conn)
 	_ = t.client.SetDeadline(time.Time{})
@@ -210,6 +221,7 @@ func (t *tunnel) data(p []byte) error {
 	if err != nil {
 		return err
 	}
+	t.lastActive.Store(time.Now().UnixNano())
 	t.up.Add(int64(len(p)))
 	t.s.metrics.bytesIn.Add(float64(len(p)))
 	return nil
@@ -223,6 +235,8 @@ func (t *tunnel) control(op byte, payload []byte) error {
 	switch op {
 	case opPing:
 		t.writeControl(opPong, 0, "", payload)
+	case opPong:
+		t.lastPong.Store(time.Now().UnixNano())
 	case opClose:
 		code := websocket.CloseNoStatusReceived
 		if len(payload) >= 2 {
@@ -288,6 +302,12 @@ func (t *tunnel) clientToService() {
 	case errors.Is(err, errProtocol):
 		if t.initiated.CompareAndSwap(false, true) {
 			t.sendClose(websocket.CloseProtocolError, t.parser.reason)
+			_ = t.conn.Close()
+		}
+	case errors.Is(err, errTooBig):
+		if t.initiated.CompareAndSwap(false, true) {
+			t.s.metrics.limited.WithLabelValues("message_size").Inc()
+			t.sendClose(websocket.CloseMessageTooBig, t.parser.reason)
 			_ = t.conn.Close()
 		}
 	default:
@@ -396,9 +416,40 @@ func (t *tunnel) writeData(buf []byte, n int) error {
 		return err
 	}
 	t.down.Add(int64(n))
+	t.lastActive.Store(time.Now().UnixNano())
 	t.s.metrics.bytesOut.Add(float64(n))
 	if t.trace {
 		t.log.Trace().Int("bytes", n).Msg("service → client")
 	}
 	return nil
+}
+
+// checkPolicy ends the tunnel when it has been idle or open too long, or
+// its client stopped answering pings; otherwise it sends a ping when
+// heartbeats are on. The server calls it about once a second.
+func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) {
+	if t.initiated.Load() {
+		return
+	}
+	var reason string
+	idle := now.Sub(time.Unix(0, t.lastActive.Load()))
+	switch {
+	case t.maxDuration > 0 && now.Sub(t.opened) >= t.maxDuration:
+		reason = fmt.Sprintf("the session reached its maximum duration of %s", t.maxDuration)
+	case t.idleTimeout > 0 && idle >= t.idleTimeout:
+		reason = fmt.Sprintf("the session was idle (no data either way) for %s", t.idleTimeout.Round(time.Second))
+	case heartbeat > 0 && now.Sub(time.Unix(0, t.lastPong.Load())) > 2*heartbeat+time.Second:
+		reason = fmt.Sprintf("the browser did not answer pings for %s", (2 * heartbeat).Round(time.Second))
+	}
+	if reason != "" {
+		if t.onPolicy != nil {
+			t.onPolicy(reason)
+		}
+		t.s.metrics.limited.WithLabelValues("policy").Inc()
+		t.closeWith(websocket.CloseNormalClosure, reason)
+		return
+	}
+	if ping {
+		t.writeControl(opPing, 0, "", nil)
+	}
 }

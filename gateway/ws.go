@@ -82,6 +82,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.work.Done()
+	if n := s.active.Add(1); s.cfg.MaxTunnels > 0 && n > int64(s.cfg.MaxTunnels) {
+		s.active.Add(-1)
+		s.metrics.limited.WithLabelValues("max_tunnels").Inc()
+		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is serving its maximum of %d websockets; try again later", s.cfg.MaxTunnels))
+		return
+	}
+	defer s.active.Add(-1)
 
 	tok := r.URL.Query().Get("token")
 	id := s.connID.Add(1)
@@ -133,11 +140,25 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 // the token, launches (or reattaches to) the service and splices.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
+		s.authLimit.allow(r.RemoteAddr)
 		s.refuse(w, r, errorf(http.StatusForbidden, "unknown token"))
+		return
+	}
+	if s.authLimit.exhausted(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("auth_failures").Inc()
+		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
+		return
+	}
+	if !s.launchLimit.allow(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("rate_launch").Inc()
+		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return
 	}
 	res, err := s.res.Claim(tok)
 	if err != nil {
+		if errors.Is(err, reservation.ErrUnknownToken) {
+			s.authLimit.allow(r.RemoteAddr)
+		}
 		s.refuse(w, r, tokenError(err, tok))
 		return
 	}
@@ -208,6 +229,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	if t == nil {
 		s.afterTunnel(ss, log)
 		return
+	}
+	t.idleTimeout = durationOption(ss.svc, "idle_timeout")
+	t.maxDuration = durationOption(ss.svc, "max_duration")
+	t.onPolicy = func(string) {
+		// A session ended by policy does not wait for a reconnect.
+		s.mu.Lock()
+		ss.released = true
+		s.mu.Unlock()
 	}
 	s.mu.Lock()
 	if ss.released || ss.stopping {
@@ -357,7 +386,13 @@ func (s *Server) sweep() {
 }
 
 func reconnectGrace(svc *services.Service) time.Duration {
-	raw, ok := svc.Options["reconnect_grace"]
+	return durationOption(svc, "reconnect_grace")
+}
+
+// durationOption reads a service option in seconds (a number or a numeric
+// string); absent or not positive is 0.
+func durationOption(svc *services.Service, key string) time.Duration {
+	raw, ok := svc.Options[key]
 	if !ok {
 		return 0
 	}

@@ -60,7 +60,10 @@ func roundTrip(t *testing.T, ws *websocket.Conn, n int) {
 	t.Helper()
 	data := make([]byte, n)
 	rand.Read(data)
+	wrote := make(chan struct{})
+	defer func() { <-wrote }()
 	go func() {
+		defer close(wrote)
 		for off, step := 0, 1; off < len(data); step = (step*3 + 7) % 65536 {
 			end := off + step%65536 + 1
 			if end > len(data) {

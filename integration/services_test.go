@@ -306,8 +306,7 @@ func TestDetachedServiceGetsStopScript(t *testing.T) {
 	// line, exit 0. stop: record WSGW_START_OUTPUT and kill the daemon.
 	writeScript(t, dir, "daemon.sh", fmt.Sprintf(`case "$1" in
 start)
-	setsid %[1]s serve > "$WSGW_SESSION_DIR/line" 2>/dev/null < /dev/null &
-	echo $! > "$WSGW_SESSION_DIR/daemon.pid"
+	setsid %[1]s serve --pidfile "$WSGW_SESSION_DIR/daemon.pid" > "$WSGW_SESSION_DIR/line" 2>/dev/null < /dev/null &
 	while [ ! -s "$WSGW_SESSION_DIR/line" ]; do sleep 0.05; done
 	cat "$WSGW_SESSION_DIR/line"
 	exit 0 ;;
@@ -321,8 +320,15 @@ esac
 	g := startGateway(t, "--remote_session_config", p)
 	tok := g.reserve(t, "Daemon", "")["token"].(string)
 	ws, h := connectToken(t, g, tok)
+	t.Cleanup(func() { syscall.Kill(h.PID, syscall.SIGKILL) })
 	roundTrip(t, ws, 10000)
 	ws.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(h.SessionDir, "session.log"))
+			t.Logf("session log:\n%s", b)
+		}
+	})
 	waitFor(t, "the daemon to be stopped", 20*time.Second, func() bool { return !alive(h.PID) })
 	waitFor(t, "the slot", 10*time.Second, func() bool { return g.free(t, "Daemon") == 1 })
 	saw, err := os.ReadFile(filepath.Join(h.SessionDir, "stop-saw"))

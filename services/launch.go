@@ -106,9 +106,15 @@ type Instance struct {
 	logFile  *os.File
 	env      []string
 	started  time.Time
+	readyAt  time.Time
 
 	exited  chan struct{} // closed when the start process has been reaped
 	exitErr error         // valid after exited
+
+	// With a supervisor: closed when it reports the script's exit, which
+	// comes before the supervisor itself exits.
+	scriptDone   chan struct{}
+	scriptStatus int
 
 	stopOnce sync.Once
 	stopErr  error
@@ -128,7 +134,15 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	inst := &Instance{spec: spec, log: log, logFile: lf, exited: make(chan struct{})}
 	inst.env = inst.environ()
 
-	cmd := spec.command("start")
+	var statusR, statusW *os.File
+	if spec.Supervisor != nil {
+		if statusR, statusW, err = os.Pipe(); err != nil {
+			lf.Close()
+			return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
+		}
+		inst.scriptDone = make(chan struct{})
+	}
+	cmd := spec.command("start", statusW)
 	cmd.Dir = spec.SessionDir
 	cmd.Env = inst.env
 	cmd.Stderr = lf
@@ -145,6 +159,14 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	inst.started = time.Now()
 	err = cmd.Start()
 	pw.Close()
+	if statusW != nil {
+		statusW.Close()
+		if err == nil {
+			go inst.watchStatus(statusR)
+		} else {
+			statusR.Close()
+		}
+	}
 	if err != nil {
 		pr.Close()
 		lf.Close()
@@ -209,21 +231,34 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 		log.Warn().Err(fail).Int("pid", inst.pgid).Int("index", spec.Index).Str("log", lf.Name()).Msg("service start failed")
 		return nil, fail
 	}
+	inst.readyAt = time.Now()
 	log.Info().Int("pid", inst.pgid).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
 		Dur("took", time.Since(inst.started)).Msg("service ready")
 	return inst, nil
 }
 
 // command builds the command that runs the script with verb, under the
-// supervisor when there is one.
-func (s Spec) command(verb string) *exec.Cmd {
+// supervisor when there is one (status then receives the script's exit
+// status report).
+func (s Spec) command(verb string, status *os.File) *exec.Cmd {
 	if s.Supervisor == nil {
 		return exec.Command(s.Service.Script, verb)
 	}
-	exe, args, files := s.Supervisor.command(s.Service.Script, verb, s.StopGrace)
+	exe, args, files := s.Supervisor.command(s.Service.Script, verb, s.StopGrace, status)
 	cmd := exec.Command(exe, args...)
 	cmd.ExtraFiles = files
 	return cmd
+}
+
+// watchStatus reads the supervisor's report of the script's exit status.
+func (inst *Instance) watchStatus(r *os.File) {
+	defer r.Close()
+	var code int
+	if _, err := fmt.Fscan(r, &code); err != nil {
+		return // the supervisor died without a report; exited covers it
+	}
+	inst.scriptStatus = code
+	close(inst.scriptDone)
 }
 
 func (inst *Instance) exitFailure() error {
@@ -359,6 +394,13 @@ func (inst *Instance) ExitErr() error { return inst.exitErr }
 // Detached reports whether the script exited 0 after its ready line,
 // handing the service to something else.
 func (inst *Instance) Detached() bool {
+	if inst.scriptDone != nil {
+		select {
+		case <-inst.scriptDone:
+			return inst.scriptStatus == 0
+		default:
+		}
+	}
 	select {
 	case <-inst.exited:
 		return inst.exitErr == nil
@@ -420,6 +462,16 @@ func (inst *Instance) Stop(ctx context.Context) error {
 
 func (inst *Instance) stop(ctx context.Context) error {
 	defer inst.logFile.Close()
+	// A script that hands its service on exits right after its ready
+	// line; on a session stopped that early, give it a moment to do so
+	// before deciding it is attached.
+	if settle := time.Until(inst.readyAt.Add(500 * time.Millisecond)); settle > 0 {
+		select {
+		case <-inst.exited:
+		case <-inst.scriptDone: // nil without a supervisor
+		case <-time.After(settle):
+		}
+	}
 	var err error
 	if inst.Detached() {
 		err = inst.runStop(ctx)
@@ -442,7 +494,7 @@ func (inst *Instance) runStop(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*grace)
 	defer cancel()
-	cmd := inst.spec.command("stop")
+	cmd := inst.spec.command("stop", nil)
 	cmd.Dir = inst.spec.SessionDir
 	cmd.Env = append(append([]string(nil), inst.env...), "WSGW_START_OUTPUT="+string(inst.ready))
 	cmd.Stdout = inst.logFile

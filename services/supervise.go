@@ -47,14 +47,17 @@ func (s *Supervisor) Close() error {
 }
 
 // command returns the program and arguments that run script with verb
-// under supervision, and the extra files to pass.
-func (s *Supervisor) command(script, verb string, grace time.Duration) (string, []string, []*os.File) {
-	return s.exe, []string{SuperviseArg, strconv.FormatInt(grace.Milliseconds(), 10), script, verb}, []*os.File{s.lifeline}
+// under supervision, and the extra files to pass: the lifeline (fd 3)
+// and status, the write end of a pipe on which the supervisor reports the
+// script's exit status the moment it exits (fd 4).
+func (s *Supervisor) command(script, verb string, grace time.Duration, status *os.File) (string, []string, []*os.File) {
+	return s.exe, []string{SuperviseArg, strconv.FormatInt(grace.Milliseconds(), 10), script, verb}, []*os.File{s.lifeline, status}
 }
 
 // Supervise is the supervisor's main: args are the grace period in
-// milliseconds, the script and its verb. fd 3 is the lifeline. It returns
-// the exit status: the script's, or 128+signal.
+// milliseconds, the script and its verb. fd 3 is the lifeline; the
+// script's exit status is written to fd 4 as soon as it is known. It
+// returns the exit status: the script's, or 128+signal.
 func Supervise(args []string) int {
 	if len(args) != 3 {
 		fmt.Fprintln(os.Stderr, "wsgateway supervisor: want GRACE_MS SCRIPT VERB")
@@ -78,6 +81,14 @@ func Supervise(args []string) int {
 
 	gone := make(chan struct{})
 	lifeline := os.NewFile(3, "lifeline")
+	statusOut := os.NewFile(4, "status")
+	report := func(code int) {
+		if statusOut != nil {
+			fmt.Fprintf(statusOut, "%d\n", code)
+			statusOut.Close()
+			statusOut = nil
+		}
+	}
 	go func() {
 		var b [1]byte
 		for {
@@ -108,6 +119,7 @@ func Supervise(args []string) int {
 			}
 			if pid == child {
 				status = exitCode(ws)
+				report(status)
 			}
 		}
 	}

@@ -31,7 +31,13 @@ type Config struct {
 	StopGrace           time.Duration
 	SessionDir          string
 	BindAddress         string
+	LauncherConfig      string
 	ShowVersion         bool
+	MaxMessageBytes     int64
+	MaxTunnels          int
+	Heartbeat           time.Duration
+	RateLimit           float64
+	AuthFailLimit       float64
 }
 
 // LocalSession is one --local_session NAME COUNT.
@@ -136,6 +142,32 @@ func options() []option {
 				c.NovncDirectory = a[0]
 				return nil
 			}},
+		{name: "max_message_bytes", meta: "bytes", help: "Largest websocket message a client may send; larger ones close the websocket with 1009. Default: 16777216 (16 MiB)",
+			set: func(c *Config, a []string) error {
+				n, err := strconv.ParseInt(a[0], 10, 64)
+				if err != nil || n < 1024 {
+					return fmt.Errorf("%q must be a whole number of bytes, at least 1024", a[0])
+				}
+				c.MaxMessageBytes = n
+				return nil
+			}},
+		{name: "max_tunnels", meta: "count", help: "Most websockets served at once; more get 503. 0 means no cap. Default: 5000",
+			set: func(c *Config, a []string) error {
+				n, err := strconv.Atoi(a[0])
+				if err != nil || n < 0 {
+					return fmt.Errorf("%q must be a whole number, 0 for no cap", a[0])
+				}
+				c.MaxTunnels = n
+				return nil
+			}},
+		{name: "heartbeat", meta: "seconds", help: "Ping every websocket client this often; one that does not answer within two periods is dropped. 0 turns it off. Default: 30",
+			set: func(c *Config, a []string) error { return parseSecondsOrZero(a[0], &c.Heartbeat) }},
+		{name: "rate_limit", meta: "per_second", help: "Reservations and launches per second per client address (bursts of twice as many); more get 429. 0 turns it off. Default: 20",
+			set: func(c *Config, a []string) error { return parseRate(a[0], &c.RateLimit) }},
+		{name: "auth_fail_limit", meta: "per_minute", help: "Failed authentications (wrong security token, unknown reservation token) per minute per client address before 429. 0 turns it off. Default: 30",
+			set: func(c *Config, a []string) error { return parseRate(a[0], &c.AuthFailLimit) }},
+		{name: "launcher_config", meta: "launcher.config", help: "ParaViewWeb launcher config: serve its REST API (on --http_port when configuration.port is the same, else on configuration.host:port), launch its apps and forward their websockets at /proxy",
+			set: func(c *Config, a []string) error { c.LauncherConfig = a[0]; return nil }},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
 	}
@@ -159,16 +191,38 @@ func parseSeconds(s string, dst *time.Duration) error {
 	return nil
 }
 
+func parseSecondsOrZero(s string, dst *time.Duration) error {
+	if s == "0" {
+		*dst = 0
+		return nil
+	}
+	return parseSeconds(s, dst)
+}
+
+func parseRate(s string, dst *float64) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 1e6 {
+		return fmt.Errorf("%q must be a number from 0 to 1000000", s)
+	}
+	*dst = f
+	return nil
+}
+
 // parseArgs reads the command line in the Nexus websocketserver style:
 // options with underscores, one positional ws_server_port.
 func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 	c := &Config{
-		HTTPPort:      9090,
-		Timeout:       300 * time.Second,
-		Verbose:       1,
-		StartTimeout:  30 * time.Second,
-		StopGrace:     5 * time.Second,
-		SecurityToken: getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
+		HTTPPort:        9090,
+		Timeout:         300 * time.Second,
+		Verbose:         1,
+		StartTimeout:    30 * time.Second,
+		StopGrace:       5 * time.Second,
+		SecurityToken:   getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
+		MaxMessageBytes: 16 << 20,
+		MaxTunnels:      5000,
+		Heartbeat:       30 * time.Second,
+		RateLimit:       20,
+		AuthFailLimit:   30,
 	}
 	opts := map[string]option{}
 	for _, o := range options() {
@@ -254,8 +308,8 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 			return nil, &usageError{fmt.Sprintf("--http_directory: %s is not a directory", c.HTTPDirectory)}
 		}
 	}
-	if c.ClientHostname == "" && c.RemoteSessionConfig == "" && len(c.LocalSessions) == 0 {
-		return nil, &usageError{"nothing to serve: give --client_hostname/--client_port (basic mode), --remote_session_config FILE, or --local_session NAME COUNT"}
+	if c.ClientHostname == "" && c.RemoteSessionConfig == "" && len(c.LocalSessions) == 0 && c.LauncherConfig == "" {
+		return nil, &usageError{"nothing to serve: give --client_hostname/--client_port (basic mode), --remote_session_config FILE, --local_session NAME COUNT, or --launcher_config FILE"}
 	}
 	return c, nil
 }

@@ -70,6 +70,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	lr, err := setupLauncher(cfg, &gcfg, log)
+	if err != nil {
+		return err
+	}
+	defer lr.close()
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding the gateway's own binary for the service supervisor: %w", err)
@@ -92,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("ws_server_port %d: %w", cfg.WSPort, err)
 	}
 	var httpLn net.Listener
-	httpOn := cfg.HTTPDirectory != "" || cfg.RemoteSessionConfig != "" || len(cfg.LocalSessions) > 0
+	httpOn := cfg.HTTPDirectory != "" || cfg.RemoteSessionConfig != "" || len(cfg.LocalSessions) > 0 || lr.mountedOnHTTP()
 	if httpOn {
 		if cfg.HTTPPort == cfg.WSPort && cfg.WSPort != 0 {
 			// One port for everything: the HTTP handler takes websockets too.
@@ -105,6 +110,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if err := lr.listen(ctx, gcfg.TLS); err != nil {
+		if wsLn != nil {
+			wsLn.Close()
+		}
+		if httpLn != nil {
+			httpLn.Close()
+		}
+		return err
+	}
 	log.Info().Str("version", version).Int("services", len(gcfg.Services)).Str("basic_target", gcfg.ClientAddr).
 		Str("session_dir", gcfg.SessionRoot).Bool("tls", gcfg.TLS != nil).Msg("wsgateway starting")
 	return srv.Serve(ctx, wsLn, httpLn)
@@ -112,15 +126,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 	g := gateway.Config{
-		HTTPDirectory:  cfg.HTTPDirectory,
-		NovncDirectory: cfg.NovncDirectory,
-		SecurityToken:  cfg.SecurityToken,
-		Timeout:        cfg.Timeout,
-		StartTimeout:   cfg.StartTimeout,
-		StopGrace:      cfg.StopGrace,
-		AllowedOrigins: cfg.AllowedOrigins,
-		SessionRoot:    cfg.SessionDir,
-		Version:        version,
+		HTTPDirectory:   cfg.HTTPDirectory,
+		NovncDirectory:  cfg.NovncDirectory,
+		SecurityToken:   cfg.SecurityToken,
+		Timeout:         cfg.Timeout,
+		StartTimeout:    cfg.StartTimeout,
+		StopGrace:       cfg.StopGrace,
+		AllowedOrigins:  cfg.AllowedOrigins,
+		SessionRoot:     cfg.SessionDir,
+		MaxMessageBytes: cfg.MaxMessageBytes,
+		MaxTunnels:      cfg.MaxTunnels,
+		Heartbeat:       cfg.Heartbeat,
+		RateLimit:       cfg.RateLimit,
+		AuthFailLimit:   cfg.AuthFailLimit,
+		Version:         version,
 	}
 	if g.NovncDirectory == "" {
 		g.NovncDirectory = findNovnc()

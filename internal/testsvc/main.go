@@ -3,7 +3,8 @@
 // ready line, greets each connection with what the gateway told it, and
 // echoes bytes back.
 //
-//	testsvc serve [--grandchild PIDFILE]   listen, print the ready line, echo
+//	testsvc serve [--grandchild PIDFILE] [--pidfile PIDFILE]
+//	                                       listen, print the ready line, echo
 //	testsvc fail MESSAGE                   print MESSAGE on stderr, exit 3
 //	testsvc silent                         print nothing, sleep
 package main
@@ -43,6 +44,12 @@ func main() {
 }
 
 func serve(args []string) {
+	if len(args) == 2 && args[0] == "--pidfile" {
+		if err := os.WriteFile(args[1], []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	if len(args) == 2 && args[0] == "--grandchild" {
 		// A grandchild of the service script: it must die with the session.
 		cmd := exec.Command("sleep", "1000")

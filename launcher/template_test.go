@@ -1,0 +1,152 @@
+package launcher
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+// The expectations were produced by Python 3's
+// string.Template(tmpl).safe_substitute(vars).
+func TestSafeSubstitute(t *testing.T) {
+	vars := map[string]any{"port": json.Number("9001"), "host": "localhost", "id": "abc", "x": "X", "x1": "X1",
+		"_u": "U", "f": json.Number("1.5"), "b": true, "n": nil, "l": []any{"a", json.Number("1")},
+		"big": json.Number("1e16"), "small": json.Number("0.00001"), "one": json.Number("1.0"), "i": 7}
+	cases := [][2]string{
+		{"$port", "9001"},
+		{"${port}", "9001"},
+		{"$$port", "$port"},
+		{"$$$port", "$9001"},
+		{"${port}x", "9001x"},
+		{"$portx", "$portx"},
+		{"$x1", "X1"},
+		{"$x 1", "X 1"},
+		{"${ x}", "${ x}"},
+		{"$", "$"},
+		{"$1", "$1"},
+		{"a$", "a$"},
+		{"$-", "$-"},
+		{"${x", "${x"},
+		{"${x}}", "X}"},
+		{"$$", "$"},
+		{"$$$", "$$"},
+		{"${unknown}", "${unknown}"},
+		{"$unknown", "$unknown"},
+		{"${1x}", "${1x}"},
+		{"$f", "1.5"},
+		{"$b", "True"},
+		{"$n", "None"},
+		{"$l", "['a', 1]"},
+		{"$big", "1e+16"},
+		{"$small", "1e-05"},
+		{"$one", "1.0"},
+		{"$_u", "U"},
+		{"$X", "$X"},
+		{"${X}", "${X}"},
+		{"café$x", "caféX"},
+		{"$x$x", "XX"},
+		{"${x}${x1}", "XX1"},
+		{"$$${x}", "$X"},
+		{"$i", "7"},
+		{"", ""},
+		{"no dollar", "no dollar"},
+	}
+	for _, c := range cases {
+		if got := SafeSubstitute(c[0], vars); got != c[1] {
+			t.Errorf("SafeSubstitute(%q) = %q, want %q", c[0], got, c[1])
+		}
+	}
+}
+
+func TestSubstitutePasses(t *testing.T) {
+	// replaceVariables: one pass per mapping, each on the previous result,
+	// so "$$" from the first pass is a "$" the second pass sees.
+	first := map[string]any{"port": json.Number("9001"), "dataDir": "/client"}
+	props := map[string]any{"dataDir": "/data", "python_exec": "/usr/bin/pvpython", "port": "no"}
+	got := Substitute("${python_exec} --port $port --data ${dataDir} $$python_exec ${missing}", first, props)
+	want := "/usr/bin/pvpython --port 9001 --data /client /usr/bin/pvpython ${missing}"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	v := substituteValue(map[string]any{"a": []any{"$port", json.Number("3")}, "b": true}, first)
+	m := v.(map[string]any)
+	if m["a"].([]any)[0] != "9001" || m["a"].([]any)[1] != json.Number("3") || m["b"] != true {
+		t.Errorf("substituteValue: %v", v)
+	}
+}
+
+func TestPyStr(t *testing.T) {
+	cases := []struct {
+		in   any
+		want string
+	}{
+		{json.Number("1e16"), "1e+16"},
+		{json.Number("0.0001"), "0.0001"},
+		{json.Number("1e-5"), "1e-05"},
+		{json.Number("123456789012345678.0"), "1.2345678901234568e+17"},
+		{json.Number("1.5e300"), "1.5e+300"},
+		{json.Number("-0.5"), "-0.5"},
+		{json.Number("42"), "42"},
+		{[]any{"a", "b'c", `d"e`, `q'"`}, `['a', "b'c", 'd"e', 'q\'"']`},
+		{map[string]any{"b": json.Number("1"), "a": "x"}, "{'a': 'x', 'b': 1}"},
+		{false, "False"},
+		{"plain", "plain"},
+	}
+	for _, c := range cases {
+		if got := PyStr(c.in); got != c.want {
+			t.Errorf("PyStr(%#v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestJSONEqual(t *testing.T) {
+	if !jsonEqual(json.Number("1"), json.Number("1.0")) || jsonEqual("1", json.Number("1")) ||
+		!jsonEqual([]any{"a"}, []any{"a"}) || jsonEqual(nil, false) || !jsonEqual(true, true) {
+		t.Error("jsonEqual")
+	}
+}
+
+func TestPool(t *testing.T) {
+	p := newPool([]Resource{{Host: "a", PortRange: []int{1, 2}}, {Host: "b", PortRange: []int{10, 12}}, {Host: "a", PortRange: []int{5, 5}}})
+	if free, total := p.counts(); free != 6 || total != 6 {
+		t.Fatalf("counts %d %d", free, total)
+	}
+	var got []string
+	for {
+		h, port, ok := p.take()
+		if !ok {
+			break
+		}
+		got = append(got, h+":"+itoa(port))
+	}
+	// Most free ports first; a tie goes to the first host in config order;
+	// the lowest free port of that host.
+	want := "a:1 b:10 a:2 b:11 a:5 b:12"
+	if s := join(got); s != want {
+		t.Errorf("order %q, want %q", s, want)
+	}
+	if err := p.put("b", 11); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.put("b", 11); err == nil {
+		t.Error("double put accepted")
+	}
+	if err := p.put("c", 1); err == nil {
+		t.Error("unknown host accepted")
+	}
+	if h, port, ok := p.take(); !ok || h != "b" || port != 11 {
+		t.Errorf("after put: %s %d %v", h, port, ok)
+	}
+}
+
+func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+func join(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += " "
+		}
+		out += x
+	}
+	return out
+}
