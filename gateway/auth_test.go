@@ -81,7 +81,8 @@ func TestAdminAndAuth(t *testing.T) {
 		for k, v := range c.header {
 			r.Header.Set(k, v)
 		}
-		if got := c.s.authorized(r); got != c.auth {
+		_, err := c.s.requireAuth(r)
+		if got := err == nil; got != c.auth {
 			t.Errorf("%s: authorized %v, want %v", c.name, got, c.auth)
 		}
 		if got := c.s.isAdmin(r); got != c.admin {

@@ -108,7 +108,7 @@ func (m *metrics) refusedWith(status int) {
 func (s *Server) metricsHandler() http.Handler {
 	h := promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		if err := s.requireAuth(r); err != nil {
+		if _, err := s.requireAuth(r); err != nil {
 			return err
 		}
 		h.ServeHTTP(w, r)
@@ -125,7 +125,7 @@ func (s *Server) pprofHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		if err := s.requireAdmin(r); err != nil {
+		if _, err := s.requireAdmin(r); err != nil {
 			return err
 		}
 		mux.ServeHTTP(w, r)

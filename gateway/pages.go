@@ -15,7 +15,7 @@ import (
 const PagesPrefix = "/wsgw/"
 
 // pageCSP lets the pages load only from the gateway and talk only to it.
-const pageCSP = "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
+const pageCSP = "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; frame-ancestors 'self'; base-uri 'none'; form-action 'self'"
 
 // pagesHandler serves the embedded dashboard and viewer.
 func (s *Server) pagesHandler() http.Handler {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"html/template"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/gorilla/websocket"
 
+	"wsgateway/auth"
 	"wsgateway/reservation"
 )
 
@@ -37,6 +39,9 @@ func (s *Server) httpPortHandler() http.Handler {
 	v1.Handle("/status_view", s.handle(s.handleStatusView)).Methods(http.MethodGet, http.MethodHead)
 	v1.Handle("/stop", s.handle(s.handleStop)).Methods(http.MethodGet)
 	v1.Handle("/check_token", s.handle(s.handleCheckToken)).Methods(http.MethodGet)
+	v1.Handle("/login", s.handle(s.handleLogin)).Methods(http.MethodPost)
+	v1.Handle("/logout", s.handle(s.handleLogout)).Methods(http.MethodPost)
+	v1.Handle("/whoami", s.handle(s.handleWhoami)).Methods(http.MethodGet)
 	v1.NotFoundHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
 	})
@@ -72,33 +77,50 @@ func (s *Server) httpPortHandler() http.Handler {
 	})
 }
 
-func (s *Server) requireAuth(r *http.Request) error {
-	if s.cfg.SecurityToken != "" && s.authLimit.exhausted(r.RemoteAddr) {
+// requireAuth returns the caller, or 401 when credentials are needed and
+// missing or wrong (429 after too many failures from the address).
+func (s *Server) requireAuth(r *http.Request) (*auth.Identity, error) {
+	if s.authRequired() && s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
+		return nil, errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
 	}
-	if !s.authorized(r) {
+	id, err := s.caller(r)
+	if err != nil {
 		s.authLimit.allow(r.RemoteAddr)
-		return errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+		return nil, errorf(http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
 	}
-	return nil
+	if id == nil && s.authRequired() {
+		if r.URL.Query().Get("security_token") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			s.authLimit.allow(r.RemoteAddr)
+		}
+		if s.cfg.Users != nil {
+			return nil, errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
+		}
+		return nil, errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+	}
+	return id, nil
 }
 
-func (s *Server) requireAdmin(r *http.Request) error {
-	if err := s.requireAuth(r); err != nil {
-		return err
+func (s *Server) requireAdmin(r *http.Request) (*auth.Identity, error) {
+	id, err := s.requireAuth(r)
+	if err != nil {
+		return nil, err
 	}
-	if !s.isAdmin(r) {
-		if s.cfg.SecurityToken == "" {
-			return errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token")
+	if s.crossSite(r) {
+		return nil, errorf(http.StatusForbidden, "cross-site requests may not call this")
+	}
+	if id == nil || !id.Admin {
+		if !s.authRequired() {
+			return nil, errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token or --users")
 		}
-		return errorf(http.StatusForbidden, "cross-site requests may not call this")
+		return nil, errorf(http.StatusForbidden, "this call is for administrators (group %q or the security token)", auth.AdminGroup)
 	}
-	return nil
+	return id, nil
 }
 
 func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
-	if err := s.requireAuth(r); err != nil {
+	id, err := s.requireAuth(r)
+	if err != nil {
 		return err
 	}
 	if !s.reserveLimit.allow(r.RemoteAddr) {
@@ -113,8 +135,12 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return errorf(http.StatusNotFound, "unknown service %q; known services: %s", truncate(name, 128), strings.Join(s.serviceNames(), ", "))
 	}
-	if g := svc.StringOption("group"); g != "" && !s.isAdmin(r) {
-		return errorf(http.StatusForbidden, "service %q is restricted to group %q; ask an administrator for access", name, g)
+	if g := svc.StringOption("group"); g != "" && (!id.InGroup(g) || s.crossSite(r)) {
+		who := "you are not signed in"
+		if id != nil && id.Name != "" {
+			who = id.Name + " is not a member"
+		}
+		return errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
 	}
 	opts := map[string]string{}
 	q := r.URL.Query()
@@ -133,15 +159,23 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(opts) == 0 {
 		opts = nil
 	}
-	res, err := s.res.Reserve(name, opts)
+	owner := ""
+	if id != nil {
+		owner = id.Name
+	}
+	res, err := s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
 	if err != nil {
+		if errors.Is(err, reservation.ErrUserLimit) {
+			s.metrics.limited.WithLabelValues("user_reservations").Inc()
+			return &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; release one first", err: err}
+		}
 		if errors.Is(err, reservation.ErrNoSlot) {
 			return &httpError{status: http.StatusServiceUnavailable, msg: "no free slot: " + err.Error() + "; release one or try again later", err: err}
 		}
 		return err
 	}
 	s.log.Info().Str("service", name).Int("index", res.Index).Str("token", reservation.TokenPrefix(res.Token)).
-		Str("remote", r.RemoteAddr).Msg("reserved")
+		Str("remote", r.RemoteAddr).Str("user", owner).Msg("reserved")
 	writeJSON(w, http.StatusOK, map[string]any{
 		"token":      res.Token,
 		"service":    res.Service,
@@ -155,7 +189,8 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
-	if err := s.requireAdmin(r); err != nil {
+	id, err := s.requireAuth(r)
+	if err != nil {
 		return err
 	}
 	tok, err := unescapeVar(mux.Vars(r)["token"])
@@ -164,7 +199,17 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := s.res.Get(tok)
 	if err != nil {
+		if _, aerr := s.requireAdmin(r); aerr != nil {
+			return aerr
+		}
 		return errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
+	}
+	// Administrators release anything; a user releases their own.
+	own := id != nil && id.Name != "" && id.Name == res.Owner && !s.crossSite(r)
+	if !own {
+		if _, err := s.requireAdmin(r); err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
 	ss := s.sessions[tok]
@@ -231,8 +276,63 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
+// sessionTTL is how long a dashboard login lasts.
+const sessionTTL = 12 * time.Hour
+
+// handleLogin checks a user name and password (JSON body) and sets the
+// dashboard's session cookie: HttpOnly, SameSite=Strict, Secure over TLS.
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Users == nil {
+		return errorf(http.StatusNotFound, "this gateway has no users (--users); use its security token")
+	}
+	if s.crossSite(r) {
+		return errorf(http.StatusForbidden, "cross-site login refused")
+	}
+	if s.authLimit.exhausted(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("auth_failures").Inc()
+		return errorf(http.StatusTooManyRequests, "too many failed logins from your address; wait a minute")
+	}
+	var body struct {
+		User     string `json:"user"`
+		Password string `json:"password"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body); err != nil {
+		return errorf(http.StatusBadRequest, "send {\"user\": \"…\", \"password\": \"…\"} as JSON")
+	}
+	id, err := s.cfg.Users.CheckPassword(body.User, body.Password)
+	if err != nil {
+		s.authLimit.allow(r.RemoteAddr)
+		s.log.Info().Str("user", truncate(body.User, 64)).Str("remote", r.RemoteAddr).Msg("login failed")
+		return errorf(http.StatusUnauthorized, "wrong user name or password")
+	}
+	http.SetCookie(w, &http.Cookie{Name: auth.CookieName, Value: s.cfg.Users.SessionCookie(id.Name, sessionTTL), Path: "/",
+		MaxAge: int(sessionTTL / time.Second), HttpOnly: true, Secure: s.cfg.TLS != nil, SameSite: http.SameSiteStrictMode})
+	s.log.Info().Str("user", id.Name).Str("remote", r.RemoteAddr).Msg("logged in")
+	writeJSON(w, http.StatusOK, id)
+	return nil
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) error {
+	http.SetCookie(w, &http.Cookie{Name: auth.CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
+		Secure: s.cfg.TLS != nil, SameSite: http.SameSiteStrictMode})
+	writeJSON(w, http.StatusOK, map[string]bool{"logged_out": true})
+	return nil
+}
+
+func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request) error {
+	id, err := s.requireAuth(r)
+	if err != nil {
+		return err
+	}
+	if id == nil {
+		id = &auth.Identity{Via: "anonymous"}
+	}
+	writeJSON(w, http.StatusOK, id)
+	return nil
+}
+
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {
-	if err := s.requireAdmin(r); err != nil {
+	if _, err := s.requireAdmin(r); err != nil {
 		return err
 	}
 	s.log.Warn().Str("remote", r.RemoteAddr).Msg("stop requested over the REST API")
@@ -248,6 +348,8 @@ func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {
 type Status struct {
 	Version      string          `json:"version"`
 	Admin        bool            `json:"admin"`
+	User         string          `json:"user,omitempty"`
+	Login        bool            `json:"login"` // users are configured: the dashboard offers a login
 	Uptime       float64         `json:"uptime_seconds"`
 	BasicTarget  string          `json:"basic_target,omitempty"`
 	Tunnels      int             `json:"tunnels"`
@@ -268,6 +370,7 @@ type ServiceStatus struct {
 
 // ResStatus describes one reservation. Token is shown to admins only.
 type ResStatus struct {
+	Owner       string  `json:"owner,omitempty"`
 	Token       string  `json:"token,omitempty"`
 	TokenPrefix string  `json:"token_prefix"`
 	Service     string  `json:"service"`
@@ -279,6 +382,7 @@ type ResStatus struct {
 
 // SessionStatus describes one launched service instance.
 type SessionStatus struct {
+	Owner       string  `json:"owner,omitempty"`
 	Token       string  `json:"token,omitempty"`
 	TokenPrefix string  `json:"token_prefix"`
 	Service     string  `json:"service"`
@@ -292,10 +396,18 @@ type SessionStatus struct {
 	Log         string  `json:"log,omitempty"`
 }
 
-func (s *Server) status(admin bool) Status {
+// status builds /v1/status for id (nil: anonymous). Administrators see
+// every token; a user sees the tokens of their own reservations.
+func (s *Server) status(id *auth.Identity, crossSite bool) Status {
+	admin := id != nil && id.Admin && !crossSite
+	user := ""
+	if id != nil && !crossSite {
+		user = id.Name
+	}
+	sees := func(owner string) bool { return admin || (user != "" && owner == user) }
 	now := time.Now()
 	svcs, res := s.res.Snapshot()
-	st := Status{Version: s.cfg.Version, Admin: admin, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
+	st := Status{Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
 		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
 	for _, v := range svcs {
 		svc := s.svcs[v.Name]
@@ -305,8 +417,9 @@ func (s *Server) status(admin bool) Status {
 	for _, r := range res {
 		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
 			State: string(r.State), Age: now.Sub(r.Created).Seconds()}
-		if admin {
+		if sees(r.Owner) {
 			rs.Token = r.Token
+			rs.Owner = r.Owner
 		}
 		if r.State == reservation.Reserved || r.State == reservation.Idle {
 			rs.ExpiresIn = r.Expires.Sub(now).Seconds()
@@ -330,7 +443,10 @@ func (s *Server) status(admin bool) Status {
 		}
 		if admin {
 			x.Remote = ss.remote
+		}
+		if sees(ss.res.Owner) {
 			x.Token = ss.token
+			x.Owner = ss.res.Owner
 		}
 		st.Sessions = append(st.Sessions, x)
 	}
@@ -345,10 +461,11 @@ func (s *Server) status(admin bool) Status {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	if err := s.requireAuth(r); err != nil {
+	id, err := s.requireAuth(r)
+	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.status(s.isAdmin(r)))
+	writeJSON(w, http.StatusOK, s.status(id, s.crossSite(r)))
 	return nil
 }
 
@@ -381,14 +498,14 @@ th{background:#f3f3f3}
 `))
 
 func (s *Server) handleStatusView(w http.ResponseWriter, r *http.Request) error {
-	if err := s.requireAuth(r); err != nil {
+	if _, err := s.requireAuth(r); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-	return statusTmpl.Execute(w, s.status(false))
+	return statusTmpl.Execute(w, s.status(nil, true))
 }
 
 func (s *Server) serviceNames() []string {

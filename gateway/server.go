@@ -24,6 +24,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"wsgateway/auth"
 	"wsgateway/reservation"
 	"wsgateway/services"
 )
@@ -76,6 +77,14 @@ type Config struct {
 	// AuthFailLimit is failed authentications per minute per client
 	// address before further attempts get 429; 0 turns it off.
 	AuthFailLimit float64
+	// Users, when set, are the accounts that may use the gateway.
+	Users *auth.Users
+	// TrustedProxies may assert X-Forwarded-User and X-Forwarded-Groups.
+	TrustedProxies auth.TrustedProxies
+	// MaxUserTunnels and MaxUserReservations cap what one user holds
+	// (0: no cap).
+	MaxUserTunnels      int
+	MaxUserReservations int
 	// Supervisor runs service scripts under a supervisor process (nil:
 	// scripts run directly).
 	Supervisor *services.Supervisor
@@ -385,13 +394,35 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
 }
 
-// authorized reports whether r carries the security token (true when none
-// is configured).
-func (s *Server) authorized(r *http.Request) bool {
-	if s.cfg.SecurityToken == "" {
-		return true
+// caller works out who made r: the holder of the security token (an
+// administrator), a user (HTTP Basic, API key, session cookie), an
+// identity asserted by a trusted proxy, or, when neither a security token
+// nor users are configured, a loopback client (an administrator). It
+// returns nil for an anonymous caller, and auth.ErrBadCredentials for
+// credentials that are wrong.
+func (s *Server) caller(r *http.Request) (*auth.Identity, error) {
+	if s.hasToken(r) {
+		return &auth.Identity{Name: "admin", Admin: true, Via: "security_token"}, nil
 	}
-	return s.hasToken(r)
+	if id := s.cfg.TrustedProxies.Identity(r); id != nil {
+		return id, nil
+	}
+	if s.cfg.Users != nil {
+		id, err := s.cfg.Users.Authenticate(r)
+		if err != nil || id != nil {
+			return id, err
+		}
+	}
+	if !s.authRequired() && isLoopback(r.RemoteAddr) {
+		return &auth.Identity{Name: "", Admin: true, Via: "loopback"}, nil
+	}
+	return nil, nil
+}
+
+// authRequired: with a security token or users, every REST call needs
+// credentials.
+func (s *Server) authRequired() bool {
+	return s.cfg.SecurityToken != "" || s.cfg.Users != nil
 }
 
 func (s *Server) hasToken(r *http.Request) bool {
@@ -407,16 +438,19 @@ func (s *Server) hasToken(r *http.Request) bool {
 	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.SecurityToken)) == 1
 }
 
-// isAdmin: with a security token, its holder; without one, a loopback
-// client. A cross-site browser request is never an admin.
+// crossSite reports a browser request from another site: it is never
+// trusted with administration.
+func (s *Server) crossSite(r *http.Request) bool {
+	return r.Header.Get("Sec-Fetch-Site") == "cross-site" || !s.originAllowed(r)
+}
+
+// isAdmin: an administrator's identity, not from another site.
 func (s *Server) isAdmin(r *http.Request) bool {
-	if r.Header.Get("Sec-Fetch-Site") == "cross-site" || !s.originAllowed(r) {
+	if s.crossSite(r) {
 		return false
 	}
-	if s.cfg.SecurityToken != "" {
-		return s.hasToken(r)
-	}
-	return isLoopback(r.RemoteAddr)
+	id, err := s.caller(r)
+	return err == nil && id != nil && id.Admin
 }
 
 func isLoopback(remote string) bool {

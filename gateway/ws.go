@@ -154,6 +154,17 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return
 	}
+	if pre, err := s.res.Get(tok); err == nil {
+		if g := s.svcs[pre.Service].StringOption("group"); g != "" && !s.launchAllowed(r, pre, g) {
+			s.refuse(w, r, errorf(http.StatusForbidden, "service %q is restricted to group %q and this reservation's user is not (or no longer) a member", pre.Service, g))
+			return
+		}
+		if max := s.cfg.MaxUserTunnels; max > 0 && pre.Owner != "" && s.userTunnels(pre.Owner) >= max {
+			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
+			s.refuse(w, r, errorf(http.StatusTooManyRequests, "%s already has %d open sessions (the limit); close one first", pre.Owner, max))
+			return
+		}
+	}
 	res, err := s.res.Claim(tok)
 	if err != nil {
 		if errors.Is(err, reservation.ErrUnknownToken) {
@@ -266,6 +277,39 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	ss.bytesDn += t.down.Load()
 	s.mu.Unlock()
 	s.afterTunnel(ss, log)
+}
+
+// launchAllowed decides whether a websocket may launch a group-restricted
+// service: credentials on the websocket itself must be a member; without
+// any, the user who reserved must still be one (so removing a user from a
+// group takes effect at once).
+func (s *Server) launchAllowed(r *http.Request, res reservation.Reservation, group string) bool {
+	id, err := s.caller(r)
+	if err != nil {
+		return false
+	}
+	if id != nil {
+		return id.InGroup(group)
+	}
+	if s.cfg.Users != nil && res.Owner != "" {
+		if u := s.cfg.Users.Lookup(res.Owner); u != nil {
+			return u.InGroup(group)
+		}
+	}
+	return true
+}
+
+// userTunnels counts the open websockets of a user's sessions.
+func (s *Server) userTunnels(owner string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, ss := range s.sessions {
+		if ss.res.Owner == owner && ss.tun != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // tokenError turns a reservation error into the refusal a client sees.

@@ -56,6 +56,8 @@ type Reservation struct {
 	Expires   time.Time         `json:"expires"`
 	Connects  int               `json:"connects"`
 	LastClaim time.Time         `json:"last_claim,omitempty"`
+	// Owner is the user who reserved ("" for an anonymous caller).
+	Owner string `json:"owner,omitempty"`
 }
 
 // TokenPrefix is the part of a token that may appear in logs.
@@ -149,6 +151,16 @@ func NewToken() (string, error) {
 
 // Reserve takes a free slot of service and returns the new reservation.
 func (m *Manager) Reserve(service string, opts map[string]string) (Reservation, error) {
+	return m.ReserveFor(service, "", 0, opts)
+}
+
+// ErrUserLimit is a user holding as many reservations as allowed.
+var ErrUserLimit = errors.New("too many reservations for this user")
+
+// ReserveFor takes a free slot of service for owner, who may hold at most
+// perUser reservations at once (0: no limit; an anonymous owner "" is not
+// limited here).
+func (m *Manager) ReserveFor(service, owner string, perUser int, opts map[string]string) (Reservation, error) {
 	tok, err := NewToken()
 	if err != nil {
 		return Reservation{}, err
@@ -158,6 +170,17 @@ func (m *Manager) Reserve(service string, opts map[string]string) (Reservation, 
 	slots, ok := m.held[service]
 	if !ok {
 		return Reservation{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
+	}
+	if owner != "" && perUser > 0 {
+		n := 0
+		for _, r := range m.byToken {
+			if r.Owner == owner {
+				n++
+			}
+		}
+		if n >= perUser {
+			return Reservation{}, fmt.Errorf("%w: %s holds %d (the limit)", ErrUserLimit, owner, n)
+		}
 	}
 	idx := -1
 	for i, h := range slots {
@@ -179,6 +202,7 @@ func (m *Manager) Reserve(service string, opts map[string]string) (Reservation, 
 		State:   Reserved,
 		Created: now,
 		Expires: now.Add(m.timeout),
+		Owner:   owner,
 	}
 	m.byToken[tok] = r
 	return *r, nil

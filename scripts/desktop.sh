@@ -56,6 +56,12 @@ export DISPLAY="$display"
 
 if command -v openbox >/dev/null 2>&1; then
 	openbox >/dev/null 2>&1 &
+	# Wait for openbox to manage the screen before mapping windows.
+	i=0
+	while ! xprop -root _NET_SUPPORTING_WM_CHECK 2>/dev/null | grep -q 'window id'; do
+		i=$((i + 1)); [ "$i" -gt 100 ] && break
+		sleep 0.05
+	done
 fi
 if command -v xterm >/dev/null 2>&1; then
 	xterm -geometry 100x30+20+20 -title "wsgateway desktop" >/dev/null 2>&1 &

@@ -38,6 +38,10 @@ type Config struct {
 	Heartbeat           time.Duration
 	RateLimit           float64
 	AuthFailLimit       float64
+	UsersFile           string
+	TrustedProxies      []string
+	MaxUserTunnels      int
+	MaxUserReservations int
 }
 
 // LocalSession is one --local_session NAME COUNT.
@@ -168,6 +172,14 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseRate(a[0], &c.AuthFailLimit) }},
 		{name: "launcher_config", meta: "launcher.config", help: "ParaViewWeb launcher config: serve its REST API (on --http_port when configuration.port is the same, else on configuration.host:port), launch its apps and forward their websockets at /proxy",
 			set: func(c *Config, a []string) error { c.LauncherConfig = a[0]; return nil }},
+		{name: "users", meta: "users.json", help: "Users and groups: {\"users\": {\"alice\": {\"password_bcrypt\": …, \"api_keys\": […], \"groups\": [\"viz\", \"admin\"]}}}; reloaded when it changes or on SIGHUP. Make hashes with: wsgateway hash-password",
+			set: func(c *Config, a []string) error { c.UsersFile = a[0]; return nil }},
+		{name: "trusted_proxy", meta: "cidr", help: "Believe X-Forwarded-User and X-Forwarded-Groups from this network (a reverse proxy that authenticates). Repeatable",
+			set: func(c *Config, a []string) error { c.TrustedProxies = append(c.TrustedProxies, a[0]); return nil }},
+		{name: "max_user_tunnels", meta: "count", help: "Open sessions one user may have at once; more get 429. 0 means no cap. Default: 10",
+			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserTunnels) }},
+		{name: "max_user_reservations", meta: "count", help: "Reservations one user may hold at once; more get 429. 0 means no cap. Default: 10",
+			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserReservations) }},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
 	}
@@ -199,6 +211,15 @@ func parseSecondsOrZero(s string, dst *time.Duration) error {
 	return parseSeconds(s, dst)
 }
 
+func parseCount(s string, dst *int) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q must be a whole number, 0 for no cap", s)
+	}
+	*dst = n
+	return nil
+}
+
 func parseRate(s string, dst *float64) error {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || f < 0 || f > 1e6 {
@@ -212,17 +233,19 @@ func parseRate(s string, dst *float64) error {
 // options with underscores, one positional ws_server_port.
 func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 	c := &Config{
-		HTTPPort:        9090,
-		Timeout:         300 * time.Second,
-		Verbose:         1,
-		StartTimeout:    30 * time.Second,
-		StopGrace:       5 * time.Second,
-		SecurityToken:   getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
-		MaxMessageBytes: 16 << 20,
-		MaxTunnels:      5000,
-		Heartbeat:       30 * time.Second,
-		RateLimit:       20,
-		AuthFailLimit:   30,
+		HTTPPort:            9090,
+		Timeout:             300 * time.Second,
+		Verbose:             1,
+		StartTimeout:        30 * time.Second,
+		StopGrace:           5 * time.Second,
+		SecurityToken:       getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
+		MaxMessageBytes:     16 << 20,
+		MaxTunnels:          5000,
+		Heartbeat:           30 * time.Second,
+		RateLimit:           20,
+		AuthFailLimit:       30,
+		MaxUserTunnels:      10,
+		MaxUserReservations: 10,
 	}
 	opts := map[string]option{}
 	for _, o := range options() {

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,12 +17,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 	"gopkg.in/natefinch/lumberjack.v2"
 
+	"wsgateway/auth"
 	"wsgateway/gateway"
 	"wsgateway/services"
 )
@@ -33,6 +36,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == services.SuperviseArg {
 		// This process is a service supervisor, not the gateway.
 		os.Exit(services.Supervise(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "hash-password" {
+		if err := hashPassword(os.Stdin, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "wsgateway hash-password: %v\n", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -119,6 +129,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	if gcfg.Users != nil {
+		go watchUsers(ctx, gcfg.Users, log)
+	}
 	log.Info().Str("version", version).Int("services", len(gcfg.Services)).Str("basic_target", gcfg.ClientAddr).
 		Str("session_dir", gcfg.SessionRoot).Bool("tls", gcfg.TLS != nil).Msg("wsgateway starting")
 	return srv.Serve(ctx, wsLn, httpLn)
@@ -165,6 +178,22 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 		}
 		g.Services = append(g.Services, svc)
 	}
+	if cfg.UsersFile != "" {
+		users, err := auth.LoadUsers(cfg.UsersFile)
+		if err != nil {
+			return g, &usageError{fmt.Sprintf("--users: %v", err)}
+		}
+		g.Users = users
+	}
+	if len(cfg.TrustedProxies) > 0 {
+		tp, err := auth.ParseCIDRs(cfg.TrustedProxies)
+		if err != nil {
+			return g, &usageError{fmt.Sprintf("--trusted_proxy: %v", err)}
+		}
+		g.TrustedProxies = tp
+	}
+	g.MaxUserTunnels = cfg.MaxUserTunnels
+	g.MaxUserReservations = cfg.MaxUserReservations
 	if cfg.Cert != "" {
 		pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
 		if err != nil {
@@ -210,4 +239,51 @@ func findNovnc() string {
 		}
 	}
 	return ""
+}
+
+// watchUsers reloads the users file when it changes (checked every two
+// seconds) or on SIGHUP; a broken file keeps the previous users.
+func watchUsers(ctx context.Context, u *auth.Users, log zerolog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-tick.C:
+			if !u.Changed() {
+				continue
+			}
+		}
+		if err := u.Reload(); err != nil {
+			log.Error().Err(err).Msg("users file not reloaded; the previous users stay in force")
+			continue
+		}
+		log.Info().Str("file", u.Path()).Int("users", u.Count()).Msg("users reloaded")
+	}
+}
+
+// hashPassword reads a password (one line) and prints its bcrypt hash for
+// the users file.
+func hashPassword(in io.Reader, out, errw io.Writer) error {
+	if f, ok := in.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			fmt.Fprint(errw, "password (shown as you type; pipe it in to hide it): ")
+		}
+	}
+	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("reading the password: %w", err)
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	h, err := auth.HashPassword(pw)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, h)
+	return nil
 }

@@ -72,7 +72,7 @@ function renderSessions(st) {
       cell(humanAge(s.age_seconds), 'num age'), cell(humanBytes(s.bytes_in || 0), 'num bytes-in'),
       cell(humanBytes(s.bytes_out || 0), 'num bytes-out'));
     const act = document.createElement('td');
-    if (st.admin && s.token) {
+    if (s.token) {
       const b = document.createElement('button');
       b.className = 'stop';
       b.textContent = 'Stop';
@@ -88,12 +88,18 @@ async function refresh() {
   try {
     const st = await api('/v1/status');
     $('#auth').hidden = true;
+    $('#login-link').hidden = true;
+    $('#who').hidden = !st.user;
+    $('#who-name').textContent = st.user ? st.user + (st.admin ? ' (admin)' : '') : '';
     renderServices(st.services);
     renderSessions(st);
     $('#summary').textContent = `${st.tunnels} open tunnel(s)` + (st.basic_target ? `, basic mode to ${st.basic_target}` : '');
     $('#refresh-state').textContent = 'updated ' + new Date().toLocaleTimeString();
   } catch (e) {
-    if (e.status === 401) {
+    if (e.status === 401 && e.message.includes('log in')) {
+      $('#login-link').hidden = false;
+      say('Log in to use this gateway.', 'error');
+    } else if (e.status === 401) {
       $('#auth').hidden = false;
       say('This gateway needs its security token.', 'error');
     } else {
@@ -128,6 +134,11 @@ async function stop(s, button) {
   }
   refresh();
 }
+
+$('#logout').addEventListener('click', async () => {
+  try { await api('/v1/logout', { method: 'POST' }); } catch (e) { /* the cookie is gone either way */ }
+  location.href = '/wsgw/login.html';
+});
 
 $('#token-save').addEventListener('click', () => {
   setSecurityToken($('#token-input').value.trim());

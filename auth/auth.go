@@ -1,0 +1,366 @@
+// Package auth knows who is calling the gateway: users and groups from a
+// users file (bcrypt passwords, API keys), signed session cookies for the
+// dashboard, and identities asserted by a trusted reverse proxy.
+package auth
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// AdminGroup is the group whose members administer the gateway.
+const AdminGroup = "admin"
+
+// CookieName is the dashboard's session cookie.
+const CookieName = "wsgw_session"
+
+// Identity is an authenticated caller.
+type Identity struct {
+	Name   string   `json:"user"`
+	Groups []string `json:"groups"`
+	Admin  bool     `json:"admin"`
+	// Via says how the caller proved it: basic, api_key, cookie, proxy,
+	// security_token, loopback.
+	Via string `json:"via"`
+}
+
+// InGroup reports membership (admins are members of every group).
+func (id *Identity) InGroup(g string) bool {
+	if id == nil {
+		return false
+	}
+	return id.Admin || slices.Contains(id.Groups, g)
+}
+
+// User is one entry of the users file.
+type User struct {
+	PasswordBcrypt string   `json:"password_bcrypt"`
+	APIKeys        []string `json:"api_keys"`
+	Groups         []string `json:"groups"`
+}
+
+type usersFile struct {
+	Users map[string]User `json:"users"`
+}
+
+type table struct {
+	users map[string]User
+	keys  map[[32]byte]string // sha256(api key) → user
+	mod   time.Time
+	size  int64
+}
+
+// Users is the users file, reloaded when it changes. It is safe for
+// concurrent use.
+type Users struct {
+	path   string
+	cur    atomic.Pointer[table]
+	secret [32]byte // signs session cookies
+
+	cacheMu sync.Mutex
+	cache   map[[32]byte]time.Time // sha256(user \0 password) → good until
+}
+
+// MaxUsersFileBytes bounds the users file.
+const MaxUsersFileBytes = 4 << 20
+
+// LoadUsers reads the users file.
+func LoadUsers(path string) (*Users, error) {
+	u := &Users{path: path, cache: map[[32]byte]time.Time{}}
+	if _, err := rand.Read(u.secret[:]); err != nil {
+		return nil, fmt.Errorf("session key: %w", err)
+	}
+	t, err := readTable(path)
+	if err != nil {
+		return nil, err
+	}
+	u.cur.Store(t)
+	return u, nil
+}
+
+func readTable(path string) (*table, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("users file %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("users file %s: %w", path, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxUsersFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("users file %s: %w", path, err)
+	}
+	if len(data) > MaxUsersFileBytes {
+		return nil, fmt.Errorf("users file %s: larger than %d bytes", path, MaxUsersFileBytes)
+	}
+	var uf usersFile
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&uf); err != nil {
+		return nil, fmt.Errorf("users file %s: %w; expected {\"users\": {\"alice\": {\"password_bcrypt\": \"$2a$…\", \"api_keys\": [\"…\"], \"groups\": [\"viz\"]}}}", path, err)
+	}
+	if uf.Users == nil {
+		return nil, fmt.Errorf("users file %s: no \"users\" object", path)
+	}
+	t := &table{users: uf.Users, keys: map[[32]byte]string{}, mod: st.ModTime(), size: st.Size()}
+	for name, usr := range uf.Users {
+		if name == "" || strings.ContainsAny(name, ":\x00\n") || len(name) > 128 {
+			return nil, fmt.Errorf("users file %s: user name %q: must be 1-128 characters without ':' or control characters", path, name)
+		}
+		if usr.PasswordBcrypt != "" {
+			if _, err := bcrypt.Cost([]byte(usr.PasswordBcrypt)); err != nil {
+				return nil, fmt.Errorf("users file %s: user %q: key \"password_bcrypt\": not a bcrypt hash (make one with: wsgateway hash-password)", path, name)
+			}
+		}
+		for i, k := range usr.APIKeys {
+			if len(k) < 16 {
+				return nil, fmt.Errorf("users file %s: user %q: api_keys[%d]: shorter than 16 characters; use a long random key", path, name, i)
+			}
+			h := sha256.Sum256([]byte(k))
+			if other, dup := t.keys[h]; dup {
+				return nil, fmt.Errorf("users file %s: users %q and %q share an API key", path, other, name)
+			}
+			t.keys[h] = name
+		}
+	}
+	return t, nil
+}
+
+// Reload rereads the file; on error the previous users stay in force.
+func (u *Users) Reload() error {
+	t, err := readTable(u.path)
+	if err != nil {
+		return err
+	}
+	u.cur.Store(t)
+	u.cacheMu.Lock()
+	clear(u.cache)
+	u.cacheMu.Unlock()
+	return nil
+}
+
+// Changed reports whether the file's size or time differ from what was
+// loaded.
+func (u *Users) Changed() bool {
+	st, err := os.Stat(u.path)
+	if err != nil {
+		return false
+	}
+	t := u.cur.Load()
+	return !st.ModTime().Equal(t.mod) || st.Size() != t.size
+}
+
+// Count is the number of users.
+func (u *Users) Count() int { return len(u.cur.Load().users) }
+
+// Path is the users file.
+func (u *Users) Path() string { return u.path }
+
+func (u *Users) identity(name, via string) *Identity {
+	usr, ok := u.cur.Load().users[name]
+	if !ok {
+		return nil
+	}
+	return &Identity{Name: name, Groups: append([]string(nil), usr.Groups...), Admin: slices.Contains(usr.Groups, AdminGroup), Via: via}
+}
+
+// Lookup returns the current identity of a user (nil if the user is gone).
+func (u *Users) Lookup(name string) *Identity { return u.identity(name, "lookup") }
+
+// ErrBadCredentials is a wrong user, password, key or cookie.
+var ErrBadCredentials = errors.New("wrong user name, password or API key")
+
+// CheckPassword verifies a user's password (bcrypt, with a short cache of
+// successes so HTTP Basic clients do not pay bcrypt on every request).
+func (u *Users) CheckPassword(name, password string) (*Identity, error) {
+	usr, ok := u.cur.Load().users[name]
+	key := sha256.Sum256([]byte(name + "\x00" + password))
+	u.cacheMu.Lock()
+	until, hit := u.cache[key]
+	u.cacheMu.Unlock()
+	if ok && hit && time.Now().Before(until) {
+		return u.identity(name, "basic"), nil
+	}
+	hash := usr.PasswordBcrypt
+	if !ok || hash == "" {
+		// Spend the same time as a real check.
+		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return nil, ErrBadCredentials
+	}
+	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)); err != nil {
+		return nil, ErrBadCredentials
+	}
+	u.cacheMu.Lock()
+	if len(u.cache) > 10000 {
+		clear(u.cache)
+	}
+	u.cache[key] = time.Now().Add(time.Minute)
+	u.cacheMu.Unlock()
+	return u.identity(name, "basic"), nil
+}
+
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("wsgateway-dummy"), bcrypt.DefaultCost)
+
+// CheckAPIKey finds the user of an API key.
+func (u *Users) CheckAPIKey(key string) (*Identity, error) {
+	name, ok := u.cur.Load().keys[sha256.Sum256([]byte(key))]
+	if !ok {
+		return nil, ErrBadCredentials
+	}
+	return u.identity(name, "api_key"), nil
+}
+
+// SessionCookie makes a signed cookie value for name, valid for ttl.
+func (u *Users) SessionCookie(name string, ttl time.Duration) string {
+	exp := strconv.FormatInt(time.Now().Add(ttl).Unix(), 10)
+	payload := base64.RawURLEncoding.EncodeToString([]byte(name)) + "." + exp
+	return payload + "." + u.sign(payload)
+}
+
+func (u *Users) sign(payload string) string {
+	m := hmac.New(sha256.New, u.secret[:])
+	m.Write([]byte(payload))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// CheckCookie verifies a session cookie value.
+func (u *Users) CheckCookie(v string) (*Identity, error) {
+	i := strings.LastIndexByte(v, '.')
+	if i < 0 {
+		return nil, ErrBadCredentials
+	}
+	payload, sig := v[:i], v[i+1:]
+	if subtle.ConstantTimeCompare([]byte(sig), []byte(u.sign(payload))) != 1 {
+		return nil, ErrBadCredentials
+	}
+	enc, exp, ok := strings.Cut(payload, ".")
+	if !ok {
+		return nil, ErrBadCredentials
+	}
+	unix, err := strconv.ParseInt(exp, 10, 64)
+	if err != nil || time.Now().Unix() > unix {
+		return nil, ErrBadCredentials
+	}
+	name, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		return nil, ErrBadCredentials
+	}
+	id := u.identity(string(name), "cookie")
+	if id == nil {
+		return nil, ErrBadCredentials
+	}
+	return id, nil
+}
+
+// Authenticate looks for credentials in r: a session cookie, HTTP Basic,
+// or Authorization: Bearer <api key>. It returns nil, nil when r carries
+// none, and ErrBadCredentials when they are wrong. A Bearer value that
+// is not an API key is left to the caller (it may be the security token).
+func (u *Users) Authenticate(r *http.Request) (*Identity, error) {
+	if u == nil {
+		return nil, nil
+	}
+	if name, pw, ok := r.BasicAuth(); ok {
+		return u.CheckPassword(name, pw)
+	}
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		if id, err := u.CheckAPIKey(strings.TrimPrefix(h, "Bearer ")); err == nil {
+			return id, nil
+		}
+	}
+	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
+		return u.CheckCookie(c.Value)
+	}
+	return nil, nil
+}
+
+// TrustedProxies is the --trusted_proxy networks whose X-Forwarded-User
+// and X-Forwarded-Groups headers are believed.
+type TrustedProxies []*net.IPNet
+
+// ParseCIDRs parses CIDRs (a bare IP is a /32 or /128).
+func ParseCIDRs(list []string) (TrustedProxies, error) {
+	var out TrustedProxies
+	for _, s := range list {
+		if !strings.Contains(s, "/") {
+			if ip := net.ParseIP(s); ip != nil && ip.To4() != nil {
+				s += "/32"
+			} else {
+				s += "/128"
+			}
+		}
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a network (write it as 10.0.0.0/8 or an address): %w", s, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Identity returns the identity a trusted proxy asserts for r, or nil.
+func (t TrustedProxies) Identity(r *http.Request) *Identity {
+	if len(t) == 0 {
+		return nil
+	}
+	user := strings.TrimSpace(r.Header.Get("X-Forwarded-User"))
+	if user == "" || len(user) > 128 {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return nil
+	}
+	for _, n := range t {
+		if n.Contains(ip) {
+			var groups []string
+			for _, g := range strings.Split(r.Header.Get("X-Forwarded-Groups"), ",") {
+				if g = strings.TrimSpace(g); g != "" {
+					groups = append(groups, g)
+				}
+			}
+			return &Identity{Name: user, Groups: groups, Admin: slices.Contains(groups, AdminGroup), Via: "proxy"}
+		}
+	}
+	return nil
+}
+
+// HashPassword returns a bcrypt hash of password.
+func HashPassword(password string) (string, error) {
+	if len(password) < 8 {
+		return "", errors.New("password shorter than 8 characters")
+	}
+	if len(password) > 72 {
+		return "", errors.New("password longer than 72 bytes (bcrypt's limit)")
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
+	if err != nil {
+		return "", fmt.Errorf("hashing: %w", err)
+	}
+	return string(h), nil
+}
