@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"html/template"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,8 +22,11 @@ import (
 	"wsgateway/reservation"
 )
 
-// Limits on what a reserve query may carry.
+// Limits on what a reserve query may carry, and on waiting for a slot
+// (below the HTTP server's write timeout).
 const (
+	maxWait           = 240 * time.Second
+	maxWaiters        = 1000
 	maxOptions        = 64
 	maxOptionKeyLen   = 64
 	maxOptionValueLen = 4096
@@ -147,8 +152,17 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(q) > maxOptions {
 		return errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
 	}
+	var wait time.Duration
 	for k, v := range q {
 		if k == "security_token" {
+			continue
+		}
+		if k == "wait" {
+			f, err := strconv.ParseFloat(v[0], 64)
+			if err != nil || f < 0 || f > maxWait.Seconds() {
+				return errorf(http.StatusBadRequest, "wait=%q: give the seconds to wait for a free slot, 0 to %d", truncate(v[0], 32), int(maxWait.Seconds()))
+			}
+			wait = time.Duration(f * float64(time.Second))
 			continue
 		}
 		if len(k) > maxOptionKeyLen || len(v[0]) > maxOptionValueLen {
@@ -163,7 +177,18 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if id != nil {
 		owner = id.Name
 	}
-	res, err := s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
+	var res reservation.Reservation
+	if wait > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		res, err = s.res.ReserveWait(ctx, name, owner, s.cfg.MaxUserReservations, maxWaiters, opts)
+		cancel()
+		if errors.Is(err, reservation.ErrQueueFull) {
+			s.metrics.limited.WithLabelValues("wait_queue").Inc()
+			return &httpError{status: http.StatusServiceUnavailable, msg: err.Error() + "; try again later", err: err}
+		}
+	} else {
+		res, err = s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
+	}
 	if err != nil {
 		if errors.Is(err, reservation.ErrUserLimit) {
 			s.metrics.limited.WithLabelValues("user_reservations").Inc()
@@ -363,6 +388,7 @@ type ServiceStatus struct {
 	Name    string   `json:"name"`
 	Count   int      `json:"count"`
 	Free    int      `json:"free"`
+	Waiting int      `json:"waiting,omitempty"`
 	FileExt []string `json:"file_ext,omitempty"`
 	Group   string   `json:"group,omitempty"`
 	BuiltIn bool     `json:"builtin"`
@@ -409,9 +435,10 @@ func (s *Server) status(id *auth.Identity, crossSite bool) Status {
 	svcs, res := s.res.Snapshot()
 	st := Status{Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
 		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
+	waiting := s.res.Waiting()
 	for _, v := range svcs {
 		svc := s.svcs[v.Name]
-		st.Services = append(st.Services, ServiceStatus{Name: v.Name, Count: v.Count, Free: v.Free,
+		st.Services = append(st.Services, ServiceStatus{Name: v.Name, Count: v.Count, Free: v.Free, Waiting: waiting[v.Name],
 			FileExt: svc.FileExt(), Group: svc.StringOption("group"), BuiltIn: svc.BuiltIn})
 	}
 	for _, r := range res {

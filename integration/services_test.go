@@ -455,3 +455,47 @@ func TestLogFile(t *testing.T) {
 		t.Fatal("with --log_file the log still goes to stderr")
 	}
 }
+
+func TestReserveWaitsForAFreeSlot(t *testing.T) {
+	g, _ := svcGateway(t, 1, nil)
+	first := g.reserve(t, "Echo Service", "")["token"].(string)
+	// A waiter that gives up: 503 after its wait.
+	start := time.Now()
+	code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service?wait=0.5"))
+	if code != http.StatusServiceUnavailable || time.Since(start) < 400*time.Millisecond {
+		t.Fatalf("timed-out wait: %d %v after %s", code, body, time.Since(start))
+	}
+	// Two waiters are served in order as slots free.
+	type result struct {
+		code int
+		body map[string]any
+	}
+	results := make(chan result, 2)
+	for i, opt := range []string{"who=first", "who=second"} {
+		go func() {
+			c, b := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service?wait=30&"+opt))
+			results <- result{c, b}
+		}()
+		waitFor(t, fmt.Sprintf("%d waiting", i+1), 10*time.Second, func() bool {
+			for _, s := range g.status(t)["services"].([]any) {
+				if w, _ := s.(map[string]any)["waiting"].(float64); int(w) == i+1 {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	getJSON(t, g.httpURL("/v1/release/"+first))
+	r1 := <-results
+	if r1.code != 200 || r1.body["options"].(map[string]any)["who"] != "first" {
+		t.Fatalf("first waiter: %v", r1)
+	}
+	getJSON(t, g.httpURL("/v1/release/"+r1.body["token"].(string)))
+	r2 := <-results
+	if r2.code != 200 || r2.body["options"].(map[string]any)["who"] != "second" {
+		t.Fatalf("second waiter: %v", r2)
+	}
+	if code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service?wait=abc")); code != 400 {
+		t.Fatalf("bad wait: %d %v", code, body)
+	}
+}

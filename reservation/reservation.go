@@ -8,6 +8,7 @@
 package reservation
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -93,6 +94,20 @@ type Manager struct {
 	expOrder []string
 	expCap   int
 	onExpire func(Reservation)
+	waiters  map[string][]*waiter // service -> FIFO of waiting reservations
+}
+
+// waiter is a reservation waiting for a slot.
+type waiter struct {
+	owner   string
+	perUser int
+	opts    map[string]string
+	ch      chan waitResult // buffered 1; written once, under mu
+}
+
+type waitResult struct {
+	r   Reservation
+	err error
 }
 
 // New returns a Manager for the given services.
@@ -105,6 +120,7 @@ func New(cfg Config) *Manager {
 		held:    map[string][]bool{},
 		expired: map[string]time.Time{},
 		expCap:  cfg.ExpiredMemory,
+		waiters: map[string][]*waiter{},
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -161,12 +177,22 @@ var ErrUserLimit = errors.New("too many reservations for this user")
 // perUser reservations at once (0: no limit; an anonymous owner "" is not
 // limited here).
 func (m *Manager) ReserveFor(service, owner string, perUser int, opts map[string]string) (Reservation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.waiters[service]) > 0 {
+		// Others are waiting for this service: a free slot is theirs.
+		if _, ok := m.held[service]; ok {
+			return Reservation{}, fmt.Errorf("%w: %d reservation(s) of %q are already waiting", ErrNoSlot, len(m.waiters[service]), service)
+		}
+	}
+	return m.reserveLocked(service, owner, perUser, opts)
+}
+
+func (m *Manager) reserveLocked(service, owner string, perUser int, opts map[string]string) (Reservation, error) {
 	tok, err := NewToken()
 	if err != nil {
 		return Reservation{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	slots, ok := m.held[service]
 	if !ok {
 		return Reservation{}, fmt.Errorf("%w: %q", ErrUnknownService, service)
@@ -206,6 +232,76 @@ func (m *Manager) ReserveFor(service, owner string, perUser int, opts map[string
 	}
 	m.byToken[tok] = r
 	return *r, nil
+}
+
+// ErrQueueFull is a wait queue at its bound.
+var ErrQueueFull = errors.New("too many reservations are already waiting")
+
+// ReserveWait is ReserveFor that, when every slot is held, waits in a FIFO
+// queue (at most maxWaiters long) until a slot frees or ctx ends.
+func (m *Manager) ReserveWait(ctx context.Context, service, owner string, perUser, maxWaiters int, opts map[string]string) (Reservation, error) {
+	m.mu.Lock()
+	var r Reservation
+	var err error
+	if len(m.waiters[service]) == 0 {
+		r, err = m.reserveLocked(service, owner, perUser, opts)
+		if !errors.Is(err, ErrNoSlot) {
+			m.mu.Unlock()
+			return r, err
+		}
+	}
+	if len(m.waiters[service]) >= maxWaiters {
+		m.mu.Unlock()
+		return Reservation{}, fmt.Errorf("%w: %d for %q", ErrQueueFull, len(m.waiters[service]), service)
+	}
+	w := &waiter{owner: owner, perUser: perUser, opts: opts, ch: make(chan waitResult, 1)}
+	m.waiters[service] = append(m.waiters[service], w)
+	m.mu.Unlock()
+	select {
+	case res := <-w.ch:
+		return res.r, res.err
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	q := m.waiters[service]
+	for i, x := range q {
+		if x == w {
+			m.waiters[service] = append(q[:i:i], q[i+1:]...)
+			m.mu.Unlock()
+			return Reservation{}, fmt.Errorf("%w: still no free slot of %q after waiting: %w", ErrNoSlot, service, ctx.Err())
+		}
+	}
+	m.mu.Unlock()
+	// Granted while giving up: take it after all.
+	res := <-w.ch
+	return res.r, res.err
+}
+
+// Waiting returns how many reservations wait for each service.
+func (m *Manager) Waiting() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int{}
+	for s, q := range m.waiters {
+		if len(q) > 0 {
+			out[s] = len(q)
+		}
+	}
+	return out
+}
+
+// grantLocked hands free slots of service to its waiters, first come
+// first served.
+func (m *Manager) grantLocked(service string) {
+	for len(m.waiters[service]) > 0 {
+		w := m.waiters[service][0]
+		r, err := m.reserveLocked(service, w.owner, w.perUser, w.opts)
+		if errors.Is(err, ErrNoSlot) {
+			return
+		}
+		m.waiters[service] = m.waiters[service][1:]
+		w.ch <- waitResult{r, err}
+	}
 }
 
 // find looks a token up in constant time with respect to its content:
@@ -313,6 +409,7 @@ func (m *Manager) removeLocked(r *Reservation) {
 	delete(m.byToken, r.Token)
 	if slots, ok := m.held[r.Service]; ok && r.Index >= 0 && r.Index < len(slots) {
 		slots[r.Index] = false
+		m.grantLocked(r.Service)
 	}
 }
 
