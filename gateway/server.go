@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/auth"
+	"wsgateway/internal/origin"
 	"wsgateway/reservation"
 	"wsgateway/services"
 )
@@ -374,24 +374,7 @@ func (s *Server) checkTunnels(now time.Time) {
 // originAllowed accepts requests without an Origin (non-browser clients),
 // an Origin on the same host as the request, and the allow-list.
 func (s *Server) originAllowed(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
-	}
-	for _, a := range s.cfg.AllowedOrigins {
-		if a == "*" || strings.EqualFold(strings.TrimRight(a, "/"), o) {
-			return true
-		}
-	}
-	u, err := url.Parse(o)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(r.Host); err == nil {
-		host = h
-	}
-	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
+	return origin.Allowed(r, s.cfg.AllowedOrigins)
 }
 
 // caller works out who made r: the holder of the security token (an

@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"wsgateway/services"
 )
 
 // Errors a wait for readiness ends with; match them with errors.Is.
@@ -110,7 +111,7 @@ func (p *process) stop(grace time.Duration) {
 			case <-deadline.C:
 				break wait
 			case <-tick.C:
-				if processDone(p.exited) && !groupAlive(p.pgid) {
+				if processDone(p.exited) && !services.GroupAlive(p.pgid) {
 					break wait
 				}
 			}
@@ -132,37 +133,6 @@ func processDone(ch <-chan struct{}) bool {
 	}
 }
 
-// groupAlive reports whether a process group has a member that is not a
-// zombie (kill(2) counts zombies, which a container's init may never
-// reap).
-func groupAlive(pgid int) bool {
-	if err := syscall.Kill(-pgid, 0); err != nil {
-		return false
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return true
-	}
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
-			return true
-		}
-	}
-	return false
-}
 
 // waitReady polls the session log at path until it contains readyLine as
 // a substring (a partial last line counts), the process exits, the timeout

@@ -15,6 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
+
+	"wsgateway/internal/origin"
 )
 
 // Bounds of the websocket passthrough.
@@ -141,24 +143,7 @@ func backendURL(host string, port int, p string) (string, error) {
 // originAllowed accepts no Origin (non-browser clients), an Origin on the
 // request's own host (any port), and the allow-list.
 func (l *Launcher) originAllowed(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
-	}
-	for _, a := range l.cfg.AllowedOrigins {
-		if a == "*" || strings.EqualFold(strings.TrimRight(a, "/"), o) {
-			return true
-		}
-	}
-	u, err := url.Parse(o)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(r.Host); err == nil {
-		host = h
-	}
-	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
+	return origin.Allowed(r, l.cfg.AllowedOrigins)
 }
 
 // tunnel joins a client websocket to the session's websocket. Each socket

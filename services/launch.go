@@ -537,7 +537,7 @@ func (inst *Instance) killGroup(grace time.Duration) {
 	}
 	if syscall.Kill(-pg, syscall.SIGTERM) == nil {
 		deadline := time.Now().Add(grace)
-		for time.Now().Before(deadline) && groupAlive(pg) {
+		for time.Now().Before(deadline) && GroupAlive(pg) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
@@ -549,13 +549,13 @@ func (inst *Instance) killGroup(grace time.Duration) {
 	}
 }
 
-// groupAlive reports whether the process group has a member that is not
-// a zombie.
-func groupAlive(pgid int) bool {
+// GroupAlive reports whether process group pgid has a member that is
+// not a zombie (kill(2) still counts zombies, which a service's group may
+// hold until they are reaped).
+func GroupAlive(pgid int) bool {
 	if err := syscall.Kill(-pgid, 0); err != nil {
 		return false
 	}
-	// Zombies still count for kill(2); look for a live member.
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return true
@@ -565,21 +565,7 @@ func groupAlive(pgid int) bool {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp ...
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 {
-			continue
-		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid && f[0] != "Z" {
-			_ = pid
+		if g, state, ok := procGroup(pid); ok && g == pgid && state != "Z" && state != "X" {
 			return true
 		}
 	}
