@@ -133,7 +133,6 @@ func processDone(ch <-chan struct{}) bool {
 	}
 }
 
-
 // waitReady polls the session log at path until it contains readyLine as
 // a substring (a partial last line counts), the process exits, the timeout
 // passes or ctx ends. An empty readyLine is ready at once.
