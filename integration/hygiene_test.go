@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -53,4 +55,29 @@ func TestNoZombiesAfterStop(t *testing.T) {
 			return os.IsNotExist(err)
 		})
 	}
+}
+
+// TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL: launcher
+// applications run under the same supervisor as services.
+func TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
+	e := lchStart(t, true, 2, map[string]any{"apps": map[string]any{
+		"kids": map[string]any{"cmd": []string{"${srv}", "--port", "${port}", "--grandchild"}, "ready_line": "Starting factory"},
+	}})
+	code, body := e.do("POST", "/paraview/", `{"application": "kids"}`)
+	if code != 200 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	logb, _ := os.ReadFile(filepath.Join(e.logDir, body["id"].(string)+".txt"))
+	var pid, gc int
+	if _, err := fmt.Sscanf(string(logb[bytes.Index(logb, []byte("wslinksrv pid=")):]), "wslinksrv pid=%d grandchild=%d", &pid, &gc); err != nil {
+		t.Fatalf("no pids in the session log %q: %v", logb, err)
+	}
+	if !alive(pid) || !alive(gc) {
+		t.Fatal("application or grandchild not running")
+	}
+	e.g.cmd.Process.Signal(syscall.SIGKILL)
+	<-e.g.exited
+	waitFor(t, "the application and its grandchild to die with the gateway", 20*time.Second, func() bool {
+		return !alive(pid) && !alive(gc)
+	})
 }

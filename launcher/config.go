@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"wsgateway/services"
 )
 
 // MaxConfigSize bounds a launcher config file.
@@ -48,6 +49,10 @@ type Config struct {
 	// AllowedOrigins are browser Origins allowed on /proxy besides the
 	// request's own host ("*" allows any); the gateway's --allowed_origins.
 	AllowedOrigins []string `json:"-"`
+	// Supervisor, when set, runs each application under the gateway's
+	// service supervisor, so its whole process group dies with the
+	// gateway even if the gateway is killed with SIGKILL.
+	Supervisor *services.Supervisor `json:"-"`
 }
 
 // Configuration is the "configuration" section.

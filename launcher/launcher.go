@@ -339,7 +339,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 		release()
 		return nil, errorf(http.StatusInternalServerError, "cannot create the session log: %w", err)
 	}
-	proc, err := startProcess(argv, logFile)
+	proc, err := startProcess(argv, logFile, l.cfg.Supervisor, l.cfg.StopGrace)
 	if err != nil {
 		fmt.Fprintf(logFile, "wsgateway launcher: cannot start %q: %v\n", argv[0], err)
 		logFile.Close()

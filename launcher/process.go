@@ -40,8 +40,13 @@ type process struct {
 
 // startProcess runs argv (no shell) in a new process group with stdout and
 // stderr appended to logFile.
-func startProcess(argv []string, logFile *os.File) (*process, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
+func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, grace time.Duration) (*process, error) {
+	var cmd *exec.Cmd
+	if sup != nil {
+		cmd = sup.Command(argv, grace)
+	} else {
+		cmd = exec.Command(argv[0], argv[1:]...)
+	}
 	cmd.Env = childEnv()
 	cmd.Stdin = nil
 	cmd.Stdout = logFile

@@ -82,6 +82,7 @@ func LoadConfig(path string) ([]*Service, error) {
 }
 
 type rawService struct {
+	Kind    *string                    `json:"kind"`
 	Script  *string                    `json:"script"`
 	Count   *json.Number               `json:"count"`
 	Options map[string]json.RawMessage `json:"options"`
@@ -111,6 +112,14 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err := ValidName(name); err != nil {
 			return nil, &ConfigError{File: file, Service: name, Msg: err.Error()}
 		}
+		kind, err := EntryKind(top[name])
+		if err != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "kind", Msg: err.Error()}
+		}
+		if kind == KindJob {
+			// Job services belong to the job runner (jobs.LoadConfig).
+			continue
+		}
 		var rs rawService
 		d := json.NewDecoder(bytes.NewReader(top[name]))
 		d.UseNumber()
@@ -118,7 +127,7 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err := d.Decode(&rs); err != nil {
 			msg := err.Error()
 			if strings.Contains(msg, "unknown field") {
-				msg += `; a service has exactly "script", "count" and "options" (put anything else inside "options")`
+				msg += `; a service has exactly "script", "count" and "options" (put anything else inside "options"), and a job has "kind": "job", "cmd", "count" and "options"`
 			}
 			return nil, &ConfigError{File: file, Service: name, Msg: msg}
 		}
@@ -152,6 +161,32 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options})
 	}
 	return out, nil
+}
+
+// Kinds of entries in a services config.
+const (
+	KindService = "service" // the default: a script behind a token
+	KindJob     = "job"     // a queued batch job (package jobs)
+)
+
+// EntryKind returns the "kind" of a services config entry: KindService
+// when it has none.
+func EntryKind(raw json.RawMessage) (string, error) {
+	var probe struct {
+		Kind *json.RawMessage `json:"kind"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil || probe.Kind == nil {
+		return KindService, nil // the full decode reports a bad entry
+	}
+	var k string
+	if err := json.Unmarshal(*probe.Kind, &k); err != nil {
+		return "", fmt.Errorf(`must be "service" or "job"`)
+	}
+	switch k {
+	case KindService, KindJob:
+		return k, nil
+	}
+	return "", fmt.Errorf(`%q is not a kind of service; use "service" (the default) or "job"`, k)
 }
 
 func checkOptions(o map[string]json.RawMessage) error {

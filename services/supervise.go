@@ -3,6 +3,7 @@ package services
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -46,6 +47,16 @@ func (s *Supervisor) Close() error {
 	return s.keep.Close()
 }
 
+// Command returns a command that runs argv (no shell; a bare name is
+// looked up in PATH) under supervision, with grace between SIGTERM and
+// SIGKILL. The caller sets its environment, output and process group
+// (Setpgid: the supervisor must lead a group of its own).
+func (s *Supervisor) Command(argv []string, grace time.Duration) *exec.Cmd {
+	cmd := exec.Command(s.exe, append([]string{SuperviseArg, strconv.FormatInt(grace.Milliseconds(), 10)}, argv...)...)
+	cmd.ExtraFiles = []*os.File{s.lifeline}
+	return cmd
+}
+
 // command returns the program and arguments that run script with verb
 // under supervision, and the extra files to pass: the lifeline (fd 3)
 // and status, the write end of a pipe on which the supervisor reports the
@@ -55,12 +66,12 @@ func (s *Supervisor) command(script, verb string, grace time.Duration, status *o
 }
 
 // Supervise is the supervisor's main: args are the grace period in
-// milliseconds, the script and its verb. fd 3 is the lifeline; the
-// script's exit status is written to fd 4 as soon as it is known. It
-// returns the exit status: the script's, or 128+signal.
+// milliseconds, then the program and its arguments. fd 3 is the lifeline;
+// the program's exit status is written to fd 4, when open, as soon as it
+// is known. It returns the exit status: the program's, or 128+signal.
 func Supervise(args []string) int {
-	if len(args) != 3 {
-		fmt.Fprintln(os.Stderr, "wsgateway supervisor: want GRACE_MS SCRIPT VERB")
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "wsgateway supervisor: want GRACE_MS PROGRAM [ARG...]")
 		return 2
 	}
 	graceMS, err := strconv.Atoi(args[0])
@@ -81,7 +92,10 @@ func Supervise(args []string) int {
 
 	gone := make(chan struct{})
 	lifeline := os.NewFile(3, "lifeline")
-	statusOut := os.NewFile(4, "status")
+	var statusOut *os.File
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, 4, syscall.F_GETFD, 0); e == 0 {
+		statusOut = os.NewFile(4, "status")
+	}
 	report := func(code int) {
 		if statusOut != nil {
 			fmt.Fprintf(statusOut, "%d\n", code)
@@ -99,12 +113,21 @@ func Supervise(args []string) int {
 		}
 	}()
 
-	proc, err := os.StartProcess(args[1], []string{args[1], args[2]}, &os.ProcAttr{
+	prog := args[1]
+	if !strings.Contains(prog, "/") {
+		p, err := exec.LookPath(prog)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "cannot run %s: %v\n", prog, err)
+			return 127
+		}
+		prog = p
+	}
+	proc, err := os.StartProcess(prog, args[1:], &os.ProcAttr{
 		Env:   os.Environ(),
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "cannot run %s: %v\n", args[1], err)
+		fmt.Fprintf(os.Stderr, "cannot run %s: %v\n", prog, err)
 		return 127
 	}
 	child := proc.Pid

@@ -45,6 +45,7 @@ func setupLauncher(cfg *Config, g *gateway.Config, log zerolog.Logger) (*launche
 		return nil, usage("%v", err)
 	}
 	lc.StopGrace = cfg.StopGrace
+	lc.Supervisor = g.Supervisor
 	lc.AllowedOrigins = cfg.AllowedOrigins
 	port := lc.Port()
 	mounted := port == cfg.HTTPPort

@@ -80,11 +80,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	lr, err := setupLauncher(cfg, &gcfg, log)
-	if err != nil {
-		return err
-	}
-	defer lr.close()
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("finding the gateway's own binary for the service supervisor: %w", err)
@@ -97,6 +92,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// killed) makes every supervisor stop its service.
 	defer sup.Close()
 	gcfg.Supervisor = sup
+	lr, err := setupLauncher(cfg, &gcfg, log)
+	if err != nil {
+		return err
+	}
+	defer lr.close()
 	srv, err := gateway.New(gcfg, log)
 	if err != nil {
 		return err

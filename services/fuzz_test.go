@@ -1,0 +1,205 @@
+package services
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// Fuzz targets for what a services config author and a service script
+// control: the config file, the query options merged into WSGW_OPTIONS,
+// and the script's stdout up to its ready line. Seeds are in
+// testdata/fuzz/<FuzzName>; run one with
+//
+//	go test -run='^$' -fuzz='^FuzzParseConfig$' -fuzztime=30s ./services
+
+// fuzzScriptDir holds the executable scripts the seed configs name
+// ("s.sh", "bin/viz.sh").
+func fuzzScriptDir(f *testing.F) string {
+	dir := f.TempDir()
+	for _, name := range []string{"s.sh", "bin/viz.sh"} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			f.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			f.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// FuzzParseConfig: any bytes give services or a *ConfigError, never a
+// panic; what is accepted obeys the documented limits, and the options a
+// script receives (service options merged with one query option) are a
+// JSON object without a NUL byte (an environment variable cannot hold
+// one) in which the query value reads back exactly.
+func FuzzParseConfig(f *testing.F) {
+	dir := fuzzScriptDir(f)
+	f.Add([]byte(`{"Echo": {"script": "s.sh", "count": 2, "options": {"geometry": "1024x768"}}}`), "geometry", "800x600")
+	f.Fuzz(func(t *testing.T, data []byte, key, value string) {
+		svcs, err := ParseConfig("fuzz.json", dir, data)
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %v (%T) is not a *ConfigError", err, err)
+			}
+			if !strings.HasPrefix(err.Error(), "fuzz.json") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		if len(svcs) == 0 {
+			t.Fatal("no services and no error")
+		}
+		seen := map[string]bool{}
+		for _, s := range svcs {
+			if err := ValidName(s.Name); err != nil {
+				t.Fatalf("accepted service name %q: %v", s.Name, err)
+			}
+			if seen[s.Name] {
+				t.Fatalf("service %q twice", s.Name)
+			}
+			seen[s.Name] = true
+			if s.Count < 1 || s.Count > MaxCount {
+				t.Fatalf("service %q: count %d accepted", s.Name, s.Count)
+			}
+			if !filepath.IsAbs(s.Script) {
+				t.Fatalf("service %q: script %q is not absolute", s.Name, s.Script)
+			}
+			if s.Options == nil {
+				t.Fatalf("service %q: nil options accepted", s.Name)
+			}
+			_ = s.StringOption("group")
+			_ = s.FileExt()
+			var q map[string]string
+			if key != "" {
+				q = map[string]string{key: value}
+			}
+			out, err := s.MergedOptions(q)
+			if err != nil {
+				t.Fatalf("service %q: MergedOptions: %v", s.Name, err)
+			}
+			if bytes.IndexByte(out, 0) >= 0 {
+				t.Fatalf("WSGW_OPTIONS holds a NUL byte: %q", out)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(out, &m); err != nil {
+				t.Fatalf("WSGW_OPTIONS %q is not a JSON object: %v", out, err)
+			}
+			if key != "" && utf8.ValidString(key) && utf8.ValidString(value) {
+				if got, ok := m[key].(string); !ok || got != value {
+					t.Fatalf("option %q = %q reads back as %#v from %s", key, value, m[key], out)
+				}
+			}
+		}
+	})
+}
+
+// FuzzParseReadyLine: any line gives an endpoint or an error, never a
+// panic; an endpoint is a Unix socket at an absolute path or a TCP
+// address with a port 1..65535.
+func FuzzParseReadyLine(f *testing.F) {
+	f.Add([]byte(`{"hostname": "127.0.0.1", "port": 5901}`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		ep, err := ParseReadyLine(line)
+		if err != nil {
+			if ep != (Endpoint{}) {
+				t.Fatalf("error %v with endpoint %+v", err, ep)
+			}
+			return
+		}
+		switch ep.Network {
+		case "unix":
+			if !filepath.IsAbs(ep.Address) {
+				t.Fatalf("unix endpoint %q is not absolute", ep.Address)
+			}
+		case "tcp":
+			_, port, err := net.SplitHostPort(ep.Address)
+			if err != nil {
+				t.Fatalf("tcp endpoint %q: %v", ep.Address, err)
+			}
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				t.Fatalf("tcp endpoint %q: port %q", ep.Address, port)
+			}
+		default:
+			t.Fatalf("endpoint network %q", ep.Network)
+		}
+	})
+}
+
+// FuzzReadyOutput runs a script's whole stdout through the reader the
+// gateway uses: it never panics, a ready result is the first line that
+// starts with '{' (after spaces), and every byte before that line, in
+// pieces of at most maxReadyLine plus one read buffer, goes to the log.
+func FuzzReadyOutput(f *testing.F) {
+	logPath := filepath.Join(f.TempDir(), "session.log")
+	f.Add([]byte("starting\n{\"hostname\": \"127.0.0.1\", \"port\": 5901}\nafter\n"))
+	f.Fuzz(func(t *testing.T, out []byte) {
+		lf, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		inst := &Instance{logFile: lf}
+		ch := make(chan readyResult, 1)
+		inst.readStdout(nopCloser{bytes.NewReader(out)}, ch)
+		r := <-ch
+
+		// What the protocol says the result must be.
+		br := bufio.NewReaderSize(bytes.NewReader(out), 4096)
+		var before, want, rest []byte
+		found := false
+		for {
+			line, err := readLine(br, maxReadyLine)
+			if len(line) > maxReadyLine+4096 {
+				t.Fatalf("readLine returned %d bytes", len(line))
+			}
+			if tr := bytes.TrimSpace(line); len(tr) > 0 && tr[0] == '{' {
+				want, found = tr, true
+				rest, _ = io.ReadAll(br)
+				break
+			}
+			before = append(before, line...)
+			if len(line) > 0 && line[len(line)-1] != '\n' {
+				before = append(before, '\n')
+			}
+			if err != nil {
+				break
+			}
+		}
+		if !found {
+			if !errors.Is(r.err, errNoLine) {
+				t.Fatalf("no line starts with '{' but the result is %+v", r)
+			}
+		} else {
+			if errors.Is(r.err, errNoLine) || !bytes.Equal(r.line, want) {
+				t.Fatalf("result %+v, want the line %q", r, want)
+			}
+			wantEP, wantErr := ParseReadyLine(want)
+			if (wantErr == nil) != (r.err == nil) || r.ep != wantEP {
+				t.Fatalf("result %+v, want %+v / %v", r, wantEP, wantErr)
+			}
+		}
+		got, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := append(before, rest...); !bytes.Equal(got, want) {
+			t.Fatalf("session log:\n got %q\nwant %q", got, want)
+		}
+	})
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
