@@ -77,7 +77,7 @@ func TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
 	}
 	e.g.cmd.Process.Signal(syscall.SIGKILL)
 	<-e.g.exited
-	waitFor(t, "the application and its grandchild to die with the gateway", 20*time.Second, func() bool {
-		return !alive(pid) && !alive(gc)
+	waitFor(t, "the application, its grandchild and its supervisor to be gone", 20*time.Second, func() bool {
+		return !alive(pid) && !alive(gc) && len(lchPidsWithArg(e.srvPath)) == 0
 	})
 }

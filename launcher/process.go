@@ -51,9 +51,15 @@ func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, gra
 	cmd.Stdin = nil
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	// Pdeathsig: should the gateway itself be killed, the leader dies
-	// with it rather than hold its port forever.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if sup != nil {
+		// The supervisor notices the gateway's death itself and takes the
+		// whole group down; a parent-death signal would kill it first.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	} else {
+		// Should the gateway itself be killed, the leader dies with it
+		// rather than hold its port forever.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
