@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"wsgateway/scripts"
 )
@@ -59,6 +60,11 @@ func BuiltIn(name string, count int, dir string) (*Service, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("built-in service %q: creating %s: %w", name, dir, err)
 	}
+	// The script is run later from this directory: nobody else may be
+	// able to swap it (a directory squatted in a shared /tmp, say).
+	if err := privateDir(dir); err != nil {
+		return nil, fmt.Errorf("built-in service %q: refusing to put its script in %s: %w; choose a --session_dir whose parents only you (or root) can write", name, dir, err)
+	}
 	path := filepath.Join(dir, b.script)
 	tmp, err := os.CreateTemp(dir, ".tmp-"+b.script)
 	if err != nil {
@@ -87,4 +93,38 @@ func BuiltIn(name string, count int, dir string) (*Service, error) {
 		opts[k] = v
 	}
 	return &Service{Name: name, Script: path, Count: count, Options: opts, BuiltIn: true}, nil
+}
+
+// privateDir checks that only this user (or root) can change what dir
+// holds: dir and every directory above it is owned by this user or root,
+// and none is writable by everyone unless it is sticky (as /tmp is).
+func privateDir(dir string) error {
+	p, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	p, err = filepath.Abs(p)
+	if err != nil {
+		return err
+	}
+	uid := uint32(os.Getuid())
+	for d := p; ; d = filepath.Dir(d) {
+		st, err := os.Lstat(d)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil
+		}
+		if sys.Uid != uid && sys.Uid != 0 {
+			return fmt.Errorf("%s belongs to another user (uid %d)", d, sys.Uid)
+		}
+		if st.Mode().Perm()&0o002 != 0 && st.Mode()&os.ModeSticky == 0 {
+			return fmt.Errorf("%s is writable by everyone", d)
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }

@@ -42,6 +42,7 @@ type Config struct {
 	TrustedProxies      []string
 	MaxUserTunnels      int
 	MaxUserReservations int
+	StateDB             string
 }
 
 // LocalSession is one --local_session NAME COUNT.
@@ -180,6 +181,8 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserTunnels) }},
 		{name: "max_user_reservations", meta: "count", help: "Reservations one user may hold at once; more get 429. 0 means no cap. Default: 10",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserReservations) }},
+		{name: "state_db", meta: "file", help: "SQLite file holding what survives a restart: jobs, their queue and the event history (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory",
+			set: func(c *Config, a []string) error { c.StateDB = a[0]; return nil }},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
 	}

@@ -97,6 +97,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer lr.close()
+	jr, err := setupJobs(ctx, cfg, &gcfg, sup, log)
+	if err != nil {
+		return err
+	}
+	defer jr.close()
 	srv, err := gateway.New(gcfg, log)
 	if err != nil {
 		return err

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"wsgateway/events"
+	"wsgateway/gateway"
+	"wsgateway/jobs"
+	"wsgateway/rpc"
+	"wsgateway/services"
+	"wsgateway/store"
+)
+
+// defaultStateDB is --state_db when the services config has jobs and the
+// option is not given.
+const defaultStateDB = "wsgateway-state.db"
+
+// jobsRun is the job runner, the durable state and the JSON-RPC control
+// plane mounted at /v1/rpc on the HTTP port.
+type jobsRun struct {
+	st    store.Store
+	hub   *events.Hub
+	mgr   *jobs.Manager
+	rpc   *rpc.Server
+	lock  *os.File
+	log   zerolog.Logger
+	grace time.Duration
+}
+
+// setupJobs loads the job services of --remote_session_config, opens the
+// state database (--state_db; in memory when neither it nor a job service
+// is given), restores the job queue and mounts /v1/rpc.
+func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *services.Supervisor, log zerolog.Logger) (*jobsRun, error) {
+	base := log
+	log = log.With().Str("component", "jobs").Logger()
+	var svcs []*jobs.Service
+	if cfg.RemoteSessionConfig != "" {
+		var err error
+		if svcs, err = jobs.LoadConfig(cfg.RemoteSessionConfig); err != nil {
+			return nil, &usageError{fmt.Sprintf("--remote_session_config: %v", err)}
+		}
+	}
+	path := cfg.StateDB
+	if path == "" && len(svcs) > 0 {
+		path = defaultStateDB
+	}
+	jr := &jobsRun{log: log, grace: cfg.StopGrace}
+	var jobDir string
+	if path == "" {
+		// Nothing asks for durable state (and no job can run): keep the
+		// event history in memory.
+		path = store.Memory
+	} else {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, &usageError{fmt.Sprintf("--state_db: %v", err)}
+		}
+		path = abs
+		jobDir = path + ".jobs"
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, &usageError{fmt.Sprintf("--state_db: %v", err)}
+		}
+		lf, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, &usageError{fmt.Sprintf("--state_db: %v", err)}
+		}
+		if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			lf.Close()
+			return nil, &usageError{fmt.Sprintf("--state_db %s is in use by another wsgateway (%v); give each gateway its own", path, err)}
+		}
+		jr.lock = lf
+	}
+	st, err := store.Open(ctx, path, log)
+	if err != nil {
+		jr.close()
+		return nil, err
+	}
+	jr.st = st
+	if jr.hub, err = events.NewHub(ctx, st, 10000, log); err != nil {
+		jr.close()
+		return nil, err
+	}
+	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace}, log)
+	if err != nil {
+		jr.close()
+		return nil, err
+	}
+	jr.rpc = rpc.New(rpc.Config{
+		Access:   rpc.Access{SecurityToken: g.SecurityToken, Users: g.Users, TrustedProxies: g.TrustedProxies, AllowedOrigins: g.AllowedOrigins},
+		Jobs:     jr.mgr,
+		Hub:      jr.hub,
+		Services: g.Services,
+		Version:  version,
+	}, base.With().Str("component", "rpc").Logger())
+	g.Extensions = append(g.Extensions, gateway.Extension{Name: "rpc", Match: jr.rpc.Match, Handler: jr.rpc})
+	jr.mgr.Start()
+	log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")
+	return jr, nil
+}
+
+// close stops the RPC connections and the running jobs (marked
+// interrupted; queued jobs stay queued), then closes the database.
+func (jr *jobsRun) close() {
+	if jr == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), jr.grace+15*time.Second)
+	defer cancel()
+	var errs []error
+	if jr.rpc != nil {
+		errs = append(errs, jr.rpc.Close(ctx))
+	}
+	if jr.mgr != nil {
+		errs = append(errs, jr.mgr.Close(ctx))
+	}
+	if jr.hub != nil {
+		jr.hub.Close()
+	}
+	if jr.st != nil {
+		errs = append(errs, jr.st.Close())
+	}
+	if jr.lock != nil {
+		errs = append(errs, jr.lock.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		jr.log.Warn().Err(err).Msg("jobs shutdown")
+	}
+}

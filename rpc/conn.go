@@ -1,0 +1,345 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"wsgateway/auth"
+	"wsgateway/events"
+)
+
+// JSON-RPC 2.0 error codes; ours are in -32000…-32099 and carry
+// data.reason.
+const (
+	CodeParse          = -32700
+	CodeInvalidRequest = -32600
+	CodeMethodNotFound = -32601
+	CodeInvalidParams  = -32602
+	CodeInternal       = -32603
+	CodeServer         = -32000 // reason says more
+	CodeNotFound       = -32001
+	CodeForbidden      = -32002
+	CodeConflict       = -32003
+	CodeNotAvailable   = -32004
+	CodeLimit          = -32005
+)
+
+// Error is a JSON-RPC error object.
+type Error struct {
+	Code    int            `json:"code"`
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+func rpcErr(code int, reason, format string, args ...any) *Error {
+	e := &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+	if reason != "" {
+		e.Data = map[string]any{"reason": reason}
+	}
+	return e
+}
+
+type request struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Method  *string         `json:"method"`
+	Params  json.RawMessage `json:"params"`
+	ID      json.RawMessage `json:"id"`
+	hasID   bool
+}
+
+type response struct {
+	JSONRPC string          `json:"jsonrpc"`
+	Result  any             `json:"result,omitempty"`
+	Error   *Error          `json:"error,omitempty"`
+	ID      json.RawMessage `json:"id"`
+}
+
+type notification struct {
+	JSONRPC string `json:"jsonrpc"`
+	Method  string `json:"method"`
+	Params  any    `json:"params"`
+}
+
+// conn is one client: one reader (serve), one writer, and the requests in
+// flight.
+type conn struct {
+	s      *Server
+	ws     *websocket.Conn
+	id     *auth.Identity
+	remote string
+	out    chan []byte
+	ctx    context.Context
+	cancel context.CancelFunc
+	sem    chan struct{}
+	reqs   sync.WaitGroup
+
+	closeOnce sync.Once
+	closeCode int
+	closeText string
+
+	mu  sync.Mutex
+	sub *events.Subscription
+}
+
+func newConn(s *Server, ws *websocket.Conn, id *auth.Identity, remote string) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &conn{s: s, ws: ws, id: id, remote: remote, out: make(chan []byte, s.cfg.OutQueue), ctx: ctx, cancel: cancel,
+		sem: make(chan struct{}, s.cfg.MaxInFlight), closeCode: websocket.CloseNormalClosure}
+}
+
+// closeWith ends the connection, sending code and text in the close frame.
+func (c *conn) closeWith(code int, text string) {
+	c.closeOnce.Do(func() {
+		c.closeCode, c.closeText = code, text
+		c.cancel()
+	})
+}
+
+func (c *conn) serve() {
+	log := c.s.log.With().Str("remote", c.remote).Str("user", name(c.id)).Logger()
+	log.Debug().Msg("rpc client connected")
+	c.ws.SetReadLimit(c.s.cfg.MaxMessageBytes)
+	deadline := func() { _ = c.ws.SetReadDeadline(time.Now().Add(3 * c.s.cfg.Ping)) }
+	deadline()
+	c.ws.SetPongHandler(func(string) error { deadline(); return nil })
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); c.writer() }()
+	for {
+		_, msg, err := c.ws.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			switch {
+			case errors.Is(err, websocket.ErrReadLimit):
+				c.closeWith(websocket.CloseMessageTooBig, fmt.Sprintf("message larger than %d bytes", c.s.cfg.MaxMessageBytes))
+			case errors.As(err, &ce):
+				c.closeWith(websocket.CloseNormalClosure, "")
+			default:
+				c.closeWith(websocket.CloseGoingAway, "")
+			}
+			break
+		}
+		deadline()
+		select {
+		case c.sem <- struct{}{}:
+		case <-c.ctx.Done():
+		}
+		if c.ctx.Err() != nil {
+			break
+		}
+		c.reqs.Add(1)
+		go func() {
+			defer func() { <-c.sem; c.reqs.Done() }()
+			c.handleMessage(msg)
+		}()
+	}
+	c.mu.Lock()
+	c.sub.Close()
+	c.sub = nil
+	c.mu.Unlock()
+	c.cancel()
+	c.reqs.Wait()
+	<-writerDone
+	c.ws.Close()
+	log.Debug().Msg("rpc client disconnected")
+}
+
+// writer sends queued messages and pings until the connection ends, then
+// sends the close frame.
+func (c *conn) writer() {
+	t := time.NewTicker(c.s.cfg.Ping)
+	defer t.Stop()
+	for {
+		select {
+		case b := <-c.out:
+			_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+				c.closeWith(websocket.CloseGoingAway, "")
+				_ = c.ws.Close() // unblocks the reader
+				return
+			}
+		case <-t.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)); err != nil {
+				c.closeWith(websocket.CloseGoingAway, "")
+				_ = c.ws.Close()
+				return
+			}
+		case <-c.ctx.Done():
+			// Flush what is queued (responses to answered requests), then
+			// say goodbye.
+			for {
+				select {
+				case b := <-c.out:
+					_ = c.ws.SetWriteDeadline(time.Now().Add(2 * time.Second))
+					if c.ws.WriteMessage(websocket.TextMessage, b) != nil {
+						_ = c.ws.Close()
+						return
+					}
+					continue
+				default:
+				}
+				break
+			}
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(2*time.Second))
+			// Give the client a moment to answer the close, then unblock
+			// the reader.
+			time.AfterFunc(time.Second, func() { _ = c.ws.Close() })
+			return
+		}
+	}
+}
+
+// send queues b, waiting while the queue is full (responses).
+func (c *conn) send(b []byte) {
+	select {
+	case c.out <- b:
+	case <-c.ctx.Done():
+	}
+}
+
+// trySend queues b without waiting (events); a full queue drops the
+// client.
+func (c *conn) trySend(b []byte) bool {
+	select {
+	case c.out <- b:
+		return true
+	default:
+		c.closeWith(websocket.ClosePolicyViolation, "too slow: events could not be delivered; reconnect with since=<last seq>")
+		return false
+	}
+}
+
+func (c *conn) sendJSON(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.s.log.Error().Err(err).Msg("rpc response not encodable")
+		return
+	}
+	c.send(b)
+}
+
+// handleMessage answers one message: a request, a notification or a
+// batch.
+func (c *conn) handleMessage(msg []byte) {
+	trimmed := bytes.TrimSpace(msg)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		var items []json.RawMessage
+		if err := json.Unmarshal(trimmed, &items); err != nil {
+			c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeParse, "", "parse error: %v", err), ID: json.RawMessage("null")})
+			return
+		}
+		if len(items) == 0 {
+			c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeInvalidRequest, "", "invalid request: empty batch"), ID: json.RawMessage("null")})
+			return
+		}
+		if len(items) > maxBatch {
+			c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeInvalidRequest, "batch_too_large", "invalid request: a batch holds at most %d calls", maxBatch), ID: json.RawMessage("null")})
+			return
+		}
+		var out []response
+		var afters []func()
+		for _, it := range items {
+			r, after, reply := c.call(it)
+			if reply {
+				out = append(out, r)
+			}
+			if after != nil {
+				afters = append(afters, after)
+			}
+		}
+		if len(out) > 0 {
+			c.sendJSON(out)
+		}
+		for _, f := range afters {
+			f()
+		}
+		return
+	}
+	if !json.Valid(trimmed) {
+		c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeParse, "", "parse error: not valid JSON"), ID: json.RawMessage("null")})
+		return
+	}
+	r, after, reply := c.call(trimmed)
+	if reply {
+		c.sendJSON(r)
+	}
+	if after != nil {
+		after()
+	}
+}
+
+const maxBatch = 100
+
+// call runs one request; reply is false for a notification.
+func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply bool) {
+	null := json.RawMessage("null")
+	resp = response{JSONRPC: "2.0", ID: null}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		resp.Error = rpcErr(CodeInvalidRequest, "", "invalid request: not a JSON object")
+		return resp, nil, true
+	}
+	idRaw, hasID := fields["id"]
+	if hasID {
+		t := bytes.TrimSpace(idRaw)
+		if len(t) == 0 || !(t[0] == '"' || t[0] == '-' || (t[0] >= '0' && t[0] <= '9') || string(t) == "null") {
+			resp.Error = rpcErr(CodeInvalidRequest, "", "invalid request: id must be a string, a number or null")
+			return resp, nil, true
+		}
+		resp.ID = t
+	}
+	var req request
+	if err := json.Unmarshal(raw, &req); err != nil || req.JSONRPC != "2.0" || req.Method == nil {
+		resp.Error = rpcErr(CodeInvalidRequest, "", `invalid request: want {"jsonrpc": "2.0", "method": "...", "params": {...}, "id": ...}`)
+		return resp, nil, true
+	}
+	if !hasID {
+		// A notification: the API has no method worth calling without an
+		// answer, so it is ignored, as the brief says.
+		return resp, nil, false
+	}
+	m, ok := c.s.methods[*req.Method]
+	if !ok {
+		resp.Error = rpcErr(CodeMethodNotFound, "", "method not found: %q", truncate(*req.Method, 64))
+		return resp, nil, true
+	}
+	params := req.Params
+	if p := bytes.TrimSpace(params); len(p) == 0 || string(p) == "null" {
+		params = json.RawMessage("{}")
+	} else if p[0] != '{' {
+		resp.Error = rpcErr(CodeInvalidParams, "params_not_object", "invalid params: params must be an object of named parameters")
+		return resp, nil, true
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Minute)
+	defer cancel()
+	res, after, err := m(ctx, c, params)
+	if err != nil {
+		var re *Error
+		if !errors.As(err, &re) {
+			c.s.log.Error().Err(err).Str("method", *req.Method).Msg("rpc call failed")
+			re = rpcErr(CodeInternal, "internal", "internal error: %v", err)
+		}
+		resp.Error = re
+		return resp, nil, true
+	}
+	if res == nil {
+		res = struct{}{}
+	}
+	resp.Result = res
+	return resp, after, true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

@@ -1,0 +1,174 @@
+// Package rpc is the gateway's control plane: JSON-RPC 2.0 over a
+// websocket (/v1/rpc on the HTTP port). It queues, stops and watches jobs,
+// reads their logs, and pushes events (job state, progress, log output,
+// queue changes) to subscribers, who can resume after a reconnect from the
+// last sequence number they saw.
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/rs/zerolog"
+
+	"wsgateway/auth"
+	"wsgateway/events"
+	"wsgateway/jobs"
+	"wsgateway/services"
+)
+
+// Path is where the API is mounted.
+const Path = "/v1/rpc"
+
+// Config configures a Server.
+type Config struct {
+	Access   Access
+	Jobs     *jobs.Manager
+	Hub      *events.Hub
+	Services []*services.Service // the gateway's websocket services (listed only)
+	Version  string
+	// MaxMessageBytes bounds a client message (default 1 MiB).
+	MaxMessageBytes int64
+	// MaxInFlight bounds the requests one connection runs at once
+	// (default 8).
+	MaxInFlight int
+	// OutQueue is how many messages may wait to be sent to a client
+	// before it is dropped as too slow (default 1024).
+	OutQueue int
+	// Ping is the keep-alive period (default 30s).
+	Ping time.Duration
+}
+
+// Server serves the JSON-RPC API.
+type Server struct {
+	cfg      Config
+	log      zerolog.Logger
+	upgrader websocket.Upgrader
+	methods  map[string]method
+	started  time.Time
+
+	mu     sync.Mutex
+	conns  map[*conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// New returns a Server.
+func New(cfg Config, log zerolog.Logger) *Server {
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 1 << 20
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 8
+	}
+	if cfg.OutQueue <= 0 {
+		cfg.OutQueue = 1024
+	}
+	if cfg.Ping <= 0 {
+		cfg.Ping = 30 * time.Second
+	}
+	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now()}
+	s.upgrader = websocket.Upgrader{
+		ReadBufferSize:   8 << 10,
+		WriteBufferSize:  8 << 10,
+		HandshakeTimeout: 10 * time.Second,
+		// The Origin is checked before Upgrade.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	s.methods = s.registry()
+	return s
+}
+
+// Match claims requests for Path.
+func (s *Server) Match(r *http.Request) bool { return r.URL.Path == Path }
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// ServeHTTP authorises the caller and upgrades to a websocket.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		writeJSONError(w, http.StatusBadRequest, "this is the JSON-RPC 2.0 websocket API; open a websocket to "+Path)
+		return
+	}
+	if !s.cfg.Access.OriginAllowed(r) {
+		writeJSONError(w, http.StatusForbidden, "websocket Origin "+r.Header.Get("Origin")+" is not allowed; serve the page from the gateway or add it to --allowed_origins")
+		return
+	}
+	id, err := s.cfg.Access.Caller(r)
+	if err != nil {
+		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
+		return
+	}
+	if id == nil && s.cfg.Access.AuthRequired() {
+		if s.cfg.Access.Users != nil {
+			writeJSONError(w, http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or a session cookie")
+			return
+		}
+		writeJSONError(w, http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		writeJSONError(w, http.StatusServiceUnavailable, "the gateway is shutting down")
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader answered
+	}
+	c := newConn(s, ws, id, r.RemoteAddr)
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	c.serve()
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Close closes every connection with 1001 and waits for them, bounded by
+// ctx.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	cs := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.closeWith(websocket.CloseGoingAway, "gateway shutting down")
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return errors.Join(errors.New("rpc connections did not close in time"), ctx.Err())
+	}
+}
+
+// caller helpers
+
+func name(id *auth.Identity) string {
+	if id == nil {
+		return ""
+	}
+	return id.Name
+}
+
+func isAdmin(id *auth.Identity) bool { return id != nil && id.Admin }

@@ -1,0 +1,431 @@
+// Package store keeps what the gateway must remember across a restart:
+// jobs and their queue order, and the event history, in an SQLite file
+// (modernc.org/sqlite, no cgo). The schema is changed only by the ordered,
+// versioned migrations in this package.
+//
+// Store is the one interface the rest of the gateway uses. Reservations and
+// sessions will join it as further methods (and a migration adding their
+// tables) when the reservation package persists through it.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// ErrNotFound is returned for a job that is not in the store.
+var ErrNotFound = errors.New("not found")
+
+// Job is a job as stored. Times are UTC; zero means not yet.
+type Job struct {
+	ID       string
+	Num      int64 // creation order
+	Service  string
+	Owner    string
+	Params   string // JSON object
+	Argv     string // JSON array
+	State    string
+	QueuePos int64 // position in the queue when State is "queued" (0 otherwise)
+	Exit     *int  // exit status once finished
+	Reason   string
+	PID      int
+	LogPath  string
+	Progress string // JSON object or ""
+	Created  time.Time
+	Started  time.Time
+	Finished time.Time
+}
+
+// JobFilter selects jobs for ListJobs; empty fields match every job.
+type JobFilter struct {
+	States  []string
+	Service string
+	Owner   *string
+	Limit   int // newest first; 0 or less: 100
+}
+
+// Event is one entry of the gateway's event history.
+type Event struct {
+	Seq   int64
+	Topic string
+	Owner string // who may see it ("" for everyone when the gateway has no users)
+	Data  []byte // JSON
+	Time  time.Time
+}
+
+// Store is the gateway's durable state.
+type Store interface {
+	// SaveJob inserts or replaces a job.
+	SaveJob(ctx context.Context, j Job) error
+	GetJob(ctx context.Context, id string) (Job, error)
+	ListJobs(ctx context.Context, f JobFilter) ([]Job, error)
+	DeleteJob(ctx context.Context, id string) error
+	// SetQueue records the queue order: ids[0] is next to run.
+	SetQueue(ctx context.Context, ids []string) error
+	// MaxJobNum is the largest Num stored (0 when there is none).
+	MaxJobNum(ctx context.Context) (int64, error)
+
+	// AppendEvent stores an event and returns it with its sequence
+	// number, one more than the previous event's.
+	AppendEvent(ctx context.Context, topic, owner string, data []byte) (Event, error)
+	// EventsSince returns up to limit events with Seq > since, oldest
+	// first.
+	EventsSince(ctx context.Context, since int64, limit int) ([]Event, error)
+	// EventBounds returns the first and last stored sequence numbers
+	// (0, 0 when there is none).
+	EventBounds(ctx context.Context) (first, last int64, err error)
+	// PruneEvents keeps the newest keep events.
+	PruneEvents(ctx context.Context, keep int) error
+
+	Close() error
+}
+
+// SQLite is the embedded Store.
+type SQLite struct {
+	db  *sql.DB
+	log zerolog.Logger
+}
+
+var _ Store = (*SQLite)(nil)
+
+// Memory is the path of a database kept in memory, gone at Close.
+const Memory = ":memory:"
+
+// Open opens (creating it if needed) the database at path and brings its
+// schema up to date.
+func Open(ctx context.Context, path string, log zerolog.Logger) (*SQLite, error) {
+	if dir := filepath.Dir(path); path != Memory && dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("state database directory: %w", err)
+		}
+	}
+	dsn := "file:" + path + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening state database %s: %w", path, err)
+	}
+	// One writer at a time is what SQLite does anyway; one connection
+	// avoids SQLITE_BUSY between our own connections.
+	db.SetMaxOpenConns(1)
+	s := &SQLite{db: db, log: log}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *SQLite) Close() error { return s.db.Close() }
+
+// migrations are applied in order; migration i brings the schema to
+// version i+1. Never edit one that has shipped: append a new one.
+var migrations = []string{
+	// 1: jobs and the event history.
+	`CREATE TABLE jobs (
+		id TEXT PRIMARY KEY,
+		num INTEGER NOT NULL UNIQUE,
+		service TEXT NOT NULL,
+		owner TEXT NOT NULL DEFAULT '',
+		params TEXT NOT NULL DEFAULT '{}',
+		argv TEXT NOT NULL DEFAULT '[]',
+		state TEXT NOT NULL,
+		queue_pos INTEGER NOT NULL DEFAULT 0,
+		exit_status INTEGER,
+		reason TEXT NOT NULL DEFAULT '',
+		pid INTEGER NOT NULL DEFAULT 0,
+		log_path TEXT NOT NULL DEFAULT '',
+		progress TEXT NOT NULL DEFAULT '',
+		created_ns INTEGER NOT NULL,
+		started_ns INTEGER NOT NULL DEFAULT 0,
+		finished_ns INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX jobs_state ON jobs(state, queue_pos);
+	CREATE TABLE events (
+		seq INTEGER PRIMARY KEY,
+		topic TEXT NOT NULL,
+		owner TEXT NOT NULL DEFAULT '',
+		data TEXT NOT NULL,
+		time_ns INTEGER NOT NULL
+	);`,
+}
+
+// SchemaVersion is the version this binary brings a database to.
+var SchemaVersion = len(migrations)
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("creating schema_version: %w", err)
+	}
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
+			return fmt.Errorf("initialising schema_version: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("reading schema_version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this wsgateway knows (%d); use a newer wsgateway or another --state_db", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, i+1); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		s.log.Info().Int("version", i+1).Msg("state database migrated")
+	}
+	return nil
+}
+
+// Version returns the database's schema version.
+func (s *SQLite) Version(ctx context.Context) (int, error) {
+	var v int
+	if err := s.db.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading schema_version: %w", err)
+	}
+	return v, nil
+}
+
+func ns(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+const jobCols = `id, num, service, owner, params, argv, state, queue_pos, exit_status, reason, pid, log_path, progress, created_ns, started_ns, finished_ns`
+
+// SaveJob inserts or replaces j.
+func (s *SQLite) SaveJob(ctx context.Context, j Job) error {
+	var exit any
+	if j.Exit != nil {
+		exit = *j.Exit
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO jobs (`+jobCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		j.ID, j.Num, j.Service, j.Owner, nonEmpty(j.Params, "{}"), nonEmpty(j.Argv, "[]"), j.State, j.QueuePos, exit, j.Reason, j.PID,
+		j.LogPath, j.Progress, ns(j.Created), ns(j.Started), ns(j.Finished))
+	if err != nil {
+		return fmt.Errorf("saving job %s: %w", j.ID, err)
+	}
+	return nil
+}
+
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+type scanner interface{ Scan(...any) error }
+
+func scanJob(r scanner) (Job, error) {
+	var j Job
+	var exit sql.NullInt64
+	var c, st, f int64
+	if err := r.Scan(&j.ID, &j.Num, &j.Service, &j.Owner, &j.Params, &j.Argv, &j.State, &j.QueuePos, &exit, &j.Reason, &j.PID,
+		&j.LogPath, &j.Progress, &c, &st, &f); err != nil {
+		return j, err
+	}
+	if exit.Valid {
+		e := int(exit.Int64)
+		j.Exit = &e
+	}
+	j.Created, j.Started, j.Finished = fromNS(c), fromNS(st), fromNS(f)
+	return j, nil
+}
+
+// GetJob returns one job, or ErrNotFound.
+func (s *SQLite) GetJob(ctx context.Context, id string) (Job, error) {
+	j, err := scanJob(s.db.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return j, fmt.Errorf("job %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return j, fmt.Errorf("reading job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// ListJobs returns the jobs f selects, newest first; queued jobs listed
+// by state alone come in queue order.
+func (s *SQLite) ListJobs(ctx context.Context, f JobFilter) ([]Job, error) {
+	var where []string
+	var args []any
+	if len(f.States) > 0 {
+		where = append(where, "state IN (?"+strings.Repeat(",?", len(f.States)-1)+")")
+		for _, st := range f.States {
+			args = append(args, st)
+		}
+	}
+	if f.Service != "" {
+		where = append(where, "service = ?")
+		args = append(args, f.Service)
+	}
+	if f.Owner != nil {
+		where = append(where, "owner = ?")
+		args = append(args, *f.Owner)
+	}
+	q := `SELECT ` + jobCols + ` FROM jobs`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	order := " ORDER BY num DESC"
+	if len(f.States) == 1 && f.States[0] == "queued" {
+		order = " ORDER BY queue_pos, num"
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	q += order + " LIMIT ?"
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("listing jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("listing jobs: %w", err)
+		}
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing jobs: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteJob removes a job record (ErrNotFound when there is none).
+func (s *SQLite) DeleteJob(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM jobs WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("deleting job %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("job %q: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// SetQueue numbers the queued jobs ids in order, in one transaction.
+func (s *SQLite) SetQueue(ctx context.Context, ids []string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("saving queue order: %w", err)
+	}
+	defer tx.Rollback()
+	for i, id := range ids {
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET queue_pos = ? WHERE id = ?`, i+1, id); err != nil {
+			return fmt.Errorf("saving queue order: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("saving queue order: %w", err)
+	}
+	return nil
+}
+
+// MaxJobNum returns the largest job number stored.
+func (s *SQLite) MaxJobNum(ctx context.Context) (int64, error) {
+	var n sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(num) FROM jobs`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("reading job numbers: %w", err)
+	}
+	return n.Int64, nil
+}
+
+// AppendEvent stores an event under the next sequence number.
+func (s *SQLite) AppendEvent(ctx context.Context, topic, owner string, data []byte) (Event, error) {
+	now := time.Now().UTC()
+	res, err := s.db.ExecContext(ctx, `INSERT INTO events (topic, owner, data, time_ns) VALUES (?,?,?,?)`, topic, owner, string(data), now.UnixNano())
+	if err != nil {
+		return Event{}, fmt.Errorf("storing event %s: %w", topic, err)
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return Event{}, fmt.Errorf("storing event %s: %w", topic, err)
+	}
+	return Event{Seq: seq, Topic: topic, Owner: owner, Data: data, Time: now}, nil
+}
+
+// EventsSince returns events after since, oldest first.
+func (s *SQLite) EventsSince(ctx context.Context, since int64, limit int) ([]Event, error) {
+	if limit <= 0 {
+		limit = 1000
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, topic, owner, data, time_ns FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, since, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading events: %w", err)
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var data string
+		var t int64
+		if err := rows.Scan(&e.Seq, &e.Topic, &e.Owner, &data, &t); err != nil {
+			return nil, fmt.Errorf("reading events: %w", err)
+		}
+		e.Data, e.Time = []byte(data), fromNS(t)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading events: %w", err)
+	}
+	return out, nil
+}
+
+// EventBounds returns the first and last sequence numbers stored.
+func (s *SQLite) EventBounds(ctx context.Context) (int64, int64, error) {
+	var lo, hi sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MIN(seq), MAX(seq) FROM events`).Scan(&lo, &hi); err != nil {
+		return 0, 0, fmt.Errorf("reading event bounds: %w", err)
+	}
+	return lo.Int64, hi.Int64, nil
+}
+
+// PruneEvents deletes all but the newest keep events. The newest event
+// is always kept so that sequence numbers never restart.
+func (s *SQLite) PruneEvents(ctx context.Context, keep int) error {
+	if keep < 1 {
+		keep = 1
+	}
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?`, keep); err != nil {
+		return fmt.Errorf("pruning events: %w", err)
+	}
+	return nil
+}
