@@ -136,17 +136,6 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
 	}
-	svc, ok := s.svcs[name]
-	if !ok {
-		return errorf(http.StatusNotFound, "unknown service %q; known services: %s", truncate(name, 128), strings.Join(s.serviceNames(), ", "))
-	}
-	if g := svc.StringOption("group"); g != "" && (!id.InGroup(g) || s.crossSite(r)) {
-		who := "you are not signed in"
-		if id != nil && id.Name != "" {
-			who = id.Name + " is not a member"
-		}
-		return errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
-	}
 	opts := map[string]string{}
 	q := r.URL.Query()
 	if len(q) > maxOptions {
@@ -173,34 +162,12 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(opts) == 0 {
 		opts = nil
 	}
-	owner := ""
-	if id != nil {
-		owner = id.Name
-	}
-	var res reservation.Reservation
-	if wait > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		res, err = s.res.ReserveWait(ctx, name, owner, s.cfg.MaxUserReservations, maxWaiters, opts)
-		cancel()
-		if errors.Is(err, reservation.ErrQueueFull) {
-			s.metrics.limited.WithLabelValues("wait_queue").Inc()
-			return &httpError{status: http.StatusServiceUnavailable, msg: err.Error() + "; try again later", err: err}
-		}
-	} else {
-		res, err = s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
-	}
+	res, err := s.reserveAs(r.Context(), id, s.crossSite(r), name, opts, wait)
 	if err != nil {
-		if errors.Is(err, reservation.ErrUserLimit) {
-			s.metrics.limited.WithLabelValues("user_reservations").Inc()
-			return &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; release one first", err: err}
-		}
-		if errors.Is(err, reservation.ErrNoSlot) {
-			return &httpError{status: http.StatusServiceUnavailable, msg: "no free slot: " + err.Error() + "; release one or try again later", err: err}
-		}
 		return err
 	}
 	s.log.Info().Str("service", name).Int("index", res.Index).Str("token", reservation.TokenPrefix(res.Token)).
-		Str("remote", r.RemoteAddr).Str("user", owner).Msg("reserved")
+		Str("remote", r.RemoteAddr).Str("user", res.Owner).Msg("reserved")
 	writeJSON(w, http.StatusOK, map[string]any{
 		"token":      res.Token,
 		"service":    res.Service,
@@ -213,6 +180,50 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// reserveAs reserves a slot of service for id (nil: anonymous), waiting
+// up to wait for one; crossSite callers are never group members.
+func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite bool, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+	svc, ok := s.svcs[name]
+	if !ok {
+		return reservation.Reservation{}, errorf(http.StatusNotFound, "unknown service %q; known services: %s", truncate(name, 128), strings.Join(s.serviceNames(), ", "))
+	}
+	if g := svc.StringOption("group"); g != "" && (!id.InGroup(g) || crossSite) {
+		who := "you are not signed in"
+		if id != nil && id.Name != "" {
+			who = id.Name + " is not a member"
+		}
+		return reservation.Reservation{}, errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
+	}
+	owner := ""
+	if id != nil {
+		owner = id.Name
+	}
+	var res reservation.Reservation
+	var err error
+	if wait > 0 {
+		ctx, cancel := context.WithTimeout(ctx, wait)
+		res, err = s.res.ReserveWait(ctx, name, owner, s.cfg.MaxUserReservations, maxWaiters, opts)
+		cancel()
+		if errors.Is(err, reservation.ErrQueueFull) {
+			s.metrics.limited.WithLabelValues("wait_queue").Inc()
+			return reservation.Reservation{}, &httpError{status: http.StatusServiceUnavailable, msg: err.Error() + "; try again later", err: err}
+		}
+	} else {
+		res, err = s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
+	}
+	if err != nil {
+		if errors.Is(err, reservation.ErrUserLimit) {
+			s.metrics.limited.WithLabelValues("user_reservations").Inc()
+			return reservation.Reservation{}, &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; release one first", err: err}
+		}
+		if errors.Is(err, reservation.ErrNoSlot) {
+			return reservation.Reservation{}, &httpError{status: http.StatusServiceUnavailable, msg: "no free slot: " + err.Error() + "; release one or try again later", err: err}
+		}
+		return reservation.Reservation{}, err
+	}
+	return res, nil
+}
+
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.requireAuth(r)
 	if err != nil {
@@ -222,50 +233,9 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
-	res, err := s.res.Get(tok)
+	res, err := s.releaseAs(r.Context(), id, s.crossSite(r), tok)
 	if err != nil {
-		if _, aerr := s.requireAdmin(r); aerr != nil {
-			return aerr
-		}
-		return errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
-	}
-	// Administrators release anything; a user releases their own.
-	own := id != nil && id.Name != "" && id.Name == res.Owner && !s.crossSite(r)
-	if !own {
-		if _, err := s.requireAdmin(r); err != nil {
-			return err
-		}
-	}
-	s.mu.Lock()
-	ss := s.sessions[tok]
-	var stopHere bool
-	var tun *tunnel
-	if ss != nil {
-		ss.released = true
-		tun = ss.tun
-		if tun == nil && !ss.stopping && ss.inst != nil {
-			ss.stopping = true
-			stopHere = true
-		}
-	}
-	s.mu.Unlock()
-	switch {
-	case ss == nil:
-		_, _ = s.res.End(tok)
-	case stopHere:
-		s.stopSession(ss, "released")
-	default:
-		s.res.MarkStopping(tok)
-		if tun != nil {
-			tun.closeWith(websocket.CloseNormalClosure, "reservation released")
-		}
-		select {
-		case <-ss.done:
-		case <-time.After(2*s.cfg.StopGrace + 15*time.Second):
-			return errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
-		case <-r.Context().Done():
-			return r.Context().Err()
-		}
+		return err
 	}
 	s.log.Info().Str("service", res.Service).Int("index", res.Index).Str("token", reservation.TokenPrefix(tok)).
 		Str("remote", r.RemoteAddr).Msg("released")
@@ -299,6 +269,56 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "service": res.Service, "index": res.Index, "state": res.State})
 	return nil
+}
+
+// releaseAs releases tok for id: administrators release anything, a
+// user their own reservations. It returns once the service has stopped.
+func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite bool, tok string) (reservation.Reservation, error) {
+	admin := id != nil && id.Admin && !crossSite
+	res, err := s.res.Get(tok)
+	if err != nil {
+		if !admin {
+			return res, errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
+		}
+		return res, errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
+	}
+	// Administrators release anything; a user releases their own.
+	own := id != nil && id.Name != "" && id.Name == res.Owner && !crossSite
+	if !own && !admin {
+		return res, errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
+	}
+	s.mu.Lock()
+	ss := s.sessions[tok]
+	var stopHere bool
+	var tun *tunnel
+	if ss != nil {
+		ss.released = true
+		tun = ss.tun
+		if tun == nil && !ss.stopping && ss.inst != nil {
+			ss.stopping = true
+			stopHere = true
+		}
+	}
+	s.mu.Unlock()
+	switch {
+	case ss == nil:
+		_, _ = s.res.End(tok)
+	case stopHere:
+		s.stopSession(ss, "released")
+	default:
+		s.res.MarkStopping(tok)
+		if tun != nil {
+			tun.closeWith(websocket.CloseNormalClosure, "reservation released")
+		}
+		select {
+		case <-ss.done:
+		case <-time.After(2*s.cfg.StopGrace + 15*time.Second):
+			return res, errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+	}
+	return res, nil
 }
 
 // sessionTTL is how long a dashboard login lasts.

@@ -85,6 +85,9 @@ type Config struct {
 	// (0: no cap).
 	MaxUserTunnels      int
 	MaxUserReservations int
+	// Publish, when set, receives the gateway's events: session.state and
+	// reservation.expired (owner restricts who may see them).
+	Publish func(topic, owner string, data map[string]any)
 	// Supervisor runs service scripts under a supervisor process (nil:
 	// scripts run directly).
 	Supervisor *services.Supervisor

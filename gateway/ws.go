@@ -194,6 +194,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 
 	var launchStart time.Time
 	if ss.inst == nil {
+		s.sessionEvent(ss, "starting")
 		launchStart = time.Now()
 		inst, err := s.launch(ss, log)
 		if err != nil {
@@ -257,6 +258,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		ss.tun = t
 		ss.state = "running"
 		s.mu.Unlock()
+		s.sessionEvent(ss, "running")
 	}
 	// A service that dies ends its tunnel with a reason.
 	go func() {
@@ -367,6 +369,7 @@ func (s *Server) afterTunnel(ss *session, log zerolog.Logger) {
 	if keep {
 		ss.state = "idle"
 		s.mu.Unlock()
+		s.sessionEvent(ss, "idle")
 		s.res.Unclaim(ss.token, grace)
 		log.Info().Dur("grace", grace).Msg("websocket closed; service kept for a reconnect")
 		return
@@ -388,6 +391,7 @@ func (s *Server) stopSession(ss *session, why string) {
 	ss.state = "stopping"
 	inst := ss.inst
 	s.mu.Unlock()
+	s.sessionEvent(ss, "stopping")
 	if inst != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.StopGrace+10*time.Second)
 		_ = inst.Stop(ctx)
@@ -398,6 +402,7 @@ func (s *Server) stopSession(ss *session, why string) {
 	delete(s.sessions, ss.token)
 	s.mu.Unlock()
 	close(ss.done)
+	s.sessionEvent(ss, "stopped")
 	s.log.Debug().Str("service", ss.svc.Name).Int("index", ss.res.Index).
 		Str("token", reservation.TokenPrefix(ss.token)).Str("why", why).Msg("session ended; slot free")
 }
@@ -420,6 +425,8 @@ func (s *Server) sweep() {
 		s.mu.Unlock()
 		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
 			Str("state", string(r.State)).Msg("reservation reclaimed: unused for too long")
+		s.publish("reservation.expired", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
+			"token_prefix": reservation.TokenPrefix(r.Token), "state": string(r.State)})
 		if stop && !closing {
 			go func() {
 				defer s.work.Done()

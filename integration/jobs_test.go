@@ -385,8 +385,9 @@ func TestRPCErrorsAndBatches(t *testing.T) {
 		{`{"jsonrpc": "2.0", "method": "jobs.get", "params": {"id": "job-999"}, "id": 9}`, -32001},
 		{`{"jsonrpc": "2.0", "method": "queue.move", "params": {"id": "job-999", "position": 1}, "id": 10}`, -32001},
 		{`{"jsonrpc": "2.0", "method": "events.subscribe", "params": {"topics": ["nope"]}, "id": 11}`, -32602},
-		{`{"jsonrpc": "2.0", "method": "reservations.create", "params": {"service": "x"}, "id": 12}`, -32004},
-		{`{"jsonrpc": "2.0", "method": "sessions.list", "id": 13}`, -32004},
+		{`{"jsonrpc": "2.0", "method": "reservations.create", "params": {"service": "x"}, "id": 12}`, -32001},
+		{`{"jsonrpc": "2.0", "method": "reservations.create", "params": {"service": "x", "wait": 1000}, "id": 13}`, -32602},
+		{`{"jsonrpc": "2.0", "method": "reservations.release", "params": {"token": "nope"}, "id": 14}`, -32001},
 	} {
 		if got := code(c.raw(tc.msg)); got != tc.want {
 			t.Errorf("%s: code %d, want %d", tc.msg, got, tc.want)
@@ -783,4 +784,59 @@ func TestRPCWithoutJobServices(t *testing.T) {
 	if _, err := os.Stat("wsgateway-state.db"); err == nil {
 		t.Fatal("a state database was created in the working directory")
 	}
+}
+
+func TestRPCReservationsAndSessions(t *testing.T) {
+	g, _ := svcGateway(t, 1, nil, "--timeout", "2")
+	c := dialRPC(t, g, "")
+	c.must("events.subscribe", map[string]any{"topics": []string{"session.state", "reservation.expired"}}, nil)
+	var res struct {
+		Token, Service, Path string
+		Index                int
+	}
+	c.must("reservations.create", map[string]any{"service": "Echo Service", "options": map[string]string{"geometry": "800x600"}}, &res)
+	if !uuidV4.MatchString(res.Token) || res.Service != "Echo Service" || res.Path != "websockify?token="+res.Token {
+		t.Fatalf("reservations.create: %+v", res)
+	}
+	// The slot is held: a second one waits, then fails.
+	if _, rerr := c.call("reservations.create", map[string]any{"service": "Echo Service", "wait": 0.3}); rerr == nil || rerr.Code != -32005 {
+		t.Fatalf("full service: %+v", rerr)
+	}
+	ws, h := connectToken(t, g, res.Token)
+	if h.Options["geometry"] != "800x600" {
+		t.Fatalf("options did not reach the service: %v", h.Options)
+	}
+	c.waitEvent("session running", 10*time.Second, func(e rpcEvent) bool {
+		return e.Method == "session.state" && e.Data["state"] == "running" && e.Data["token_prefix"] == res.Token[:8]
+	})
+	var list struct {
+		Sessions []struct {
+			Token, State string
+			PID          int
+		}
+	}
+	c.must("sessions.list", map[string]any{}, &list)
+	if len(list.Sessions) != 1 || list.Sessions[0].Token != res.Token || list.Sessions[0].State != "running" {
+		t.Fatalf("sessions.list: %+v", list)
+	}
+	var stopped map[string]any
+	c.must("sessions.stop", map[string]any{"id": res.Token}, &stopped)
+	if stopped["released"] != true {
+		t.Fatalf("sessions.stop: %v", stopped)
+	}
+	if _, ce, err := readUntilClose(ws, 10*time.Second); err != nil || ce.Code != 1000 {
+		t.Fatalf("websocket after sessions.stop: %v %v", ce, err)
+	}
+	c.waitEvent("session stopped", 10*time.Second, func(e rpcEvent) bool {
+		return e.Method == "session.state" && e.Data["state"] == "stopped"
+	})
+	if alive(h.PID) {
+		t.Fatal("service still running after sessions.stop")
+	}
+	// An unused reservation expires, and subscribers hear of it.
+	var r2 struct{ Token string }
+	c.must("reservations.create", map[string]any{"service": "Echo Service"}, &r2)
+	c.waitEvent("reservation expired", 15*time.Second, func(e rpcEvent) bool {
+		return e.Method == "reservation.expired" && e.Data["token_prefix"] == r2.Token[:8]
+	})
 }

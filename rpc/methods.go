@@ -61,16 +61,12 @@ func (s *Server) registry() map[string]method {
 		"logs.read":            typed(s.logsRead),
 		"events.subscribe":     s.eventsSubscribe,
 		"events.unsubscribe":   typed(s.eventsUnsubscribe),
-		"reservations.create":  notYet,
-		"reservations.release": notYet,
-		"sessions.list":        notYet,
-		"sessions.stop":        notYet,
+		"reservations.create":  typed(s.reservationsCreate),
+		"reservations.release": typed(s.reservationsRelease),
+		"sessions.list":        typed(s.sessionsList),
+		"sessions.stop":        typed(s.sessionsStop),
 	}
 	return m
-}
-
-func notYet(context.Context, *conn, json.RawMessage) (any, func(), error) {
-	return nil, nil, rpcErr(CodeNotAvailable, "not_available", "not available yet over JSON-RPC; use the REST API (/v1/reserve, /v1/release, /v1/status)")
 }
 
 // jobErr maps job manager errors to JSON-RPC errors.

@@ -31,7 +31,9 @@ type Config struct {
 	Jobs     *jobs.Manager
 	Hub      *events.Hub
 	Services []*services.Service // the gateway's websocket services (listed only)
-	Version  string
+	// Gateway serves reservations.* and sessions.* (nil: not available).
+	Gateway GatewayAPI
+	Version string
 	// MaxMessageBytes bounds a client message (default 1 MiB).
 	MaxMessageBytes int64
 	// MaxInFlight bounds the requests one connection runs at once

@@ -31,6 +31,7 @@ type jobsRun struct {
 	mgr   *jobs.Manager
 	rpc   *rpc.Server
 	lock  *os.File
+	gw    *rpc.LateGateway // bound to the gateway once it exists
 	log   zerolog.Logger
 	grace time.Duration
 }
@@ -52,7 +53,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	if path == "" && len(svcs) > 0 {
 		path = defaultStateDB
 	}
-	jr := &jobsRun{log: log, grace: cfg.StopGrace}
+	jr := &jobsRun{log: log, grace: cfg.StopGrace, gw: &rpc.LateGateway{}}
 	var jobDir string
 	if path == "" {
 		// Nothing asks for durable state (and no job can run): keep the
@@ -98,8 +99,11 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		Jobs:     jr.mgr,
 		Hub:      jr.hub,
 		Services: g.Services,
+		Gateway:  jr.gw,
 		Version:  version,
 	}, base.With().Str("component", "rpc").Logger())
+	// The gateway's events go to the same hub as the jobs'.
+	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
 	g.Extensions = append(g.Extensions, gateway.Extension{Name: "rpc", Match: jr.rpc.Match, Handler: jr.rpc})
 	jr.mgr.Start()
 	log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")

@@ -1,0 +1,65 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"wsgateway/auth"
+	"wsgateway/reservation"
+)
+
+// The gateway's own API for other front ends in the same process (the
+// JSON-RPC control plane): the same rules as the REST API, with the
+// caller's identity given rather than read from a request.
+
+// Reserve reserves a slot of service for id (nil: anonymous), waiting up
+// to wait (at most 240 s) for a free one.
+func (s *Server) Reserve(ctx context.Context, id *auth.Identity, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+	if wait > maxWait {
+		wait = maxWait
+	}
+	if len(opts) > maxOptions {
+		return reservation.Reservation{}, errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
+	}
+	for k, v := range opts {
+		if len(k) > maxOptionKeyLen || len(v) > maxOptionValueLen {
+			return reservation.Reservation{}, errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", truncate(k, 64), maxOptionKeyLen, maxOptionValueLen)
+		}
+	}
+	return s.reserveAs(ctx, id, false, service, opts, wait)
+}
+
+// Release releases a reservation (stopping its service) for id:
+// administrators release anything, users their own.
+func (s *Server) Release(ctx context.Context, id *auth.Identity, token string) (reservation.Reservation, error) {
+	return s.releaseAs(ctx, id, false, token)
+}
+
+// StatusFor is /v1/status as id sees it.
+func (s *Server) StatusFor(id *auth.Identity) Status { return s.status(id, false) }
+
+// HTTPStatus is the HTTP status the REST API answers err with (500 when
+// it has none).
+func HTTPStatus(err error) int {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he.status
+	}
+	return http.StatusInternalServerError
+}
+
+// publish hands an event to Config.Publish, when set.
+func (s *Server) publish(topic, owner string, data map[string]any) {
+	if s.cfg.Publish != nil {
+		s.cfg.Publish(topic, owner, data)
+	}
+}
+
+// sessionEvent publishes a session's new state.
+func (s *Server) sessionEvent(ss *session, state string) {
+	s.publish("session.state", ss.res.Owner, map[string]any{
+		"service": ss.svc.Name, "index": ss.res.Index, "token_prefix": reservation.TokenPrefix(ss.token), "state": state,
+	})
+}
