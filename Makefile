@@ -52,7 +52,7 @@ run: deps build
 	@echo "wsgateway: dashboard and REST API on http://localhost:$(HTTP_PORT)/ , websockets on ws://localhost:$(WS_PORT)/"
 	@echo "  reserve a desktop:  curl -s http://localhost:$(HTTP_PORT)/v1/reserve/Local%20Desktop"
 	@echo
-	./$(BIN) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json $(WS_PORT)
+	./$(BIN) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json --state_db wsgateway-state.db $(WS_PORT)
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*')); \

@@ -85,6 +85,10 @@ type Config struct {
 	// (0: no cap).
 	MaxUserTunnels      int
 	MaxUserReservations int
+	// Persist, when set, records reservations as they change, and
+	// Restored are the reservations it recorded before a restart.
+	Persist  reservation.Persister
+	Restored []reservation.Reservation
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
 	Publish func(topic, owner string, data map[string]any)
@@ -188,7 +192,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	s := &Server{
 		cfg:        cfg,
 		log:        log,
-		res:        reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout}),
+		res:        reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist}),
 		svcs:       svcs,
 		started:    time.Now(),
 		baseCtx:    ctx,
@@ -215,6 +219,16 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		},
 	}
 	pruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)
+	if len(cfg.Restored) > 0 {
+		restored, interrupted := s.res.Restore(cfg.Restored)
+		for _, r := range interrupted {
+			// Its service died with the previous gateway.
+			s.publish("session.state", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
+				"token_prefix": reservation.TokenPrefix(r.Token), "state": "interrupted"})
+		}
+		log.Info().Int("restored", len(restored)).Int("interrupted", len(interrupted)).
+			Int("dropped", len(cfg.Restored)-len(restored)-len(interrupted)).Msg("reservations from before the restart")
+	}
 	return s, nil
 }
 

@@ -499,3 +499,36 @@ func TestReserveWaitsForAFreeSlot(t *testing.T) {
 		t.Fatalf("bad wait: %d %v", code, body)
 	}
 }
+
+// TestReservationsSurviveSIGKILL: with --state_db, unused reservations
+// outlive the gateway; sessions that were running come back interrupted.
+func TestReservationsSurviveSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "state.db")
+	g, cfgDir := svcGateway(t, 3, nil, "--state_db", db)
+	unused := g.reserve(t, "Echo Service", "who=kept")["token"].(string)
+	running := g.reserve(t, "Echo Service", "")["token"].(string)
+	ws, h := connectToken(t, g, running)
+	defer ws.Close()
+	g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.exited
+	waitFor(t, "the old service to die", 20*time.Second, func() bool { return !alive(h.PID) })
+
+	g2 := startGateway(t, "--remote_session_config", filepath.Join(cfgDir, "services.json"), "--state_db", db)
+	if n := g2.free(t, "Echo Service"); n != 2 {
+		t.Fatalf("free after restart = %d, want 2 (the unused reservation is held again)", n)
+	}
+	ws2, h2 := connectToken(t, g2, unused)
+	if h2.Options["who"] != "kept" {
+		t.Fatalf("restored reservation lost its options: %v", h2.Options)
+	}
+	ws2.Close()
+	if _, code, body := dialWS(t, g2.wsURL("/?token="+running), nil); code != http.StatusForbidden {
+		t.Fatalf("the interrupted session's token: %d %v", code, body)
+	}
+	c := dialRPC(t, g2, "")
+	c.must("events.subscribe", map[string]any{"topics": []string{"session.state"}, "since": 0}, nil)
+	c.waitEvent("the interrupted session", 10*time.Second, func(e rpcEvent) bool {
+		return e.Data["state"] == "interrupted" && e.Data["token_prefix"] == running[:8]
+	})
+}

@@ -80,6 +80,16 @@ type Config struct {
 	// ExpiredMemory is how many expired tokens are remembered so that a late
 	// client is told "expired" rather than "unknown". Default 4096.
 	ExpiredMemory int
+	// Persist, when set, records every change, so reservations survive a
+	// restart (see Restore).
+	Persist Persister
+}
+
+// Persister records reservations as they change. It is called with the
+// Manager's lock held, in the order of the changes.
+type Persister interface {
+	SaveReservation(r Reservation)
+	DeleteReservation(token string)
 }
 
 // Manager owns all reservations. It is safe for concurrent use.
@@ -95,6 +105,7 @@ type Manager struct {
 	expCap   int
 	onExpire func(Reservation)
 	waiters  map[string][]*waiter // service -> FIFO of waiting reservations
+	persist  Persister
 }
 
 // waiter is a reservation waiting for a slot.
@@ -121,6 +132,7 @@ func New(cfg Config) *Manager {
 		expired: map[string]time.Time{},
 		expCap:  cfg.ExpiredMemory,
 		waiters: map[string][]*waiter{},
+		persist: cfg.Persist,
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -231,6 +243,7 @@ func (m *Manager) reserveLocked(service, owner string, perUser int, opts map[str
 		Owner:   owner,
 	}
 	m.byToken[tok] = r
+	m.save(r)
 	return *r, nil
 }
 
@@ -351,6 +364,7 @@ func (m *Manager) Claim(tok string) (Reservation, error) {
 	r.State = Active
 	r.Connects++
 	r.LastClaim = m.now()
+	m.save(r)
 	return *r, nil
 }
 
@@ -375,6 +389,7 @@ func (m *Manager) Unclaim(tok string, grace time.Duration) (ended bool) {
 	}
 	r.State = Idle
 	r.Expires = m.now().Add(grace)
+	m.save(r)
 	return false
 }
 
@@ -388,6 +403,7 @@ func (m *Manager) MarkStopping(tok string) bool {
 		return false
 	}
 	r.State = Stopping
+	m.save(r)
 	return true
 }
 
@@ -407,6 +423,9 @@ func (m *Manager) End(tok string) (Reservation, error) {
 
 func (m *Manager) removeLocked(r *Reservation) {
 	delete(m.byToken, r.Token)
+	if m.persist != nil {
+		m.persist.DeleteReservation(r.Token)
+	}
 	if slots, ok := m.held[r.Service]; ok && r.Index >= 0 && r.Index < len(slots) {
 		slots[r.Index] = false
 		m.grantLocked(r.Service)
@@ -441,6 +460,7 @@ func (m *Manager) Sweep() []Reservation {
 			m.expireLocked(r)
 		case Idle:
 			r.State = Stopping
+			m.save(r)
 			gone = append(gone, *r)
 		}
 	}
@@ -499,4 +519,40 @@ func (m *Manager) Tokens() []string {
 		out = append(out, t)
 	}
 	return out
+}
+
+func (m *Manager) save(r *Reservation) {
+	if m.persist != nil {
+		m.persist.SaveReservation(*r)
+	}
+}
+
+// Restore puts back reservations recorded before a restart. Unused,
+// unexpired ones are held again (their tokens keep working); ones whose
+// session was running (active, idle or stopping) are returned as
+// interrupted, since their processes died with the previous gateway; the
+// rest (expired, unknown service, slot taken) are dropped. Both kinds are
+// forgotten by the Persister.
+func (m *Manager) Restore(rs []Reservation) (restored, interrupted []Reservation) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for i := range rs {
+		r := rs[i]
+		slots, ok := m.held[r.Service]
+		switch {
+		case r.State != Reserved:
+			interrupted = append(interrupted, r)
+		case ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && now.Before(r.Expires) && m.byToken[r.Token] == nil:
+			slots[r.Index] = true
+			r.Connects, r.LastClaim = 0, time.Time{}
+			m.byToken[r.Token] = &r
+			restored = append(restored, r)
+			continue
+		}
+		if m.persist != nil {
+			m.persist.DeleteReservation(r.Token)
+		}
+	}
+	return restored, interrupted
 }

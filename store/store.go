@@ -11,6 +11,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -62,6 +63,18 @@ type Event struct {
 	Time  time.Time
 }
 
+// Reservation is a stored reservation of a websocket service.
+type Reservation struct {
+	Token   string
+	Service string
+	Index   int
+	Owner   string
+	Options map[string]string
+	State   string
+	Created time.Time
+	Expires time.Time
+}
+
 // Store is the gateway's durable state.
 type Store interface {
 	// SaveJob inserts or replaces a job.
@@ -85,6 +98,13 @@ type Store interface {
 	EventBounds(ctx context.Context) (first, last int64, err error)
 	// PruneEvents keeps the newest keep events.
 	PruneEvents(ctx context.Context, keep int) error
+
+	// SaveReservation inserts or replaces a reservation.
+	SaveReservation(ctx context.Context, r Reservation) error
+	// DeleteReservation forgets one (no error when it is unknown).
+	DeleteReservation(ctx context.Context, token string) error
+	// ListReservations returns every stored reservation.
+	ListReservations(ctx context.Context) ([]Reservation, error)
 
 	Close() error
 }
@@ -156,6 +176,17 @@ var migrations = []string{
 		owner TEXT NOT NULL DEFAULT '',
 		data TEXT NOT NULL,
 		time_ns INTEGER NOT NULL
+	);`,
+	// 2: reservations of websocket services.
+	`CREATE TABLE reservations (
+		token TEXT PRIMARY KEY,
+		service TEXT NOT NULL,
+		idx INTEGER NOT NULL,
+		owner TEXT NOT NULL DEFAULT '',
+		options TEXT NOT NULL DEFAULT '{}',
+		state TEXT NOT NULL,
+		created_ns INTEGER NOT NULL,
+		expires_ns INTEGER NOT NULL
 	);`,
 }
 
@@ -428,4 +459,53 @@ func (s *SQLite) PruneEvents(ctx context.Context, keep int) error {
 		return fmt.Errorf("pruning events: %w", err)
 	}
 	return nil
+}
+
+// SaveReservation inserts or replaces r.
+func (s *SQLite) SaveReservation(ctx context.Context, r Reservation) error {
+	opts, err := json.Marshal(r.Options)
+	if err != nil {
+		return fmt.Errorf("encoding reservation options: %w", err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO reservations(token, service, idx, owner, options, state, created_ns, expires_ns)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, r.Token, r.Service, r.Index, r.Owner, string(opts), r.State, ns(r.Created), ns(r.Expires))
+	if err != nil {
+		return fmt.Errorf("saving reservation: %w", err)
+	}
+	return nil
+}
+
+// DeleteReservation removes a reservation.
+func (s *SQLite) DeleteReservation(ctx context.Context, token string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM reservations WHERE token = ?`, token); err != nil {
+		return fmt.Errorf("deleting reservation: %w", err)
+	}
+	return nil
+}
+
+// ListReservations returns every stored reservation.
+func (s *SQLite) ListReservations(ctx context.Context) ([]Reservation, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT token, service, idx, owner, options, state, created_ns, expires_ns FROM reservations ORDER BY created_ns`)
+	if err != nil {
+		return nil, fmt.Errorf("listing reservations: %w", err)
+	}
+	defer rows.Close()
+	var out []Reservation
+	for rows.Next() {
+		var r Reservation
+		var opts string
+		var created, expires int64
+		if err := rows.Scan(&r.Token, &r.Service, &r.Index, &r.Owner, &opts, &r.State, &created, &expires); err != nil {
+			return nil, fmt.Errorf("reading reservation: %w", err)
+		}
+		if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
+			return nil, fmt.Errorf("reservation %s…: options: %w", r.Token[:min(8, len(r.Token))], err)
+		}
+		r.Created, r.Expires = fromNS(created), fromNS(expires)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing reservations: %w", err)
+	}
+	return out, nil
 }

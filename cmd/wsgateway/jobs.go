@@ -14,6 +14,7 @@ import (
 	"wsgateway/events"
 	"wsgateway/gateway"
 	"wsgateway/jobs"
+	"wsgateway/reservation"
 	"wsgateway/rpc"
 	"wsgateway/services"
 	"wsgateway/store"
@@ -102,6 +103,16 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		Gateway:  jr.gw,
 		Version:  version,
 	}, base.With().Str("component", "rpc").Logger())
+	// Reservations are durable in the same database.
+	g.Persist = storePersister{st: jr.st, log: log}
+	if rows, err := jr.st.ListReservations(ctx); err != nil {
+		log.Error().Err(err).Msg("reservations from before the restart not read")
+	} else {
+		for _, r := range rows {
+			g.Restored = append(g.Restored, reservation.Reservation{Token: r.Token, Service: r.Service, Index: r.Index,
+				Owner: r.Owner, Options: r.Options, State: reservation.State(r.State), Created: r.Created, Expires: r.Expires})
+		}
+	}
 	// The gateway's events go to the same hub as the jobs'.
 	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
 	g.Extensions = append(g.Extensions, gateway.Extension{Name: "rpc", Match: jr.rpc.Match, Handler: jr.rpc})
@@ -136,5 +147,30 @@ func (jr *jobsRun) close() {
 	}
 	if err := errors.Join(errs...); err != nil {
 		jr.log.Warn().Err(err).Msg("jobs shutdown")
+	}
+}
+
+// storePersister records the gateway's reservations in the state
+// database; a failure is logged (the reservation still works until the
+// next restart).
+type storePersister struct {
+	st  store.Store
+	log zerolog.Logger
+}
+
+func (p storePersister) SaveReservation(r reservation.Reservation) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.st.SaveReservation(ctx, store.Reservation{Token: r.Token, Service: r.Service, Index: r.Index, Owner: r.Owner,
+		Options: r.Options, State: string(r.State), Created: r.Created, Expires: r.Expires}); err != nil {
+		p.log.Error().Err(err).Str("token", reservation.TokenPrefix(r.Token)).Msg("reservation not recorded")
+	}
+}
+
+func (p storePersister) DeleteReservation(token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.st.DeleteReservation(ctx, token); err != nil {
+		p.log.Error().Err(err).Str("token", reservation.TokenPrefix(token)).Msg("reservation not forgotten")
 	}
 }
