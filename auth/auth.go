@@ -205,7 +205,7 @@ func (u *Users) CheckPassword(name, password string) (*Identity, error) {
 	hash := usr.PasswordBcrypt
 	if !ok || hash == "" {
 		// Spend the same time as a real check.
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
 		return nil, ErrBadCredentials
 	}
 	if err := bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)); err != nil {
@@ -220,7 +220,12 @@ func (u *Users) CheckPassword(name, password string) (*Identity, error) {
 	return u.identity(name, "basic"), nil
 }
 
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("wsgateway-dummy"), bcrypt.DefaultCost)
+// dummyHash is made on first use, not at start-up: every service
+// supervisor is this binary too, and must not pay for a bcrypt hash.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("wsgateway-dummy"), bcrypt.DefaultCost)
+	return h
+})
 
 // CheckAPIKey finds the user of an API key.
 func (u *Users) CheckAPIKey(key string) (*Identity, error) {

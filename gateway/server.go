@@ -207,9 +207,11 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	s.authLimit = newRateLimiter(cfg.AuthFailLimit/60, int(cfg.AuthFailLimit))
 	s.bufPool.New = func() any { b := make([]byte, spliceBuf); return &b }
 	s.upgrader = websocket.Upgrader{
-		ReadBufferSize:   spliceBuf,
-		WriteBufferSize:  spliceBuf,
-		WriteBufferPool:  &sync.Pool{},
+		// After the handshake the splice reads and writes the connection
+		// itself; gorilla only writes refusals and close frames, so it
+		// reuses net/http's buffers rather than allocating its own.
+		ReadBufferSize:   0,
+		WriteBufferSize:  0,
 		Subprotocols:     []string{"binary"},
 		HandshakeTimeout: 10 * time.Second,
 		// The Origin is checked before Upgrade is called.

@@ -81,32 +81,47 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
 		return
 	}
-	defer s.work.Done()
 	if n := s.active.Add(1); s.cfg.MaxTunnels > 0 && n > int64(s.cfg.MaxTunnels) {
 		s.active.Add(-1)
+		s.work.Done()
 		s.metrics.limited.WithLabelValues("max_tunnels").Inc()
 		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is serving its maximum of %d websockets; try again later", s.cfg.MaxTunnels))
 		return
 	}
-	defer s.active.Add(-1)
+	done := func() {
+		s.active.Add(-1)
+		s.work.Done()
+	}
 
 	tok := r.URL.Query().Get("token")
 	id := s.connID.Add(1)
 	log := s.log.With().Uint64("conn", id).Str("remote", r.RemoteAddr).Logger()
-	if tok == "" {
-		if s.cfg.ClientAddr == "" {
-			s.refuse(w, r, errorf(http.StatusUnauthorized,
-				"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
-			return
-		}
-		s.serveBasic(w, r, log)
+	var splice func()
+	switch {
+	case tok != "":
+		splice = s.serveToken(w, r, tok, log)
+	case s.cfg.ClientAddr != "":
+		splice = s.serveBasic(w, r, log)
+	default:
+		s.refuse(w, r, errorf(http.StatusUnauthorized,
+			"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
+	}
+	if splice == nil {
+		done()
 		return
 	}
-	s.serveToken(w, r, tok, log)
+	// The tunnel runs on goroutines of its own and the HTTP handler
+	// returns, so net/http's buffers and the handler's stack are not
+	// held for the tunnel's life.
+	go func() {
+		defer done()
+		splice()
+	}()
 }
 
-// serveBasic splices the websocket to --client_hostname:--client_port.
-func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.Logger) {
+// serveBasic upgrades a websocket for --client_hostname:--client_port and
+// returns the splice to run (nil when it answered already).
+func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.Logger) func() {
 	log = log.With().Str("service", "basic").Str("target", s.cfg.ClientAddr).Logger()
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DialTimeout)
 	defer cancel()
@@ -117,7 +132,7 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 		s.metrics.failures.WithLabelValues("target_down").Inc()
 		s.refuse(w, r, &httpError{status: http.StatusBadGateway,
 			msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), err: err})
-		return
+		return nil
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
@@ -126,43 +141,46 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 	if err != nil {
 		c.Close()
 		log.Debug().Err(err).Msg("upgrade failed")
-		return
+		return nil
 	}
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
-		return
+		return nil
 	}
-	t.run()
-	s.dropTunnel(t)
+	return func() {
+		t.run()
+		s.dropTunnel(t)
+	}
 }
 
 // serveToken serves a websocket carrying a reservation token: it claims
-// the token, launches (or reattaches to) the service and splices.
-func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) {
+// the token, launches (or reattaches to) the service, and returns the
+// splice to run (nil when it is done already).
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
 		s.authLimit.allow(r.RemoteAddr)
 		s.refuse(w, r, errorf(http.StatusForbidden, "unknown token"))
-		return
+		return nil
 	}
 	if s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
-		return
+		return nil
 	}
 	if !s.launchLimit.allow(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("rate_launch").Inc()
 		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
-		return
+		return nil
 	}
 	if pre, err := s.res.Get(tok); err == nil {
 		if g := s.svcs[pre.Service].StringOption("group"); g != "" && !s.launchAllowed(r, pre, g) {
 			s.refuse(w, r, errorf(http.StatusForbidden, "service %q is restricted to group %q and this reservation's user is not (or no longer) a member", pre.Service, g))
-			return
+			return nil
 		}
 		if max := s.cfg.MaxUserTunnels; max > 0 && pre.Owner != "" && s.userTunnels(pre.Owner) >= max {
 			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
 			s.refuse(w, r, errorf(http.StatusTooManyRequests, "%s already has %d open sessions (the limit); close one first", pre.Owner, max))
-			return
+			return nil
 		}
 	}
 	res, err := s.res.Claim(tok)
@@ -171,7 +189,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 			s.authLimit.allow(r.RemoteAddr)
 		}
 		s.refuse(w, r, tokenError(err, tok))
-		return
+		return nil
 	}
 	svc := s.svcs[res.Service]
 	log = log.With().Str("service", res.Service).Int("index", res.Index).Str("token", reservation.TokenPrefix(tok)).Logger()
@@ -189,7 +207,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	if err != nil {
 		log.Debug().Err(err).Msg("upgrade failed")
 		s.afterTunnel(ss, log)
-		return
+		return nil
 	}
 
 	var launchStart time.Time
@@ -206,7 +224,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 			s.metrics.failures.WithLabelValues(reason).Inc()
 			closeWS(ws, websocket.CloseInternalServerErr, err.Error())
 			s.afterTunnel(ss, log)
-			return
+			return nil
 		}
 		s.mu.Lock()
 		ss.inst = inst
@@ -231,7 +249,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		}
 		closeWS(ws, websocket.CloseInternalServerErr, "cannot connect to the service: "+unwrapNetErr(err).Error())
 		s.afterTunnel(ss, log)
-		return
+		return nil
 	}
 	if !launchStart.IsZero() {
 		s.metrics.launches.WithLabelValues(ss.svc.Name, "ok").Inc()
@@ -240,7 +258,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
 		s.afterTunnel(ss, log)
-		return
+		return nil
 	}
 	t.idleTimeout = durationOption(ss.svc, "idle_timeout")
 	t.maxDuration = durationOption(ss.svc, "max_duration")
@@ -260,25 +278,27 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.mu.Unlock()
 		s.sessionEvent(ss, "running")
 	}
-	// A service that dies ends its tunnel with a reason.
-	go func() {
-		select {
-		case <-ss.inst.Exited():
-			if err := ss.inst.ExitErr(); err != nil {
-				s.metrics.failures.WithLabelValues("service_exited").Inc()
-				t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
+	return func() {
+		// A service that dies ends its tunnel with a reason.
+		go func() {
+			select {
+			case <-ss.inst.Exited():
+				if err := ss.inst.ExitErr(); err != nil {
+					s.metrics.failures.WithLabelValues("service_exited").Inc()
+					t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
+				}
+			case <-t.done:
 			}
-		case <-t.done:
-		}
-	}()
-	t.run()
-	s.dropTunnel(t)
-	s.mu.Lock()
-	ss.tun = nil
-	ss.bytesUp += t.up.Load()
-	ss.bytesDn += t.down.Load()
-	s.mu.Unlock()
-	s.afterTunnel(ss, log)
+		}()
+		t.run()
+		s.dropTunnel(t)
+		s.mu.Lock()
+		ss.tun = nil
+		ss.bytesUp += t.up.Load()
+		ss.bytesDn += t.down.Load()
+		s.mu.Unlock()
+		s.afterTunnel(ss, log)
+	}
 }
 
 // launchAllowed decides whether a websocket may launch a group-restricted
