@@ -14,7 +14,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 APT_PKGS  := tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
              python3-numpy chromium chromium-driver fonts-dejavu-core
 
-.PHONY: all build run test deps deps-apt deps-npm fmt-check vet clean
+.PHONY: all build run test bench deps deps-apt deps-npm fmt-check vet clean
 
 all: build
 
@@ -63,6 +63,13 @@ vet:
 
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Measures wsgateway against direct TCP and websockify on loopback and prints
+# the tables of docs/performance.md. BENCH_FLAGS=-quick for a short run,
+# BENCH_FLAGS="-json bench.json" to keep every figure.
+BENCH_FLAGS ?=
+bench: deps-apt build
+	$(GO) run ./cmd/wsbench -gateway $(BIN) $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin test-artifacts
