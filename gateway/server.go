@@ -190,9 +190,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:        cfg,
-		log:        log,
-		res:        reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist}),
+		cfg: cfg,
+		log: log,
+
 		svcs:       svcs,
 		started:    time.Now(),
 		baseCtx:    ctx,
@@ -201,6 +201,16 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		tunnels:    map[*tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
+	s.res = reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
+		OnWaitQueue: func(service string, owners []string) {
+			// Each waiter hears its position; positions count from 1.
+			for i, o := range owners {
+				s.publish("queue.changed", o, map[string]any{"kind": "reservations", "service": service, "position": i + 1, "waiting": len(owners)})
+			}
+			if len(owners) == 0 {
+				s.publish("queue.changed", "", map[string]any{"kind": "reservations", "service": service, "waiting": 0})
+			}
+		}})
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))

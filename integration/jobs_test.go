@@ -789,7 +789,7 @@ func TestRPCWithoutJobServices(t *testing.T) {
 func TestRPCReservationsAndSessions(t *testing.T) {
 	g, _ := svcGateway(t, 1, nil, "--timeout", "2")
 	c := dialRPC(t, g, "")
-	c.must("events.subscribe", map[string]any{"topics": []string{"session.state", "reservation.expired"}}, nil)
+	c.must("events.subscribe", map[string]any{"topics": []string{"session.state", "reservation.expired", "queue.changed"}}, nil)
 	var res struct {
 		Token, Service, Path string
 		Index                int
@@ -802,6 +802,10 @@ func TestRPCReservationsAndSessions(t *testing.T) {
 	if _, rerr := c.call("reservations.create", map[string]any{"service": "Echo Service", "wait": 0.3}); rerr == nil || rerr.Code != -32005 {
 		t.Fatalf("full service: %+v", rerr)
 	}
+	// While it waited, its place in the queue was reported.
+	c.waitEvent("the waiting reservation's position", 10*time.Second, func(e rpcEvent) bool {
+		return e.Method == "queue.changed" && e.Data["kind"] == "reservations" && e.Data["position"] == float64(1)
+	})
 	ws, h := connectToken(t, g, res.Token)
 	if h.Options["geometry"] != "800x600" {
 		t.Fatalf("options did not reach the service: %v", h.Options)

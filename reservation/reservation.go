@@ -83,6 +83,10 @@ type Config struct {
 	// Persist, when set, records every change, so reservations survive a
 	// restart (see Restore).
 	Persist Persister
+	// OnWaitQueue, when set, is told the owners waiting for a service, in
+	// order, whenever that queue changes (called with the lock held: it
+	// must not call the Manager).
+	OnWaitQueue func(service string, owners []string)
 }
 
 // Persister records reservations as they change. It is called with the
@@ -106,6 +110,7 @@ type Manager struct {
 	onExpire func(Reservation)
 	waiters  map[string][]*waiter // service -> FIFO of waiting reservations
 	persist  Persister
+	onWait   func(service string, owners []string)
 }
 
 // waiter is a reservation waiting for a slot.
@@ -133,6 +138,7 @@ func New(cfg Config) *Manager {
 		expCap:  cfg.ExpiredMemory,
 		waiters: map[string][]*waiter{},
 		persist: cfg.Persist,
+		onWait:  cfg.OnWaitQueue,
 	}
 	if m.now == nil {
 		m.now = time.Now
@@ -269,6 +275,7 @@ func (m *Manager) ReserveWait(ctx context.Context, service, owner string, perUse
 	}
 	w := &waiter{owner: owner, perUser: perUser, opts: opts, ch: make(chan waitResult, 1)}
 	m.waiters[service] = append(m.waiters[service], w)
+	m.waitChangedLocked(service)
 	m.mu.Unlock()
 	select {
 	case res := <-w.ch:
@@ -280,6 +287,7 @@ func (m *Manager) ReserveWait(ctx context.Context, service, owner string, perUse
 	for i, x := range q {
 		if x == w {
 			m.waiters[service] = append(q[:i:i], q[i+1:]...)
+			m.waitChangedLocked(service)
 			m.mu.Unlock()
 			return Reservation{}, fmt.Errorf("%w: still no free slot of %q after waiting: %w", ErrNoSlot, service, ctx.Err())
 		}
@@ -313,6 +321,7 @@ func (m *Manager) grantLocked(service string) {
 			return
 		}
 		m.waiters[service] = m.waiters[service][1:]
+		m.waitChangedLocked(service)
 		w.ch <- waitResult{r, err}
 	}
 }
@@ -555,4 +564,15 @@ func (m *Manager) Restore(rs []Reservation) (restored, interrupted []Reservation
 		}
 	}
 	return restored, interrupted
+}
+
+func (m *Manager) waitChangedLocked(service string) {
+	if m.onWait == nil {
+		return
+	}
+	owners := make([]string, len(m.waiters[service]))
+	for i, w := range m.waiters[service] {
+		owners[i] = w.owner
+	}
+	m.onWait(service, owners)
 }

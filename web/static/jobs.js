@@ -74,6 +74,7 @@ function onEvent(topic, d) {
     const j = state.jobs.get(d.id);
     if (j) j.progress = d;
   } else if (topic === 'queue.changed') {
+    if (d.kind === 'reservations') return; // reservations waiting for a slot, not jobs
     state.queue = d.queue || [];
   } else if (topic === 'logs.append' && d.id === state.watching) {
     if (d.offset === state.offset && d.data !== undefined) {
