@@ -14,7 +14,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 APT_PKGS  := tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
              python3-numpy chromium chromium-driver fonts-dejavu-core
 
-.PHONY: all build run test bench deps deps-apt deps-npm fmt-check vet clean
+.PHONY: all build run test bench fuzz deps deps-apt deps-npm fmt-check vet clean
 
 all: build
 
@@ -62,7 +62,18 @@ vet:
 	$(GO) vet ./...
 
 test: deps fmt-check vet
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+# Each fuzz target for a short time (seeds in each package's testdata/fuzz).
+FUZZTIME ?= 10s
+FUZZ_TARGETS := services:FuzzParseConfig services:FuzzParseReadyLine services:FuzzReadyOutput \
+                launcher:FuzzStripComments launcher:FuzzParse launcher:FuzzSafeSubstitute launcher:FuzzSanitize \
+                reservation:FuzzTokens gateway:FuzzFrameParser
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; \
+		echo "fuzz $$fn ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=5s ./$$pkg; done
 
 # Measures wsgateway against direct TCP and websockify on loopback and prints
 # the tables of docs/performance.md. BENCH_FLAGS=-quick for a short run,

@@ -58,26 +58,32 @@ func TestAdminAndAuth(t *testing.T) {
 	cases := []struct {
 		name          string
 		s             *Server
+		host          string
 		remote, query string
 		header        map[string]string
 		auth, admin   bool
 	}{
-		{"loopback v4", open, "127.0.0.1:5000", "", nil, true, true},
-		{"loopback v6", open, "[::1]:5000", "", nil, true, true},
-		{"remote", open, "10.1.2.3:5000", "", nil, true, false},
-		{"loopback cross-site", open, "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, false},
-		{"loopback foreign origin", open, "127.0.0.1:5000", "", map[string]string{"Origin": "https://evil.example"}, true, false},
-		{"token missing", tok, "127.0.0.1:5000", "", nil, false, false},
-		{"token in query", tok, "10.1.2.3:5000", "security_token=tok", nil, true, true},
-		{"token wrong", tok, "10.1.2.3:5000", "security_token=tok2", nil, false, false},
-		{"token prefix", tok, "10.1.2.3:5000", "security_token=to", nil, false, false},
-		{"bearer", tok, "10.1.2.3:5000", "", map[string]string{"Authorization": "Bearer tok"}, true, true},
-		{"bearer wrong scheme", tok, "10.1.2.3:5000", "", map[string]string{"Authorization": "Basic tok"}, false, false},
+		{"loopback v4", open, "", "127.0.0.1:5000", "", nil, true, true},
+		{"loopback v6", open, "", "[::1]:5000", "", nil, true, true},
+		{"loopback, IP Host", open, "127.0.0.1:9090", "127.0.0.1:5000", "", nil, true, true},
+		{"loopback, rebound DNS name", open, "rebind.evil.example:9090", "127.0.0.1:5000", "", map[string]string{"Origin": "http://rebind.evil.example:9090"}, true, false},
+		{"remote", open, "", "10.1.2.3:5000", "", nil, true, false},
+		{"loopback cross-site", open, "", "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, false},
+		{"loopback foreign origin", open, "", "127.0.0.1:5000", "", map[string]string{"Origin": "https://evil.example"}, true, false},
+		{"token missing", tok, "", "127.0.0.1:5000", "", nil, false, false},
+		{"token in query", tok, "", "10.1.2.3:5000", "security_token=tok", nil, true, true},
+		{"token wrong", tok, "", "10.1.2.3:5000", "security_token=tok2", nil, false, false},
+		{"token prefix", tok, "", "10.1.2.3:5000", "security_token=to", nil, false, false},
+		{"bearer", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Bearer tok"}, true, true},
+		{"bearer wrong scheme", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Basic tok"}, false, false},
 	}
 	for _, c := range cases {
 		r := httptest.NewRequest("GET", "/v1/status?"+c.query, nil)
 		r.RemoteAddr = c.remote
-		r.Host = "gw:9090"
+		r.Host = c.host
+		if r.Host == "" {
+			r.Host = "localhost:9090"
+		}
 		for k, v := range c.header {
 			r.Header.Set(k, v)
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 )
 
 // httpError is an error with the HTTP status it should be answered with.
@@ -44,9 +45,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status = he.status
 	}
 	if status >= 500 {
-		s.log.Warn().Err(err).Str("path", r.URL.Path).Str("remote", r.RemoteAddr).Int("status", status).Msg("request failed")
+		s.log.Warn().Err(err).Str("path", redactPath(r.URL.Path)).Str("remote", r.RemoteAddr).Int("status", status).Msg("request failed")
 	} else {
-		s.log.Debug().Err(err).Str("path", r.URL.Path).Str("remote", r.RemoteAddr).Int("status", status).Msg("request refused")
+		s.log.Debug().Err(err).Str("path", redactPath(r.URL.Path)).Str("remote", r.RemoteAddr).Int("status", status).Msg("request refused")
 	}
 	writeJSON(w, status, map[string]string{"error": err.Error()})
 }
@@ -68,4 +69,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
+}
+
+// redactPath keeps whole reservation tokens out of the log: the token in
+// /v1/release/<token> is cut to its first 8 characters.
+func redactPath(p string) string {
+	const release = "/v1/release/"
+	if strings.HasPrefix(p, release) && len(p) > len(release)+8 {
+		return p[:len(release)+8] + "…"
+	}
+	return p
 }

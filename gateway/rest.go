@@ -251,7 +251,14 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 	if tok == "" {
 		return errorf(http.StatusBadRequest, "send the token in the X-Wsgw-Token header")
 	}
+	if s.authLimit.exhausted(r.RemoteAddr) {
+		s.metrics.limited.WithLabelValues("auth_failures").Inc()
+		return errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
+	}
 	res, err := s.res.Get(tok)
+	if errors.Is(err, reservation.ErrUnknownToken) {
+		s.authLimit.allow(r.RemoteAddr) // a guess counts as a failed authentication
+	}
 	if err == nil {
 		switch res.State {
 		case reservation.Active:

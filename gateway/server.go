@@ -145,6 +145,7 @@ type Server struct {
 	connID       atomic.Uint64
 	metrics      *metrics
 	active       atomic.Int64 // websocket handlers running
+	checking     atomic.Bool  // a checkTunnels pass is running
 	lastPing     time.Time
 	reserveLimit *rateLimiter
 	launchLimit  *rateLimiter
@@ -317,7 +318,14 @@ loop:
 			break loop
 		case <-tick.C:
 			s.sweep()
-			s.checkTunnels(time.Now())
+			// Closing a tunnel may wait for a stuck write; the loop never
+			// waits for it.
+			if s.checking.CompareAndSwap(false, true) {
+				go func() {
+					defer s.checking.Store(false)
+					s.checkTunnels(time.Now())
+				}()
+			}
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
@@ -425,7 +433,7 @@ func (s *Server) caller(r *http.Request) (*auth.Identity, error) {
 			return id, err
 		}
 	}
-	if !s.authRequired() && isLoopback(r.RemoteAddr) {
+	if !s.authRequired() && origin.LocalAdmin(r) {
 		return &auth.Identity{Name: "", Admin: true, Via: "loopback"}, nil
 	}
 	return nil, nil
@@ -463,15 +471,6 @@ func (s *Server) isAdmin(r *http.Request) bool {
 	}
 	id, err := s.caller(r)
 	return err == nil && id != nil && id.Admin
-}
-
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // pruneSessionDirs keeps the newest keep session directories.

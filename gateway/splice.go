@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +64,16 @@ type tunnel struct {
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
-	peekFn             func(fd uintptr) bool
+	// one readiness probe per direction, made once (no allocation per
+	// wait); a socket error the probe saw is kept for the reader, since
+	// the probe consumes it (a reset must not look like a clean EOF)
+	clientPeek, connPeek       func(fd uintptr) bool
+	clientPeekErr, connPeekErr error
+
+	// exitReason, for a launched service, tells after the service's
+	// connection ended whether the service crashed (a reason), waiting at
+	// most the given time for its exit status; "" for a clean end.
+	exitReason func(wait time.Duration) string
 }
 
 var _ frameHandler = (*tunnel)(nil)
@@ -73,7 +83,8 @@ var _ frameHandler = (*tunnel)(nil)
 func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger) *tunnel {
 	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(), done: make(chan struct{}),
 		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol()}
-	t.peekFn = t.peek
+	t.clientPeek = func(fd uintptr) bool { return peek(fd, &t.clientPeekErr) }
+	t.connPeek = func(fd uintptr) bool { return peek(fd, &t.connPeekErr) }
 	t.parser.limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
 	t.lastPong.Store(t.opened.UnixNano())
@@ -196,23 +207,31 @@ func (t *tunnel) writeControl(op byte, code int, reason string, payload []byte) 
 
 // peek is the RawConn callback that reports whether a socket has data
 // (or EOF, or an error) without taking it; false makes the runtime wait
-// for readability.
-func (t *tunnel) peek(fd uintptr) bool {
+// for readability. An error is stored in *errp: MSG_PEEK consumes a
+// pending socket error, which the next read would otherwise not see.
+func peek(fd uintptr, errp *error) bool {
 	var b [1]byte
 	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	if err == syscall.EAGAIN || err == syscall.EINTR {
 		return false
 	}
+	if err != nil {
+		*errp = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", err)}
+	}
 	return true
 }
 
-// waitReadable blocks until rc has something to read. A nil rc (TLS)
-// returns at once and the caller reads with its buffer.
-func (t *tunnel) waitReadable(rc syscall.RawConn) error {
+// waitReadable blocks until rc has something to read, and returns the
+// socket error the probe found, if any. A nil rc (TLS) returns at once
+// and the caller reads with its buffer.
+func (t *tunnel) waitReadable(rc syscall.RawConn, probe func(uintptr) bool, errp *error) error {
 	if rc == nil {
 		return nil
 	}
-	return rc.Read(t.peekFn)
+	if err := rc.Read(probe); err != nil {
+		return err
+	}
+	return *errp
 }
 
 // data is the frameHandler callback: payload for the service.
@@ -264,7 +283,7 @@ func (t *tunnel) control(op byte, payload []byte) error {
 func (t *tunnel) clientToService() {
 	var err error
 	for {
-		if err = t.waitReadable(t.clientRaw); err != nil {
+		if err = t.waitReadable(t.clientRaw, t.clientPeek, &t.clientPeekErr); err != nil {
 			break
 		}
 		bp := t.s.bufPool.Get().(*[]byte)
@@ -351,7 +370,7 @@ func (t *tunnel) halfCloseService() {
 func (t *tunnel) serviceToClient() {
 	var err error
 	for {
-		if err = t.waitReadable(t.connRaw); err != nil {
+		if err = t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
 			break
 		}
 		bp := t.s.bufPool.Get().(*[]byte)
@@ -378,6 +397,14 @@ func (t *tunnel) serviceToClient() {
 		return
 	}
 	if t.initiated.CompareAndSwap(false, true) {
+		if t.exitReason != nil && (errors.Is(err, io.EOF) || isServiceRead(err)) {
+			// The service's connection ended: did the service crash?
+			if reason := t.exitReason(300 * time.Millisecond); reason != "" {
+				t.s.metrics.failures.WithLabelValues("service_exited").Inc()
+				t.sendClose(websocket.CloseInternalServerErr, reason)
+				return
+			}
+		}
 		if errors.Is(err, io.EOF) {
 			t.sendClose(websocket.CloseNormalClosure, "Target closed")
 		} else if isServiceRead(err) {
@@ -450,6 +477,25 @@ func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) 
 		return
 	}
 	if ping {
-		t.writeControl(opPing, 0, "", nil)
+		t.tryPing()
 	}
+}
+
+// tryPing sends a ping unless a data write holds the connection: a
+// client that stops reading must not stall the caller (the server's
+// once-a-second sweep). Such a client answers no pings and is dropped by
+// the heartbeat.
+func (t *tunnel) tryPing() {
+	if !t.writeMu.TryLock() {
+		return
+	}
+	defer t.writeMu.Unlock()
+	if t.closeSent {
+		return
+	}
+	b := t.ctrlOut[:2]
+	b[0], b[1] = 0x80|opPing, 0
+	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
+	_, _ = t.client.Write(b)
+	_ = t.client.SetWriteDeadline(time.Time{})
 }

@@ -260,6 +260,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.afterTunnel(ss, log)
 		return nil
 	}
+	t.exitReason = ss.inst.CrashReason
 	t.idleTimeout = durationOption(ss.svc, "idle_timeout")
 	t.maxDuration = durationOption(ss.svc, "max_duration")
 	t.onPolicy = func(string) {

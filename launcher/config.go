@@ -447,8 +447,14 @@ func (c *Config) check(name string) error {
 				if r.Regexp == "" {
 					return bad(key+".regexp", "missing: the expression values must match")
 				}
-				// Python's re.match: anchored at the start only.
-				re, err := regexp.Compile(`\A(?:` + r.Regexp + `)`)
+				// Python's re.match: anchored at the start only. The
+				// expression must be valid on its own: "a)|(b" would
+				// otherwise compile once wrapped, unanchored after the |.
+				_, err := regexp.Compile(r.Regexp)
+				var re *regexp.Regexp
+				if err == nil {
+					re, err = regexp.Compile(`\A(?:` + r.Regexp + `)`)
+				}
 				if err != nil {
 					return bad(key+".regexp", "%v (Go RE2 syntax: no lookaround or backreferences)", err)
 				}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"wsgateway/auth"
+	"wsgateway/internal/origin"
 )
 
 // Access decides who may use the API: the same rules as the gateway's
@@ -53,7 +54,7 @@ func (a *Access) Caller(r *http.Request) (*auth.Identity, error) {
 			return id, err
 		}
 	}
-	if !a.AuthRequired() && isLoopback(r.RemoteAddr) {
+	if !a.AuthRequired() && origin.LocalAdmin(r) {
 		return &auth.Identity{Name: "", Admin: true, Via: "loopback"}, nil
 	}
 	return nil, nil
@@ -80,13 +81,4 @@ func (a *Access) OriginAllowed(r *http.Request) bool {
 		host = h
 	}
 	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
-}
-
-func isLoopback(remote string) bool {
-	host, _, err := net.SplitHostPort(remote)
-	if err != nil {
-		host = remote
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

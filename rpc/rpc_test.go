@@ -22,6 +22,7 @@ func TestRPCAccessMirrorsGateway(t *testing.T) {
 	req := func(remote, query string, hdr ...string) *http.Request {
 		r := httptest.NewRequest(http.MethodGet, "/v1/rpc"+query, nil)
 		r.RemoteAddr = remote
+		r.Host = "127.0.0.1:9090"
 		for i := 0; i+1 < len(hdr); i += 2 {
 			r.Header.Set(hdr[i], hdr[i+1])
 		}
@@ -30,6 +31,11 @@ func TestRPCAccessMirrorsGateway(t *testing.T) {
 	open := Access{}
 	if id, _ := open.Caller(req("127.0.0.1:5", "")); id == nil || !id.Admin || id.Via != "loopback" {
 		t.Fatalf("loopback without auth: %+v", id)
+	}
+	rebound := req("127.0.0.1:5", "")
+	rebound.Host = "rebind.evil.example:9090"
+	if id, _ := open.Caller(rebound); id != nil {
+		t.Fatalf("loopback under a DNS name (rebinding) is an administrator: %+v", id)
 	}
 	if id, _ := open.Caller(req("10.0.0.1:5", "")); id != nil {
 		t.Fatalf("remote without auth: %+v", id)

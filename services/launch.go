@@ -571,3 +571,30 @@ func GroupAlive(pgid int) bool {
 	}
 	return false
 }
+
+// CrashReason waits up to wait for the service's start process to end
+// and, if it ended in failure, says how ("" when it still runs or ended
+// with status 0). The gateway asks when a service's connection ends, to
+// tell a crash from a clean end.
+func (inst *Instance) CrashReason(wait time.Duration) string {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-inst.scriptDone: // nil without a supervisor: never ready
+		switch code := inst.scriptStatus; {
+		case code == 0:
+			return ""
+		case code > 128:
+			return fmt.Sprintf("service exited: killed by signal %d (%s)", code-128, syscall.Signal(code-128))
+		default:
+			return fmt.Sprintf("service exited with status %d", code)
+		}
+	case <-inst.exited:
+		if inst.exitErr != nil {
+			return "service exited: " + inst.exitErr.Error()
+		}
+		return ""
+	case <-timer.C:
+		return ""
+	}
+}

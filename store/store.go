@@ -128,6 +128,20 @@ func Open(ctx context.Context, path string, log zerolog.Logger) (*SQLite, error)
 			return nil, fmt.Errorf("state database directory: %w", err)
 		}
 	}
+	if path != Memory {
+		// It holds whole tokens: readable by this user only. SQLite gives
+		// its -wal and -shm files the database file's mode.
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("state database %s: %w", path, err)
+		}
+		f.Close()
+		for _, p := range []string{path, path + "-wal", path + "-shm"} {
+			if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("state database %s: %w", p, err)
+			}
+		}
+	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -219,7 +220,7 @@ func newLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func()) {
 	closer := func() {}
 	if cfg.LogFile != "" {
 		lj := &lumberjack.Logger{Filename: cfg.LogFile, MaxSize: 100, MaxBackups: 5, MaxAge: 30, Compress: true}
-		w = lj
+		w = &fallbackWriter{primary: lj, fallback: stderr, name: cfg.LogFile}
 		closer = func() { _ = lj.Close() }
 	} else if f, ok := stderr.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
@@ -292,4 +293,28 @@ func hashPassword(in io.Reader, out, errw io.Writer) error {
 	}
 	fmt.Fprintln(out, h)
 	return nil
+}
+
+// fallbackWriter writes to the log file; when that fails it says so once
+// on stderr and sends the rest there, so nothing is silently lost.
+type fallbackWriter struct {
+	mu       sync.Mutex
+	primary  io.Writer
+	fallback io.Writer
+	name     string
+	failed   bool
+}
+
+func (f *fallbackWriter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.failed {
+		n, err := f.primary.Write(p)
+		if err == nil {
+			return n, nil
+		}
+		f.failed = true
+		fmt.Fprintf(f.fallback, "wsgateway: cannot write --log_file %s (%v); logging to stderr instead\n", f.name, err)
+	}
+	return f.fallback.Write(p)
 }

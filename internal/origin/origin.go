@@ -11,7 +11,11 @@ import (
 
 // Allowed accepts a request without an Origin (a non-browser client), an
 // Origin on the request's own host, and the origins in allow ("*" allows
-// any). "null" and unparsable origins are refused.
+// any). "null" and unparsable origins are refused. For a peer on this
+// machine, "the request's own host" counts only when the Host is an IP
+// literal or localhost: a DNS name there may be an attacker's, re-pointed
+// at 127.0.0.1 (DNS rebinding) to reach a gateway the attacker cannot
+// reach itself.
 func Allowed(r *http.Request, allow []string) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
@@ -30,5 +34,43 @@ func Allowed(r *http.Request, allow []string) bool {
 	if h, _, err := net.SplitHostPort(r.Host); err == nil {
 		host = h
 	}
-	return strings.EqualFold(u.Hostname(), strings.Trim(host, "[]"))
+	host = strings.Trim(host, "[]")
+	if loopbackPeer(r) && !unrebindable(host) {
+		return false
+	}
+	return strings.EqualFold(u.Hostname(), host)
+}
+
+func loopbackPeer(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// unrebindable: an IP literal or localhost, names DNS cannot re-point.
+func unrebindable(host string) bool {
+	return host == "" || strings.EqualFold(host, "localhost") || net.ParseIP(host) != nil
+}
+
+// LocalAdmin reports whether r comes from this machine under a name that
+// cannot be rebound: a loopback peer that asked for an IP literal or
+// "localhost" in its Host header. A page served from a DNS name that an
+// attacker re-points at 127.0.0.1 (DNS rebinding) sends that name, and is
+// not trusted as a local administrator.
+func LocalAdmin(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return false
+	}
+	name := r.Host
+	if h, _, err := net.SplitHostPort(name); err == nil {
+		name = h
+	}
+	return unrebindable(strings.Trim(name, "[]"))
 }
