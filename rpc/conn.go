@@ -303,7 +303,7 @@ func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply boo
 	}
 	if !hasID {
 		// A notification: the API has no method worth calling without an
-		// answer, so it is ignored, as the brief says.
+		// answer, so it is ignored without a reply (JSON-RPC 2.0 §4.1).
 		return resp, nil, false
 	}
 	m, ok := c.s.methods[*req.Method]
