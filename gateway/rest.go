@@ -255,21 +255,9 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		return errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
 	}
-	res, err := s.res.Get(tok)
+	res, err := s.res.Check(tok)
 	if errors.Is(err, reservation.ErrUnknownToken) {
 		s.authLimit.allow(r.RemoteAddr) // a guess counts as a failed authentication
-	}
-	if err == nil {
-		switch res.State {
-		case reservation.Active:
-			err = reservation.ErrBusy
-		case reservation.Stopping:
-			err = reservation.ErrEnded
-		case reservation.Reserved:
-			if !time.Now().Before(res.Expires) {
-				err = reservation.ErrExpiredToken
-			}
-		}
 	}
 	if err != nil {
 		return tokenError(err, tok)

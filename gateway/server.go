@@ -6,7 +6,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,6 +144,7 @@ type Server struct {
 	metrics      *metrics
 	active       atomic.Int64 // websocket handlers running
 	checking     atomic.Bool  // a checkTunnels pass is running
+	policy       auth.Policy
 	lastPing     time.Time
 	reserveLimit *rateLimiter
 	launchLimit  *rateLimiter
@@ -212,6 +211,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 				s.publish("queue.changed", "", map[string]any{"kind": "reservations", "service": service, "waiting": 0})
 			}
 		}})
+	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
@@ -414,49 +414,12 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return origin.Allowed(r, s.cfg.AllowedOrigins)
 }
 
-// caller works out who made r: the holder of the security token (an
-// administrator), a user (HTTP Basic, API key, session cookie), an
-// identity asserted by a trusted proxy, or, when neither a security token
-// nor users are configured, a loopback client (an administrator). It
-// returns nil for an anonymous caller, and auth.ErrBadCredentials for
-// credentials that are wrong.
-func (s *Server) caller(r *http.Request) (*auth.Identity, error) {
-	if s.hasToken(r) {
-		return &auth.Identity{Name: "admin", Admin: true, Via: "security_token"}, nil
-	}
-	if id := s.cfg.TrustedProxies.Identity(r); id != nil {
-		return id, nil
-	}
-	if s.cfg.Users != nil {
-		id, err := s.cfg.Users.Authenticate(r)
-		if err != nil || id != nil {
-			return id, err
-		}
-	}
-	if !s.authRequired() && origin.LocalAdmin(r) {
-		return &auth.Identity{Name: "", Admin: true, Via: "loopback"}, nil
-	}
-	return nil, nil
-}
+// caller is who made r (see auth.Policy).
+func (s *Server) caller(r *http.Request) (*auth.Identity, error) { return s.policy.Caller(r) }
 
 // authRequired: with a security token or users, every REST call needs
 // credentials.
-func (s *Server) authRequired() bool {
-	return s.cfg.SecurityToken != "" || s.cfg.Users != nil
-}
-
-func (s *Server) hasToken(r *http.Request) bool {
-	if s.cfg.SecurityToken == "" {
-		return false
-	}
-	got := r.URL.Query().Get("security_token")
-	if got == "" {
-		if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-			got = strings.TrimPrefix(h, "Bearer ")
-		}
-	}
-	return subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.SecurityToken)) == 1
-}
+func (s *Server) authRequired() bool { return s.policy.Required() }
 
 // crossSite reports a browser request from another site: it is never
 // trusted with administration.

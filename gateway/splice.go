@@ -333,7 +333,7 @@ func (t *tunnel) clientToService() {
 		var ne net.Error
 		isWrite := !errors.Is(err, io.EOF) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, net.ErrClosed)
 		if t.initiated.CompareAndSwap(false, true) {
-			if isWrite && !isClientSide(err) {
+			if isWrite && !isReadErr(err) {
 				t.sendClose(websocket.CloseInternalServerErr, "service connection lost")
 				_ = t.conn.Close()
 			} else {
@@ -347,10 +347,11 @@ func (t *tunnel) clientToService() {
 	}
 }
 
-// isClientSide reports whether err came from the client's connection
-// (reads) rather than the service's (writes). Service writes are wrapped
-// by net.OpError with Op "write".
-func isClientSide(err error) bool {
+// isReadErr reports whether err came from a read (a net.OpError with Op
+// "read", or an error that is not a net.OpError at all, such as a TLS
+// record error) rather than a write: each direction reads one connection
+// and writes the other, so this says which side failed.
+func isReadErr(err error) bool {
 	var op *net.OpError
 	if errors.As(err, &op) {
 		return op.Op == "read"
@@ -397,7 +398,7 @@ func (t *tunnel) serviceToClient() {
 		return
 	}
 	if t.initiated.CompareAndSwap(false, true) {
-		if t.exitReason != nil && (errors.Is(err, io.EOF) || isServiceRead(err)) {
+		if t.exitReason != nil && (errors.Is(err, io.EOF) || isReadErr(err)) {
 			// The service's connection ended: did the service crash?
 			if reason := t.exitReason(300 * time.Millisecond); reason != "" {
 				t.s.metrics.failures.WithLabelValues("service_exited").Inc()
@@ -407,7 +408,7 @@ func (t *tunnel) serviceToClient() {
 		}
 		if errors.Is(err, io.EOF) {
 			t.sendClose(websocket.CloseNormalClosure, "Target closed")
-		} else if isServiceRead(err) {
+		} else if isReadErr(err) {
 			t.sendClose(websocket.CloseInternalServerErr, "service connection error")
 		} else {
 			// Writing to the client failed: it is gone.
@@ -415,15 +416,6 @@ func (t *tunnel) serviceToClient() {
 			_ = t.client.Close()
 		}
 	}
-}
-
-// isServiceRead reports whether err is a read error from the service.
-func isServiceRead(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) {
-		return op.Op == "read"
-	}
-	return true
 }
 
 var errCloseSent = errors.New("close frame already sent")

@@ -600,7 +600,7 @@ func TestFaultLogDirectoryNotWritable(t *testing.T) {
 		})
 		hbServesSession(t, g, "Echo Service")
 		if !strings.Contains(stderr.String(), "a-file") {
-			t.Logf("nothing on stderr says the log cannot be written: %q", lchTail(stderr.String(), 500))
+			t.Logf("nothing on stderr says the log cannot be written: %q", tail(stderr.String(), 500))
 			t.Run("says the log cannot be written", func(t *testing.T) {
 				t.Errorf("no word on stderr that --log_file cannot be written")
 			})

@@ -78,6 +78,6 @@ func TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
 	e.g.cmd.Process.Signal(syscall.SIGKILL)
 	<-e.g.exited
 	waitFor(t, "the application, its grandchild and its supervisor to be gone", 20*time.Second, func() bool {
-		return !alive(pid) && !alive(gc) && len(lchPidsWithArg(e.srvPath)) == 0
+		return !alive(pid) && !alive(gc) && len(processesWithArg(e.srvPath)) == 0
 	})
 }

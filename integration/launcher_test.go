@@ -141,7 +141,7 @@ func lchStart(t *testing.T, mounted bool, ports int, conf map[string]any, args .
 	t.Cleanup(func() {
 		e.g.stop()
 		// No launched process outlives the gateway.
-		for _, pid := range lchPidsWithArg(srv) {
+		for _, pid := range processesWithArg(srv) {
 			t.Errorf("wslinksrv pid %d still running after the gateway stopped", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -638,36 +638,6 @@ func TestLauncherShutdownStopsSessions(t *testing.T) {
 	}
 }
 
-// lchPidsWithArg lists the live processes with arg on their command line.
-func lchPidsWithArg(arg string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, en := range ents {
-		pid, err := strconv.Atoi(en.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", en.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		for _, a := range bytes.Split(b, []byte{0}) {
-			if string(a) == arg && alive(pid) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
-}
-
-func lchTail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
-
 // ---- the real wslink client ----
 
 // lchChromium is the browser client.mjs drives (Debian's chromium).
@@ -783,7 +753,7 @@ func TestWslinkRealClientThroughProxy(t *testing.T) {
 
 	r := lchRunClient(t, clientDir, e.base+"/index.html?application=wslink")
 	if !r.OK {
-		t.Fatalf("wslink client failed at %s: %s\nconsole: %q\nposts: %+v\ngateway log:\n%s", r.Stage, r.Error, r.Logs, r.Posts, lchTail(e.g.log.String(), 3000))
+		t.Fatalf("wslink client failed at %s: %s\nconsole: %q\nposts: %+v\ngateway log:\n%s", r.Stage, r.Error, r.Logs, r.Posts, tail(e.g.log.String(), 3000))
 	}
 	id, _ := r.Config["id"].(string)
 	secret, _ := r.Config["secret"].(string)
@@ -822,7 +792,7 @@ func TestWslinkRealClientWrongSecret(t *testing.T) {
 	e := lchStart(t, false, 2, map[string]any{"configuration": map[string]any{"content": content}})
 	r := lchRunClient(t, clientDir, e.base+"/index.html?application=fixed&secret=wrong-secret")
 	if r.OK || r.Stage != "connect" || r.Error != "Authentication failed" {
-		t.Fatalf("wrong secret: %+v\ngateway log:\n%s", r, lchTail(e.g.log.String(), 3000))
+		t.Fatalf("wrong secret: %+v\ngateway log:\n%s", r, tail(e.g.log.String(), 3000))
 	}
 	if r.Config["secret"] != "wrong-secret" {
 		t.Errorf("config %v", r.Config)
@@ -835,7 +805,7 @@ func TestWslinkRealClientWrongSecret(t *testing.T) {
 	// right secret connects.
 	r = lchRunClient(t, clientDir, e.base+"/index.html?application=wslink")
 	if !r.OK || r.Info["port"] != float64(e.hi) {
-		t.Fatalf("own port: %+v\ngateway log:\n%s", r, lchTail(e.g.log.String(), 3000))
+		t.Fatalf("own port: %+v\ngateway log:\n%s", r, tail(e.g.log.String(), 3000))
 	}
 	// Both ports are taken: the client shows the launcher's error.
 	r = lchRunClient(t, clientDir, e.base+"/index.html?application=wslink")

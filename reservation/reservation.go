@@ -356,25 +356,47 @@ func (m *Manager) Get(tok string) (Reservation, error) {
 func (m *Manager) Claim(tok string) (Reservation, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r, err := m.find(tok)
+	r, err := m.claimableLocked(tok)
 	if err != nil {
+		if errors.Is(err, ErrExpiredToken) && r != nil {
+			m.expireLocked(r)
+		}
 		return Reservation{}, err
-	}
-	if r.State == Active {
-		return Reservation{}, ErrBusy
-	}
-	if r.State == Stopping {
-		return Reservation{}, ErrEnded
-	}
-	if r.State == Reserved && !m.now().Before(r.Expires) {
-		m.expireLocked(r)
-		return Reservation{}, ErrExpiredToken
 	}
 	r.State = Active
 	r.Connects++
 	r.LastClaim = m.now()
 	m.save(r)
 	return *r, nil
+}
+
+// Check says what Claim would say for tok, without claiming it.
+func (m *Manager) Check(tok string) (Reservation, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, err := m.claimableLocked(tok)
+	if err != nil {
+		return Reservation{}, err
+	}
+	return *r, nil
+}
+
+// claimableLocked finds tok and says whether a websocket may claim it (an
+// expired reservation is returned with ErrExpiredToken, for the caller
+// to reclaim).
+func (m *Manager) claimableLocked(tok string) (*Reservation, error) {
+	r, err := m.find(tok)
+	switch {
+	case err != nil:
+		return nil, err
+	case r.State == Active:
+		return nil, ErrBusy
+	case r.State == Stopping:
+		return nil, ErrEnded
+	case r.State == Reserved && !m.now().Before(r.Expires):
+		return r, ErrExpiredToken
+	}
+	return r, nil
 }
 
 // Unclaim marks an active reservation as idle until deadline: the service

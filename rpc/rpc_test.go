@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"wsgateway/auth"
 	"wsgateway/events"
 	"wsgateway/jobs"
 	"wsgateway/store"
@@ -40,7 +41,7 @@ func TestRPCAccessMirrorsGateway(t *testing.T) {
 	if id, _ := open.Caller(req("10.0.0.1:5", "")); id != nil {
 		t.Fatalf("remote without auth: %+v", id)
 	}
-	tok := Access{SecurityToken: "t"}
+	tok := Access{Policy: auth.Policy{SecurityToken: "t"}}
 	if id, _ := tok.Caller(req("127.0.0.1:5", "")); id != nil {
 		t.Fatalf("loopback with a token configured is anonymous: %+v", id)
 	}

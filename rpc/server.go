@@ -110,7 +110,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
 		return
 	}
-	if id == nil && s.cfg.Access.AuthRequired() {
+	if id == nil && s.cfg.Access.Required() {
 		if s.cfg.Access.Users != nil {
 			writeJSONError(w, http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or a session cookie")
 			return

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wsgateway/auth"
 	"wsgateway/events"
 	"wsgateway/gateway"
 	"wsgateway/jobs"
@@ -96,7 +97,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		return nil, err
 	}
 	jr.rpc = rpc.New(rpc.Config{
-		Access:   rpc.Access{SecurityToken: g.SecurityToken, Users: g.Users, TrustedProxies: g.TrustedProxies, AllowedOrigins: g.AllowedOrigins},
+		Access:   rpc.Access{Policy: auth.Policy{SecurityToken: g.SecurityToken, Users: g.Users, TrustedProxies: g.TrustedProxies}, AllowedOrigins: g.AllowedOrigins},
 		Jobs:     jr.mgr,
 		Hub:      jr.hub,
 		Services: g.Services,
