@@ -57,9 +57,3 @@ func (s *Server) publish(topic, owner string, data map[string]any) {
 	}
 }
 
-// sessionEvent publishes a session's new state.
-func (s *Server) sessionEvent(ss *session, state string) {
-	s.publish("session.state", ss.res.Owner, map[string]any{
-		"service": ss.svc.Name, "index": ss.res.Index, "token_prefix": reservation.TokenPrefix(ss.token), "state": state,
-	})
-}

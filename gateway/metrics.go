@@ -78,10 +78,14 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	svcs, res := c.s.res.Snapshot()
+	svcs, infos := c.s.sessions.Snapshot()
 	counts := map[[2]string]int{}
-	for _, r := range res {
-		counts[[2]string{r.Service, string(r.State)}]++
+	sess := map[[2]string]int{}
+	for _, r := range infos {
+		counts[[2]string{r.Service, r.State}]++
+		if !r.Since.IsZero() {
+			sess[[2]string{r.Service, r.State}]++
+		}
 	}
 	for k, n := range counts {
 		ch <- prometheus.MustNewConstMetric(resDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
@@ -89,12 +93,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, sv := range svcs {
 		ch <- prometheus.MustNewConstMetric(slotsDesc, prometheus.GaugeValue, float64(sv.Free), sv.Name)
 	}
-	sess := map[[2]string]int{}
-	c.s.mu.Lock()
-	for _, ss := range c.s.sessions {
-		sess[[2]string{ss.svc.Name, ss.state}]++
-	}
-	c.s.mu.Unlock()
 	for k, n := range sess {
 		ch <- prometheus.MustNewConstMetric(sessDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}

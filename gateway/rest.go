@@ -20,6 +20,8 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/reservation"
+	"wsgateway/services"
+	"wsgateway/session"
 )
 
 // Limits on what a reserve query may carry, and on waiting for a slot
@@ -202,14 +204,14 @@ func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite boo
 	var err error
 	if wait > 0 {
 		ctx, cancel := context.WithTimeout(ctx, wait)
-		res, err = s.res.ReserveWait(ctx, name, owner, s.cfg.MaxUserReservations, maxWaiters, opts)
+		res, err = s.sessions.ReserveWait(ctx, name, owner, s.cfg.MaxUserReservations, maxWaiters, opts)
 		cancel()
 		if errors.Is(err, reservation.ErrQueueFull) {
 			s.metrics.limited.WithLabelValues("wait_queue").Inc()
 			return reservation.Reservation{}, &httpError{status: http.StatusServiceUnavailable, msg: err.Error() + "; try again later", err: err}
 		}
 	} else {
-		res, err = s.res.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
+		res, err = s.sessions.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
 	}
 	if err != nil {
 		if errors.Is(err, reservation.ErrUserLimit) {
@@ -255,7 +257,7 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		return errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
 	}
-	res, err := s.res.Check(tok)
+	res, err := s.sessions.Check(tok)
 	if errors.Is(err, reservation.ErrUnknownToken) {
 		s.authLimit.allow(r.RemoteAddr) // a guess counts as a failed authentication
 	}
@@ -270,7 +272,7 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 // user their own reservations. It returns once the service has stopped.
 func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite bool, tok string) (reservation.Reservation, error) {
 	admin := id != nil && id.Admin && !crossSite
-	res, err := s.res.Get(tok)
+	res, err := s.sessions.Get(tok)
 	if err != nil {
 		if !admin {
 			return res, errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
@@ -282,36 +284,17 @@ func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite boo
 	if !own && !admin {
 		return res, errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
 	}
-	s.mu.Lock()
-	ss := s.sessions[tok]
-	var stopHere bool
-	var tun *tunnel
-	if ss != nil {
-		ss.released = true
-		tun = ss.tun
-		if tun == nil && !ss.stopping && ss.inst != nil {
-			ss.stopping = true
-			stopHere = true
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.StopGrace+15*time.Second)
+	defer cancel()
+	if _, err := s.sessions.Release(ctx, tok, websocket.CloseNormalClosure, "reservation released"); err != nil {
+		if errors.Is(err, reservation.ErrUnknownToken) || errors.Is(err, reservation.ErrExpiredToken) {
+			// Ended meanwhile: released all the same.
+			return res, nil
 		}
-	}
-	s.mu.Unlock()
-	switch {
-	case ss == nil:
-		_, _ = s.res.End(tok)
-	case stopHere:
-		s.stopSession(ss, "released")
-	default:
-		s.res.MarkStopping(tok)
-		if tun != nil {
-			tun.closeWith(websocket.CloseNormalClosure, "reservation released")
-		}
-		select {
-		case <-ss.done:
-		case <-time.After(2*s.cfg.StopGrace + 15*time.Second):
+		if errors.Is(err, context.DeadlineExceeded) {
 			return res, errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
-		case <-ctx.Done():
-			return res, ctx.Err()
 		}
+		return res, err
 	}
 	return res, nil
 }
@@ -447,51 +430,48 @@ func (s *Server) status(id *auth.Identity, crossSite bool) Status {
 	}
 	sees := func(owner string) bool { return admin || (user != "" && owner == user) }
 	now := time.Now()
-	svcs, res := s.res.Snapshot()
+	svcs, infos := s.sessions.Snapshot()
 	st := Status{Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
 		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
-	waiting := s.res.Waiting()
+	waiting := s.sessions.Waiting()
 	for _, v := range svcs {
 		svc := s.svcs[v.Name]
 		st.Services = append(st.Services, ServiceStatus{Name: v.Name, Count: v.Count, Free: v.Free, Waiting: waiting[v.Name],
 			FileExt: svc.FileExt(), Group: svc.StringOption("group"), BuiltIn: svc.BuiltIn})
 	}
-	for _, r := range res {
+	for _, r := range infos {
 		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: string(r.State), Age: now.Sub(r.Created).Seconds()}
+			State: r.State, Age: now.Sub(r.Created).Seconds()}
 		if sees(r.Owner) {
 			rs.Token = r.Token
 			rs.Owner = r.Owner
 		}
-		if r.State == reservation.Reserved || r.State == reservation.Idle {
+		if r.State == string(session.Reserved) || r.State == string(session.Detached) {
 			rs.ExpiresIn = r.Expires.Sub(now).Seconds()
 		}
 		st.Reservations = append(st.Reservations, rs)
-	}
-	s.mu.Lock()
-	st.Tunnels = len(s.tunnels)
-	for _, ss := range s.sessions {
-		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(ss.token), Service: ss.svc.Name, Index: ss.res.Index,
-			State: ss.state, Age: now.Sub(ss.created).Seconds(), BytesIn: ss.bytesUp, BytesOut: ss.bytesDn}
-		if ss.tun != nil {
-			x.BytesIn += ss.tun.up.Load()
-			x.BytesOut += ss.tun.down.Load()
+		if r.Since.IsZero() {
+			continue
 		}
-		if ss.inst != nil {
-			x.PID = ss.inst.PID()
+		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
+			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut}
+		if inst, ok := r.Proc.(*services.Instance); ok && inst != nil {
+			x.PID = inst.PID()
 			if admin {
-				x.Log = ss.inst.LogPath()
+				x.Log = inst.LogPath()
 			}
 		}
 		if admin {
-			x.Remote = ss.remote
+			x.Remote = r.Remote
 		}
-		if sees(ss.res.Owner) {
-			x.Token = ss.token
-			x.Owner = ss.res.Owner
+		if sees(r.Owner) {
+			x.Token = r.Token
+			x.Owner = r.Owner
 		}
 		st.Sessions = append(st.Sessions, x)
 	}
+	s.mu.Lock()
+	st.Tunnels = len(s.tunnels)
 	s.mu.Unlock()
 	sort.Slice(st.Sessions, func(i, j int) bool {
 		if st.Sessions[i].Service != st.Sessions[j].Service {

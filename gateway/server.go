@@ -25,6 +25,7 @@ import (
 	"wsgateway/internal/origin"
 	"wsgateway/reservation"
 	"wsgateway/services"
+	"wsgateway/session"
 )
 
 // Config is everything the gateway needs to run.
@@ -57,7 +58,8 @@ type Config struct {
 	AllowedOrigins []string
 	// TLS, when set, serves https and wss on every listener.
 	TLS *tls.Config
-	// ShutdownGrace bounds a graceful shutdown.
+	// ShutdownGrace bounds a graceful shutdown, from the first listener
+	// closed to the last service stopped (default StopGrace + 5 s).
 	ShutdownGrace time.Duration
 	// Version is reported by /v1/status.
 	Version string
@@ -85,7 +87,7 @@ type Config struct {
 	MaxUserReservations int
 	// Persist, when set, records reservations as they change, and
 	// Restored are the reservations it recorded before a restart.
-	Persist  reservation.Persister
+	Persist  session.Persister
 	Restored []reservation.Reservation
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
@@ -93,6 +95,15 @@ type Config struct {
 	// Supervisor runs service scripts under a supervisor process (nil:
 	// scripts run directly).
 	Supervisor *services.Supervisor
+	// StopAccepting are called first in a shutdown, with the gateway's
+	// own listeners: each stops accepting new work (another listener, a
+	// control plane).
+	StopAccepting []func()
+	// Stoppers are called in a shutdown, in parallel with the closing of
+	// the tunnels and the stopping of the services, under the same
+	// deadline: each stops what it runs (jobs, launcher applications,
+	// control-plane connections).
+	Stoppers []func(ctx context.Context) error
 	// Extensions claim requests on the HTTP port (websocket upgrades
 	// included) before the gateway's own routes; the first whose Match
 	// is true serves the request.
@@ -127,15 +138,19 @@ func (c *Config) defaults() {
 		c.KeepSessions = 200
 	}
 	if c.ShutdownGrace <= 0 {
-		c.ShutdownGrace = 15 * time.Second
+		c.ShutdownGrace = c.StopGrace + ShutdownMargin
 	}
 }
+
+// ShutdownMargin is what a shutdown may take beyond the stop grace: the
+// websockets' close handshakes and the last SIGKILLs.
+const ShutdownMargin = 5 * time.Second
 
 // Server is a running gateway.
 type Server struct {
 	cfg          Config
 	log          zerolog.Logger
-	res          *reservation.Manager
+	sessions     *session.Manager
 	svcs         map[string]*services.Service
 	upgrader     websocket.Upgrader
 	bufPool      sync.Pool
@@ -153,12 +168,12 @@ type Server struct {
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
 
-	mu       sync.Mutex
-	sessions map[string]*session
-	tunnels  map[*tunnel]struct{}
-	closing  bool
-	servers  []*http.Server
-	work     sync.WaitGroup // websocket handlers and session stops
+	mu      sync.Mutex
+	tunnels map[*tunnel]struct{}
+	closing bool
+	servers []*http.Server
+	lns     []net.Listener
+	work    sync.WaitGroup // websocket handlers and their tunnels
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -197,20 +212,11 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		started:    time.Now(),
 		baseCtx:    ctx,
 		baseCancel: cancel,
-		sessions:   map[string]*session{},
 		tunnels:    map[*tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
-	s.res = reservation.New(reservation.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
-		OnWaitQueue: func(service string, owners []string) {
-			// Each waiter hears its position; positions count from 1.
-			for i, o := range owners {
-				s.publish("queue.changed", o, map[string]any{"kind": "reservations", "service": service, "position": i + 1, "waiting": len(owners)})
-			}
-			if len(owners) == 0 {
-				s.publish("queue.changed", "", map[string]any{"kind": "reservations", "service": service, "waiting": 0})
-			}
-		}})
+	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
+		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish})
 	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
@@ -233,12 +239,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	pruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)
 	if len(cfg.Restored) > 0 {
-		restored, interrupted := s.res.Restore(cfg.Restored)
-		for _, r := range interrupted {
-			// Its service died with the previous gateway.
-			s.publish("session.state", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
-				"token_prefix": reservation.TokenPrefix(r.Token), "state": "interrupted"})
-		}
+		restored, interrupted := s.sessions.Restore(cfg.Restored)
 		log.Info().Int("restored", len(restored)).Int("interrupted", len(interrupted)).
 			Int("dropped", len(cfg.Restored)-len(restored)-len(interrupted)).Msg("reservations from before the restart")
 	}
@@ -272,6 +273,7 @@ func (s *Server) Serve(ctx context.Context, wsLn, httpLn net.Listener) error {
 		}
 		s.mu.Lock()
 		s.servers = append(s.servers, srv)
+		s.lns = append(s.lns, ln)
 		s.mu.Unlock()
 		scheme := "ws"
 		if name == "http" {
@@ -336,8 +338,11 @@ loop:
 	return runErr
 }
 
-// Shutdown stops accepting, closes every tunnel with 1001, stops every
-// service and waits for all of it, bounded by ctx.
+// Shutdown is the gateway's one shutdown, bounded by ctx: it stops
+// accepting on every listener (and the StopAccepting hooks), then, in
+// parallel, closes every tunnel with 1001, stops every service and runs
+// the Stoppers (jobs, launcher applications, the control plane), and
+// waits for all of it. Unused reservations are kept for a restart.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closing {
@@ -346,49 +351,87 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closing = true
 	servers := append([]*http.Server(nil), s.servers...)
+	lns := append([]net.Listener(nil), s.lns...)
 	tunnels := make([]*tunnel, 0, len(s.tunnels))
 	for t := range s.tunnels {
 		tunnels = append(tunnels, t)
 	}
 	s.mu.Unlock()
+	start := time.Now()
 
+	// First, nothing new comes in.
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+	for _, f := range s.cfg.StopAccepting {
+		f()
+	}
+
+	// Then everything stops at once, under the one deadline.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(servers)+len(s.cfg.Stoppers)+1)
 	for _, srv := range servers {
-		// Shutdown waits for idle keep-alive connections; hijacked
-		// websockets are ours to close below.
-		c, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if err := srv.Shutdown(c); err != nil {
-			_ = srv.Close()
-		}
-		cancel()
+		wg.Add(1)
+		go func(srv *http.Server) {
+			defer wg.Done()
+			// Shutdown waits for requests in flight and idle keep-alive
+			// connections; hijacked websockets are closed below.
+			if err := srv.Shutdown(ctx); err != nil {
+				_ = srv.Close()
+			}
+		}(srv)
 	}
 	for _, t := range tunnels {
 		t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
 	}
-	// Sessions that have no websocket (idle in a reconnect grace, or
-	// starting) are stopped here; handlers stop their own.
-	s.mu.Lock()
-	var idle []*session
-	for _, ss := range s.sessions {
-		if ss.tun == nil && ss.inst != nil && !ss.stopping {
-			ss.stopping = true
-			idle = append(idle, ss)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.sessions.StopAll(ctx, websocket.CloseGoingAway, "gateway shutting down"); err != nil {
+			errs <- err
 		}
+	}()
+	for _, f := range s.cfg.Stoppers {
+		wg.Add(1)
+		go func(f func(context.Context) error) {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errs <- err
+			}
+		}(f)
 	}
-	s.mu.Unlock()
-	for _, ss := range idle {
-		s.stopSession(ss, "gateway shutting down")
-	}
-	s.baseCancel()
-
 	done := make(chan struct{})
-	go func() { s.work.Wait(); close(done) }()
+	go func() {
+		wg.Wait()
+		s.work.Wait()
+		close(done)
+	}()
+	var err error
 	select {
 	case <-done:
-		s.log.Info().Msg("shutdown complete")
-		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("shutdown did not finish in time: %w", ctx.Err())
+		err = fmt.Errorf("shutdown did not finish in time: %w", ctx.Err())
 	}
+	s.baseCancel()
+	s.sessions.Close()
+	var all []error
+	for more := true; more; {
+		select {
+		case e := <-errs:
+			all = append(all, e)
+		default:
+			more = false
+		}
+	}
+	if err == nil {
+		err = errors.Join(all...)
+	}
+	if err != nil {
+		s.log.Warn().Err(err).Int64("duration_ms", time.Since(start).Milliseconds()).Msg("shutdown incomplete")
+		return err
+	}
+	s.log.Info().Int64("duration_ms", time.Since(start).Milliseconds()).Msg("shutdown complete")
+	return nil
 }
 
 // checkTunnels applies the idle, duration and heartbeat policies.

@@ -20,25 +20,14 @@ import (
 
 	"wsgateway/reservation"
 	"wsgateway/services"
+	"wsgateway/session"
 )
 
-// session is a reservation that a websocket has used: its running service
-// instance and the tunnel that currently holds it.
-type session struct {
-	token    string
-	res      reservation.Reservation
-	svc      *services.Service
-	inst     *services.Instance
-	tun      *tunnel
-	created  time.Time
-	state    string // starting, running, idle, stopping
-	stopping bool
-	released bool
-	remote   string
-	bytesUp  int64
-	bytesDn  int64
-	done     chan struct{} // closed when the service has stopped and the slot is free
-}
+// sessTunnel is a tunnel as its session sees it.
+type sessTunnel struct{ t *tunnel }
+
+func (st sessTunnel) Close(code int, reason string) { st.t.closeWith(code, reason) }
+func (st sessTunnel) Bytes() (in, out int64)        { return st.t.up.Load(), st.t.down.Load() }
 
 // wsPortHandler serves ws_server_port: websocket upgrades on any path.
 func (s *Server) wsPortHandler() http.Handler {
@@ -154,8 +143,8 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 }
 
 // serveToken serves a websocket carrying a reservation token: it claims
-// the token, launches (or reattaches to) the service, and returns the
-// splice to run (nil when it is done already).
+// the token's session, starts (or reattaches to) its service, and returns
+// the splice to run (nil when it is done already).
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
 		s.authLimit.allow(r.RemoteAddr)
@@ -172,119 +161,100 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return nil
 	}
-	if pre, err := s.res.Get(tok); err == nil {
+	if pre, err := s.sessions.Get(tok); err == nil {
 		if g := s.svcs[pre.Service].StringOption("group"); g != "" && !s.launchAllowed(r, pre, g) {
 			s.refuse(w, r, errorf(http.StatusForbidden, "service %q is restricted to group %q and this reservation's user is not (or no longer) a member", pre.Service, g))
 			return nil
 		}
-		if max := s.cfg.MaxUserTunnels; max > 0 && pre.Owner != "" && s.userTunnels(pre.Owner) >= max {
-			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
-			s.refuse(w, r, errorf(http.StatusTooManyRequests, "%s already has %d open sessions (the limit); close one first", pre.Owner, max))
-			return nil
-		}
 	}
-	res, err := s.res.Claim(tok)
+	ss, err := s.sessions.Claim(tok, s.cfg.MaxUserTunnels)
 	if err != nil {
 		if errors.Is(err, reservation.ErrUnknownToken) {
 			s.authLimit.allow(r.RemoteAddr)
 		}
+		if errors.Is(err, session.ErrUserTunnels) {
+			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
+		}
 		s.refuse(w, r, tokenError(err, tok))
 		return nil
 	}
-	svc := s.svcs[res.Service]
-	log = log.With().Str("service", res.Service).Int("index", res.Index).Str("token", reservation.TokenPrefix(tok)).Logger()
-
-	s.mu.Lock()
-	ss := s.sessions[tok]
-	if ss == nil {
-		ss = &session{token: tok, res: res, svc: svc, created: time.Now(), state: "starting", done: make(chan struct{})}
-		s.sessions[tok] = ss
-	}
-	ss.remote = r.RemoteAddr
-	s.mu.Unlock()
+	svc := s.svcs[ss.Service()]
+	grace := reconnectGrace(svc)
+	log = log.With().Str("service", ss.Service()).Int("index", ss.Index()).Str("token", reservation.TokenPrefix(tok)).Logger()
 
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		log.Debug().Err(err).Msg("upgrade failed")
-		s.afterTunnel(ss, log)
+		ss.Detach(nil, grace)
 		return nil
 	}
 
 	var launchStart time.Time
-	if ss.inst == nil {
-		s.sessionEvent(ss, "starting")
+	if ss.NeedsStart() {
 		launchStart = time.Now()
-		inst, err := s.launch(ss, log)
-		if err != nil {
-			s.metrics.launches.WithLabelValues(ss.svc.Name, "failed").Inc()
+		if err := s.start(ss, svc, log); err != nil {
+			if errors.Is(err, session.ErrReleased) {
+				closeWS(ws, websocket.CloseNormalClosure, "reservation released")
+				return nil
+			}
+			s.metrics.launches.WithLabelValues(svc.Name, "failed").Inc()
 			reason := "start_failed"
 			if errors.Is(err, services.ErrStartTimeout) {
 				reason = "start_timeout"
 			}
 			s.metrics.failures.WithLabelValues(reason).Inc()
 			closeWS(ws, websocket.CloseInternalServerErr, err.Error())
-			s.afterTunnel(ss, log)
 			return nil
 		}
-		s.mu.Lock()
-		ss.inst = inst
-		s.mu.Unlock()
 	}
-	ctx, cancel := context.WithCancel(s.baseCtx)
-	go func() {
-		// A release during the dial ends it.
-		select {
-		case <-ctx.Done():
-		case <-ss.done:
-			cancel()
-		}
-	}()
-	c, err := ss.inst.Dial(ctx)
-	cancel()
+	inst, _ := ss.Process().(*services.Instance)
+	if inst == nil {
+		// Released between the start and here.
+		closeWS(ws, websocket.CloseNormalClosure, "reservation released")
+		ss.Detach(nil, 0)
+		return nil
+	}
+	// A release during the dial ends it.
+	c, err := inst.Dial(ss.Context())
 	if err != nil {
+		if ss.Context().Err() != nil {
+			closeWS(ws, websocket.CloseNormalClosure, "reservation released")
+			ss.Detach(nil, grace)
+			return nil
+		}
 		log.Warn().Err(err).Msg("cannot connect to the service")
 		s.metrics.failures.WithLabelValues("dial").Inc()
 		if !launchStart.IsZero() {
-			s.metrics.launches.WithLabelValues(ss.svc.Name, "failed").Inc()
+			s.metrics.launches.WithLabelValues(svc.Name, "failed").Inc()
 		}
 		closeWS(ws, websocket.CloseInternalServerErr, "cannot connect to the service: "+unwrapNetErr(err).Error())
-		s.afterTunnel(ss, log)
+		ss.Detach(nil, grace)
 		return nil
 	}
 	if !launchStart.IsZero() {
-		s.metrics.launches.WithLabelValues(ss.svc.Name, "ok").Inc()
-		s.metrics.launchSecs.WithLabelValues(ss.svc.Name).Observe(time.Since(launchStart).Seconds())
+		s.metrics.launches.WithLabelValues(svc.Name, "ok").Inc()
+		s.metrics.launchSecs.WithLabelValues(svc.Name).Observe(time.Since(launchStart).Seconds())
 	}
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
-		s.afterTunnel(ss, log)
+		ss.Detach(nil, 0)
 		return nil
 	}
-	t.exitReason = ss.inst.CrashReason
-	t.idleTimeout = durationOption(ss.svc, "idle_timeout")
-	t.maxDuration = durationOption(ss.svc, "max_duration")
-	t.onPolicy = func(string) {
-		// A session ended by policy does not wait for a reconnect.
-		s.mu.Lock()
-		ss.released = true
-		s.mu.Unlock()
-	}
-	s.mu.Lock()
-	if ss.released || ss.stopping {
-		s.mu.Unlock()
+	t.exitReason = inst.CrashReason
+	t.idleTimeout = durationOption(svc, "idle_timeout")
+	t.maxDuration = durationOption(svc, "max_duration")
+	// A session ended by policy does not wait for a reconnect.
+	t.onPolicy = func(reason string) { ss.Stop(0, reason) }
+	st := sessTunnel{t}
+	if err := ss.Attach(st, r.RemoteAddr); err != nil {
 		t.closeWith(websocket.CloseNormalClosure, "reservation released")
-	} else {
-		ss.tun = t
-		ss.state = "running"
-		s.mu.Unlock()
-		s.sessionEvent(ss, "running")
 	}
 	return func() {
 		// A service that dies ends its tunnel with a reason.
 		go func() {
 			select {
-			case <-ss.inst.Exited():
-				if err := ss.inst.ExitErr(); err != nil {
+			case <-inst.Exited():
+				if err := inst.ExitErr(); err != nil {
 					s.metrics.failures.WithLabelValues("service_exited").Inc()
 					t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
 				}
@@ -293,12 +263,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		}()
 		t.run()
 		s.dropTunnel(t)
-		s.mu.Lock()
-		ss.tun = nil
-		ss.bytesUp += t.up.Load()
-		ss.bytesDn += t.down.Load()
-		s.mu.Unlock()
-		s.afterTunnel(ss, log)
+		ss.Detach(st, grace)
+		if ss.State() == session.Detached {
+			log.Info().Int64("grace_ms", grace.Milliseconds()).Msg("websocket closed; service kept for a reconnect")
+		}
 	}
 }
 
@@ -322,19 +290,6 @@ func (s *Server) launchAllowed(r *http.Request, res reservation.Reservation, gro
 	return true
 }
 
-// userTunnels counts the open websockets of a user's sessions.
-func (s *Server) userTunnels(owner string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, ss := range s.sessions {
-		if ss.res.Owner == owner && ss.tun != nil {
-			n++
-		}
-	}
-	return n
-}
-
 // tokenError turns a reservation error into the refusal a client sees.
 func tokenError(err error, tok string) error {
 	p := reservation.TokenPrefix(tok)
@@ -345,115 +300,57 @@ func tokenError(err error, tok string) error {
 		return errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", p)
 	case errors.Is(err, reservation.ErrEnded):
 		return errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", p)
+	case errors.Is(err, session.ErrUserTunnels):
+		return &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; close one first", err: err}
+	case errors.Is(err, session.ErrClosing):
+		return errorf(http.StatusServiceUnavailable, "the gateway is shutting down")
 	default:
 		return errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>")
 	}
 }
 
-// launch runs the service script for a session.
-func (s *Server) launch(ss *session, log zerolog.Logger) (*services.Instance, error) {
-	opts, err := ss.svc.MergedOptions(ss.res.Options)
+// start runs the service script for a claimed session: claimed →
+// starting → started (or ended, when the start fails or the session is
+// released meanwhile: then nothing is left running).
+func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.Logger) error {
+	ctx, err := ss.BeginStart()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	dir := filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(ss.svc.Name), ss.res.Index, reservation.TokenPrefix(ss.token)))
+	opts, err := svc.MergedOptions(ss.Options())
+	if err != nil {
+		ss.StartFailed(err.Error())
+		return err
+	}
+	dir := filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(svc.Name), ss.Index(), reservation.TokenPrefix(ss.Token())))
 	spec := services.Spec{
-		Service:      ss.svc,
-		Index:        ss.res.Index,
-		Token:        ss.token,
+		Service:      svc,
+		Index:        ss.Index(),
+		Token:        ss.Token(),
 		Options:      opts,
 		SessionDir:   dir,
 		StartTimeout: s.cfg.StartTimeout,
 		StopGrace:    s.cfg.StopGrace,
 		Supervisor:   s.cfg.Supervisor,
 	}
-	inst, err := services.Start(s.baseCtx, spec, log)
+	inst, err := services.Start(ctx, spec, log)
 	if err != nil {
-		return nil, fmt.Errorf("%w (log: %s)", err, filepath.Join(dir, services.LogName))
-	}
-	return inst, nil
-}
-
-// afterTunnel decides, when a websocket ends, whether the session waits
-// for a reconnect (reconnect_grace) or stops now.
-func (s *Server) afterTunnel(ss *session, log zerolog.Logger) {
-	grace := reconnectGrace(ss.svc)
-	s.mu.Lock()
-	keep := grace > 0 && ss.inst != nil && !ss.released && !ss.stopping && !s.closing && !ss.inst.Detached()
-	if keep {
-		select {
-		case <-ss.inst.Exited():
-			keep = false
-		default:
+		released := ctx.Err() != nil
+		ss.StartFailed(err.Error())
+		if released {
+			return session.ErrReleased
 		}
+		return fmt.Errorf("%w (log: %s)", err, filepath.Join(dir, services.LogName))
 	}
-	if keep {
-		ss.state = "idle"
-		s.mu.Unlock()
-		s.sessionEvent(ss, "idle")
-		s.res.Unclaim(ss.token, grace)
-		log.Info().Dur("grace", grace).Msg("websocket closed; service kept for a reconnect")
-		return
-	}
-	if ss.stopping {
-		s.mu.Unlock()
-		return
-	}
-	ss.stopping = true
-	s.mu.Unlock()
-	s.stopSession(ss, "websocket closed")
-}
-
-// stopSession stops the session's service, then frees its slot. The
-// caller has set ss.stopping.
-func (s *Server) stopSession(ss *session, why string) {
-	s.res.MarkStopping(ss.token)
-	s.mu.Lock()
-	ss.state = "stopping"
-	inst := ss.inst
-	s.mu.Unlock()
-	s.sessionEvent(ss, "stopping")
-	if inst != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.StopGrace+10*time.Second)
-		_ = inst.Stop(ctx)
-		cancel()
-	}
-	_, _ = s.res.End(ss.token)
-	s.mu.Lock()
-	delete(s.sessions, ss.token)
-	s.mu.Unlock()
-	close(ss.done)
-	s.sessionEvent(ss, "stopped")
-	s.log.Debug().Str("service", ss.svc.Name).Int("index", ss.res.Index).
-		Str("token", reservation.TokenPrefix(ss.token)).Str("why", why).Msg("session ended; slot free")
+	return ss.Started(inst)
 }
 
 // sweep reclaims unused reservations and sessions whose reconnect grace
 // has run out.
 func (s *Server) sweep() {
-	for _, r := range s.res.Sweep() {
-		s.mu.Lock()
-		ss := s.sessions[r.Token]
-		var stop bool
-		if ss != nil && !ss.stopping && ss.tun == nil {
-			ss.stopping = true
-			stop = true
-		}
-		closing := s.closing
-		if stop && !closing {
-			s.work.Add(1)
-		}
-		s.mu.Unlock()
+	for _, r := range s.sessions.Sweep() {
 		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
-			Str("state", string(r.State)).Msg("reservation reclaimed: unused for too long")
-		s.publish("reservation.expired", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
-			"token_prefix": reservation.TokenPrefix(r.Token), "state": string(r.State)})
-		if stop && !closing {
-			go func() {
-				defer s.work.Done()
-				s.stopSession(ss, "reconnect grace expired")
-			}()
-		}
+			Str("state", r.State).Msg("reservation reclaimed: unused for too long")
 	}
 }
 

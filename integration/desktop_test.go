@@ -53,7 +53,7 @@ func TestDesktopBuiltinReachesXvnc(t *testing.T) {
 	// to the same running desktop.
 	waitFor(t, "the session to be idle", 10*time.Second, func() bool {
 		s := g.status(t)["sessions"].([]any)
-		return len(s) == 1 && s[0].(map[string]any)["state"] == "idle"
+		return len(s) == 1 && s[0].(map[string]any)["state"] == "detached"
 	})
 	if !alive(pid) || !xvncRunning(socks[0]) {
 		t.Fatal("the desktop stopped at once despite its reconnect grace")

@@ -832,7 +832,7 @@ func TestRPCReservationsAndSessions(t *testing.T) {
 		t.Fatalf("websocket after sessions.stop: %v %v", ce, err)
 	}
 	c.waitEvent("session stopped", 10*time.Second, func(e rpcEvent) bool {
-		return e.Method == "session.state" && e.Data["state"] == "stopped"
+		return e.Method == "session.state" && e.Data["state"] == "ended"
 	})
 	if alive(h.PID) {
 		t.Fatal("service still running after sessions.stop")

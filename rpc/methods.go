@@ -96,6 +96,36 @@ func jobErr(err error) error {
 // visible: administrators see every job; others their own.
 func (c *conn) visible(owner string) bool { return isAdmin(c.id) || owner == name(c.id) }
 
+// queueView shows a subscriber a reservation wait queue's change (one
+// event for everyone, with the owners in order) as it may see it: its own
+// position (from 1; absent when it does not wait), the queue's length,
+// and the owners' names only to administrators.
+func (c *conn) queueView(data json.RawMessage) json.RawMessage {
+	var d map[string]any
+	if json.Unmarshal(data, &d) != nil {
+		return data
+	}
+	q, ok := d["queue"].([]any)
+	if !ok {
+		return data
+	}
+	me := name(c.id)
+	for i, o := range q {
+		if o == me {
+			d["position"] = i + 1
+			break
+		}
+	}
+	if !isAdmin(c.id) {
+		delete(d, "queue")
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		return data
+	}
+	return b
+}
+
 func (s *Server) serverInfo(_ context.Context, c *conn, _ struct{}) (any, error) {
 	names := make([]string, 0, len(s.methods))
 	for n := range s.methods {
@@ -367,6 +397,9 @@ func (s *Server) eventsSubscribe(ctx context.Context, c *conn, raw json.RawMessa
 	var replaying atomic.Bool
 	replaying.Store(true)
 	deliver := func(ev events.Event) bool {
+		if ev.Topic == "queue.changed" {
+			ev.Data = c.queueView(ev.Data)
+		}
 		b, err := json.Marshal(notification{JSONRPC: "2.0", Method: ev.Topic, Params: eventParams{Seq: ev.Seq, Time: ev.Time, Data: ev.Data}})
 		if err != nil {
 			return true

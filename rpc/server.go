@@ -141,6 +141,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 }
 
+// StopAccepting refuses new connections; those open stay until Close.
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
+
 // Close closes every connection with 1001 and waits for them, bounded by
 // ctx.
 func (s *Server) Close(ctx context.Context) error {

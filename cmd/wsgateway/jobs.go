@@ -111,7 +111,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	} else {
 		for _, r := range rows {
 			g.Restored = append(g.Restored, reservation.Reservation{Token: r.Token, Service: r.Service, Index: r.Index,
-				Owner: r.Owner, Options: r.Options, State: reservation.State(r.State), Created: r.Created, Expires: r.Expires})
+				Owner: r.Owner, Options: r.Options, State: r.State, Created: r.Created, Expires: r.Expires})
 		}
 	}
 	// The gateway's events go to the same hub as the jobs'.
