@@ -56,4 +56,3 @@ func (s *Server) publish(topic, owner string, data map[string]any) {
 		s.cfg.Publish(topic, owner, data)
 	}
 }
-
