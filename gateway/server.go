@@ -382,7 +382,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}(srv)
 	}
 	for _, t := range tunnels {
-		t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
+		// Each on its own: a client that does not read delays no other.
+		wg.Add(1)
+		go func(t *tunnel) {
+			defer wg.Done()
+			t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
+		}(t)
 	}
 	wg.Add(1)
 	go func() {

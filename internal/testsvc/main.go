@@ -5,6 +5,7 @@
 //
 //	testsvc serve [--grandchild PIDFILE] [--pidfile PIDFILE]
 //	                                       listen, print the ready line, echo
+//	                                       (TESTSVC_IGNORE_TERM=1: ignore SIGTERM)
 //	testsvc fail MESSAGE                   print MESSAGE on stderr, exit 3
 //	testsvc silent                         print nothing, sleep
 package main
@@ -16,7 +17,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -44,6 +47,10 @@ func main() {
 }
 
 func serve(args []string) {
+	if os.Getenv("TESTSVC_IGNORE_TERM") == "1" {
+		// A service that ignores SIGTERM: only SIGKILL stops it.
+		signal.Ignore(syscall.SIGTERM)
+	}
 	if len(args) == 2 && args[0] == "--pidfile" {
 		if err := os.WriteFile(args[1], []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 			fmt.Fprintln(os.Stderr, err)
