@@ -1,35 +1,52 @@
-package reservation
+package session
 
 import (
-	"errors"
+	"fmt"
 	"testing"
 	"time"
+
+	"wsgateway/reservation"
 )
 
 func TestCheckSaysWhatClaimWouldWithoutClaiming(t *testing.T) {
-	now := time.Unix(1000, 0)
-	m := New(Config{Counts: map[string]int{"s": 2}, Timeout: time.Minute, Now: func() time.Time { return now }})
-	r, _ := m.Reserve("s", nil)
-	if _, err := m.Check(r.Token); err != nil {
-		t.Fatalf("fresh: %v", err)
+	m, clk, rec := newManager(t, map[string]int{"s": 3})
+	r := mustReserve(t, m, "s")
+	got, err := m.Check(r.Token)
+	if err != nil || got.Token != r.Token || got.State != string(Reserved) {
+		t.Fatalf("fresh: %+v, %v", got, err)
 	}
-	if got, _ := m.Get(r.Token); got.State != Reserved {
-		t.Fatalf("Check claimed the token: %s", got.State)
+	if g, _ := m.Get(r.Token); g.State != string(Reserved) || g.Connects != 0 {
+		t.Fatalf("Check claimed the token: %+v", g)
 	}
-	m.Claim(r.Token)
-	if _, err := m.Check(r.Token); !errors.Is(err, ErrBusy) {
-		t.Fatalf("claimed: %v", err)
+	m.Sync()
+	if got := rec.of(r.Token, "save", "session.state"); fmt.Sprint(got) != "[save reserved]" {
+		t.Errorf("Check told %v, want nothing beyond the reservation", got)
 	}
-	if _, err := m.Check("nope"); !errors.Is(err, ErrUnknownToken) {
-		t.Fatalf("unknown: %v", err)
+	ss := mustClaim(t, m, r.Token)
+	_, err = m.Check(r.Token)
+	wantErr(t, "claimed", err, reservation.ErrBusy)
+	_, err = m.Check("nope")
+	wantErr(t, "unknown", err, reservation.ErrUnknownToken)
+
+	// A detached session may be claimed again.
+	p := newHangingProc()
+	defer close(p.hang)
+	mustStart(t, ss, p)
+	ss.Detach(nil, time.Minute)
+	if got, err := m.Check(r.Token); err != nil || got.State != string(Detached) {
+		t.Fatalf("detached: %+v, %v", got, err)
 	}
-	r2, _ := m.Reserve("s", nil)
-	now = now.Add(2 * time.Minute)
-	if _, err := m.Check(r2.Token); !errors.Is(err, ErrExpiredToken) {
-		t.Fatalf("expired: %v", err)
+
+	r2 := mustReserve(t, m, "s")
+	clk.Advance(testTimeout)
+	_, err = m.Check(r2.Token)
+	wantErr(t, "expired", err, reservation.ErrExpiredToken)
+	// Check reclaims nothing: Claim or Sweep does.
+	if free := freeSlots(t, m, "s"); free != 1 {
+		t.Errorf("free after Check of an expired token = %d, want 1", free)
 	}
-	m.MarkStopping(r.Token)
-	if _, err := m.Check(r.Token); !errors.Is(err, ErrEnded) {
-		t.Fatalf("stopping: %v", err)
-	}
+
+	ss.Stop(1000, "")
+	_, err = m.Check(r.Token)
+	wantErr(t, "stopping", err, reservation.ErrEnded)
 }

@@ -487,12 +487,15 @@ func (m *Manager) StopAll(ctx context.Context, code int, reason string) error {
 			dones = append(dones, ss.done)
 		}
 	}
-	for _, q := range m.waiters {
+	for svc, q := range m.waiters {
 		for _, w := range q {
 			w.ch <- waitResult{err: ErrClosing}
 		}
+		if len(q) > 0 {
+			m.waiters[svc] = nil
+			m.queueChangedLocked(svc)
+		}
 	}
-	m.waiters = map[string][]*waiter{}
 	m.mu.Unlock()
 	for _, done := range dones {
 		select {
