@@ -109,6 +109,8 @@ type Manager struct {
 	queue    []*store.Job
 	reserved int // places taken in the queue by Submits still saving
 	running  map[string]*run
+	unsaved  map[string]unsavedJob // decided, not yet in the store
+	saveSeq  uint64
 	perSvc   map[string]int
 	num      int64
 	closed   bool
@@ -139,7 +141,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 		}
 	}
 	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: processAlive,
-		running: map[string]*run{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
+		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
 		m.svcs[s.Name] = s
@@ -200,10 +202,27 @@ func (m *Manager) Start() {
 // later queues an effect; m.mu held.
 func (m *Manager) later(f func()) { m.pending = append(m.pending, f) }
 
+// unsavedJob is a job's newest state while its save is pending, so that
+// readers see what was decided even before the store has it.
+type unsavedJob struct {
+	job store.Job
+	seq uint64
+}
+
 // saveLater queues saving a copy of j as it is now; m.mu held.
 func (m *Manager) saveLater(j *store.Job) {
 	c := *j
-	m.later(func() { m.save(&c) })
+	m.saveSeq++
+	seq := m.saveSeq
+	m.unsaved[c.ID] = unsavedJob{job: c, seq: seq}
+	m.later(func() {
+		m.save(&c)
+		m.mu.Lock()
+		if u, ok := m.unsaved[c.ID]; ok && u.seq == seq {
+			delete(m.unsaved, c.ID)
+		}
+		m.mu.Unlock()
+	})
 }
 
 // publishLater queues a job.state event for j as it is now; m.mu held.
@@ -305,6 +324,10 @@ func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 			return m.view(&rec), nil
 		}
 	}
+	if u, ok := m.unsaved[id]; ok {
+		m.mu.Unlock()
+		return m.view(&u.job), nil
+	}
 	m.mu.Unlock()
 	j, err := m.cfg.Store.GetJob(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -334,8 +357,12 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 	for i := range js {
 		out = append(out, m.view(&js[i]))
 	}
+	newer := map[int]store.Job{}
 	m.mu.Lock()
 	for i := range out {
+		if u, ok := m.unsaved[out[i].ID]; ok {
+			newer[i] = u.job
+		}
 		if r, ok := m.running[out[i].ID]; ok {
 			if p := r.lw.cur(); p != nil {
 				out[i].Progress = p
@@ -343,6 +370,13 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 		}
 	}
 	m.mu.Unlock()
+	for i, j := range newer {
+		progress := out[i].Progress
+		out[i] = m.view(&j)
+		if progress != nil {
+			out[i].Progress = progress
+		}
+	}
 	return out, nil
 }
 

@@ -26,7 +26,7 @@ type run struct {
 	p        *proc.Process // nil until started
 	pgid     int
 	output   chan struct{} // closed when the output reader is done
-	done     chan struct{} // closed when the job's end is recorded
+	done     chan struct{} // closed when the job's end is saved and announced
 	lw       *logWriter
 	stopping string // why it is being stopped ("" : not)
 	shutdown bool
@@ -240,7 +240,7 @@ func (m *Manager) endLocked(r *run, state, reason string, exit *int) {
 	m.publishLater(j)
 	delete(m.running, j.ID)
 	m.perSvc[j.Service]--
-	close(r.done)
+	m.later(func() { close(r.done) }) // once saved and announced
 	m.schedule()
 }
 
