@@ -102,7 +102,8 @@ type Manager struct {
 	stopCtx    context.Context
 	stopCancel context.CancelFunc
 
-	drainMu sync.Mutex // held by the one goroutine running pending effects
+	drainMu  sync.Mutex // held by the one goroutine running pending effects
+	submitMu sync.Mutex // Submits take turns (taken before mu)
 
 	mu       sync.Mutex
 	pending  []func() // effects decided under mu, run by flush in order

@@ -33,6 +33,10 @@ func (m *Manager) Submit(ctx context.Context, service, owner string, params map[
 	if err != nil {
 		return Job{}, fmt.Errorf("encoding the command line: %w", err)
 	}
+	// Submits take turns, so that the queue keeps the order of the job
+	// numbers; the lock is not held while the job is saved.
+	m.submitMu.Lock()
+	defer m.submitMu.Unlock()
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -66,7 +70,11 @@ func (m *Manager) Submit(ctx context.Context, service, owner string, params map[
 	rec := *j
 	m.mu.Unlock()
 	m.log.Info().Str("job", id).Str("service", service).Str("owner", owner).Msg("job queued")
+	// Once flushed, a job with a free slot has been started.
 	m.flush()
+	if v, err := m.Get(ctx, id); err == nil {
+		return v, nil
+	}
 	return m.view(&rec), nil
 }
 
