@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"wsgateway/internal/procwatch"
 )
 
 // buildFlags are passed to go build; under -race the binaries are built
@@ -52,7 +54,10 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := m.Run()
+	// After the tests: none left a process behind (the gateway, its
+	// supervisors, scripts and their children, Xvnc, Chromium, ...), nor
+	// anything running this run's binaries wherever its parent is.
+	code := procwatch.Run(m, func(cmdline string) bool { return strings.Contains(cmdline, dir) })
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -7,17 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
-	"wsgateway/services"
+	"wsgateway/proc"
 	"wsgateway/store"
 )
 
@@ -62,7 +59,7 @@ type Config struct {
 	Store      store.Store
 	Events     Publisher
 	Dir        string // logs (Dir/<id>.log) and working directories (Dir/<id>/)
-	Supervisor *services.Supervisor
+	Supervisor *proc.Supervisor
 	StopGrace  time.Duration // SIGTERM to SIGKILL; default 5s
 	Watchdog   time.Duration // how often running jobs are checked; default 1s
 	LogFlush   time.Duration // logs.append batching; default 200ms
@@ -88,35 +85,39 @@ type Job struct {
 	Finished      *time.Time                 `json:"finished,omitempty"`
 }
 
-// Manager queues, runs and records jobs.
+// Manager queues, runs and records jobs. The queue (queue.go) and the
+// runner (runner.go) share one lock, m.mu, under which every decision is
+// made; what a decision implies (saving to the store, publishing an event,
+// starting or stopping a process) is queued in m.pending under the lock
+// and carried out by flush after the lock is released, in the order the
+// decisions were made.
 type Manager struct {
 	cfg   Config
 	log   zerolog.Logger
 	svcs  map[string]*Service
 	alive func(pid int) bool
 
-	mu      sync.Mutex
-	queue   []*store.Job
-	running map[string]*run
-	perSvc  map[string]int
-	num     int64
-	closed  bool
-	started bool
-	wg      sync.WaitGroup
-	stopWD  chan struct{}
-}
+	// stopCtx bounds the stopping of jobs; Close cancels it when its own
+	// context ends, which turns every stop still in its grace into SIGKILL.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
 
-type run struct {
-	rec      *store.Job
-	svc      *Service
-	pgid     int
-	exited   chan struct{}
-	output   chan struct{} // closed when the output reader is done
-	lw       *logWriter
-	stopping string // why it is being stopped ("" : not)
-	shutdown bool
-	missed   int // watchdog: consecutive checks with the process gone
-	finished bool
+	drainMu  sync.Mutex // held by the one goroutine running pending effects
+	submitMu sync.Mutex // Submits take turns (taken before mu)
+
+	mu       sync.Mutex
+	pending  []func() // effects decided under mu, run by flush in order
+	queue    []*store.Job
+	reserved int // places taken in the queue by Submits still saving
+	running  map[string]*run
+	unsaved  map[string]unsavedJob // decided, not yet in the store
+	saveSeq  uint64
+	perSvc   map[string]int
+	num      int64
+	closed   bool
+	started  bool
+	wg       sync.WaitGroup
+	stopWD   chan struct{}
 }
 
 // New restores the manager's state from the store: jobs that were running
@@ -141,31 +142,32 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 		}
 	}
 	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: processAlive,
-		running: map[string]*run{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
+		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
+	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
 		m.svcs[s.Name] = s
 	}
 	n, err := cfg.Store.MaxJobNum(ctx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the job numbers: %w", err)
 	}
 	m.num = n
 	was, err := cfg.Store.ListJobs(ctx, store.JobFilter{States: []string{StateStarting, StateRunning}, Limit: 1 << 30})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the jobs that were running: %w", err)
 	}
 	now := time.Now().UTC()
 	for _, j := range was {
 		j.State, j.Reason, j.Finished = StateInterrupted, "the gateway stopped while the job was running", now
 		if err := cfg.Store.SaveJob(ctx, j); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("marking %s interrupted: %w", j.ID, err)
 		}
 		log.Warn().Str("job", j.ID).Msg("job was running when the gateway stopped; marked interrupted")
 		m.publishState(&j)
 	}
 	queued, err := cfg.Store.ListJobs(ctx, store.JobFilter{States: []string{StateQueued}, Limit: 1 << 30})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the queue: %w", err)
 	}
 	for i := range queued {
 		j := queued[i]
@@ -192,9 +194,63 @@ func (m *Manager) Start() {
 	m.mu.Lock()
 	m.started = true
 	m.schedule()
-	m.mu.Unlock()
 	m.wg.Add(1)
+	m.mu.Unlock()
+	m.flush()
 	go m.watchdog()
+}
+
+// later queues an effect; m.mu held.
+func (m *Manager) later(f func()) { m.pending = append(m.pending, f) }
+
+// unsavedJob is a job's newest state while its save is pending, so that
+// readers see what was decided even before the store has it.
+type unsavedJob struct {
+	job store.Job
+	seq uint64
+}
+
+// saveLater queues saving a copy of j as it is now; m.mu held.
+func (m *Manager) saveLater(j *store.Job) {
+	c := *j
+	m.saveSeq++
+	seq := m.saveSeq
+	m.unsaved[c.ID] = unsavedJob{job: c, seq: seq}
+	m.later(func() {
+		m.save(&c)
+		m.mu.Lock()
+		if u, ok := m.unsaved[c.ID]; ok && u.seq == seq {
+			delete(m.unsaved, c.ID)
+		}
+		m.mu.Unlock()
+	})
+}
+
+// publishLater queues a job.state event for j as it is now; m.mu held.
+func (m *Manager) publishLater(j *store.Job) {
+	c := *j
+	m.later(func() { m.publishState(&c) })
+}
+
+// flush runs the pending effects, in the order they were decided, with
+// m.mu released. Effects may decide more (under m.mu); those run too
+// before flush returns. Call it after every unlock that may have queued
+// effects, never with m.mu held and never from an effect.
+func (m *Manager) flush() {
+	m.drainMu.Lock()
+	defer m.drainMu.Unlock()
+	for {
+		m.mu.Lock()
+		fx := m.pending
+		m.pending = nil
+		m.mu.Unlock()
+		if len(fx) == 0 {
+			return
+		}
+		for _, f := range fx {
+			f()
+		}
+	}
 }
 
 func (m *Manager) view(j *store.Job) Job {
@@ -250,358 +306,28 @@ func (m *Manager) publishState(j *store.Job) {
 	m.cfg.Events.Publish("job.state", j.Owner, d)
 }
 
-// queueChanged renumbers the queue, saves it and announces it; m.mu held.
-func (m *Manager) queueChanged() {
-	ids := make([]string, len(m.queue))
-	for i, j := range m.queue {
-		j.QueuePos = int64(i + 1)
-		ids[i] = j.ID
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := m.cfg.Store.SetQueue(ctx, ids); err != nil {
-		m.log.Error().Err(err).Msg("queue order not saved")
-	}
-	if m.cfg.Events != nil {
-		m.cfg.Events.Publish("queue.changed", "", map[string]any{"queue": ids})
-	}
-}
-
-// Submit checks params and queues a job.
-func (m *Manager) Submit(ctx context.Context, service, owner string, params map[string]json.RawMessage) (Job, error) {
-	svc := m.svcs[service]
-	if svc == nil {
-		return Job{}, fmt.Errorf("%w %q", ErrUnknownService, service)
-	}
-	argv, full, err := svc.Argv(params)
-	if err != nil {
-		return Job{}, err
-	}
-	pj, err := json.Marshal(full)
-	if err != nil {
-		return Job{}, fmt.Errorf("encoding parameters: %w", err)
-	}
-	aj, err := json.Marshal(argv)
-	if err != nil {
-		return Job{}, fmt.Errorf("encoding the command line: %w", err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return Job{}, ErrClosed
-	}
-	if len(m.queue) >= m.cfg.MaxQueued {
-		return Job{}, fmt.Errorf("%w (%d jobs wait)", ErrQueueFull, len(m.queue))
-	}
-	m.num++
-	id := fmt.Sprintf("job-%d", m.num)
-	j := &store.Job{ID: id, Num: m.num, Service: service, Owner: owner, Params: string(pj), Argv: string(aj),
-		State: StateQueued, LogPath: filepath.Join(m.cfg.Dir, id+".log"), Created: time.Now().UTC(),
-		QueuePos: int64(len(m.queue) + 1)}
-	if err := m.cfg.Store.SaveJob(ctx, *j); err != nil {
-		m.num--
-		return Job{}, err
-	}
-	m.queue = append(m.queue, j)
-	m.publishState(j)
-	m.queueChanged()
-	m.log.Info().Str("job", id).Str("service", service).Str("owner", owner).Msg("job queued")
-	m.schedule()
-	return m.view(j), nil
-}
-
-// schedule starts queued jobs, in queue order, while their service has a
-// free slot; m.mu held.
-func (m *Manager) schedule() {
-	if m.closed || !m.started {
-		return
-	}
-	changed := false
-	for i := 0; i < len(m.queue); {
-		j := m.queue[i]
-		svc := m.svcs[j.Service]
-		if svc == nil {
-			// Its service left the config: it can never run.
-			m.queue = append(m.queue[:i], m.queue[i+1:]...)
-			j.State, j.Reason, j.Finished, j.QueuePos = StateFailed, "the job service is no longer configured", time.Now().UTC(), 0
-			m.save(j)
-			m.publishState(j)
-			changed = true
-			continue
-		}
-		if m.perSvc[j.Service] >= svc.Count {
-			i++
-			continue
-		}
-		m.queue = append(m.queue[:i], m.queue[i+1:]...)
-		changed = true
-		m.launch(j, svc)
-	}
-	if changed {
-		m.queueChanged()
-	}
-}
-
-// environ is the job's environment: an allow-list from the gateway's,
-// plus what describes the job.
-func environ(j *store.Job, dir string) []string {
-	var env []string
-	for _, k := range []string{"PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR", "LSTC_LICENSE", "LSTC_LICENSE_SERVER"} {
-		if v, ok := os.LookupEnv(k); ok {
-			env = append(env, k+"="+v)
-		}
-	}
-	return append(env, "WSGW_JOB_ID="+j.ID, "WSGW_SERVICE="+j.Service, "WSGW_JOB_DIR="+dir, "WSGW_PARAMS="+j.Params)
-}
-
-// launch starts j; m.mu held.
-func (m *Manager) launch(j *store.Job, svc *Service) {
-	j.State, j.QueuePos, j.Started = StateStarting, 0, time.Now().UTC()
-	m.save(j)
-	m.publishState(j)
-	fail := func(err error) {
-		m.log.Warn().Err(err).Str("job", j.ID).Msg("job did not start")
-		j.State, j.Reason, j.Finished = StateFailed, "did not start: "+err.Error(), time.Now().UTC()
-		m.save(j)
-		m.publishState(j)
-	}
-	var argv []string
-	if err := json.Unmarshal([]byte(j.Argv), &argv); err != nil || len(argv) == 0 {
-		fail(fmt.Errorf("stored command line unreadable: %w", err))
-		return
-	}
-	dir := filepath.Join(m.cfg.Dir, j.ID)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		fail(fmt.Errorf("working directory: %w", err))
-		return
-	}
-	lf, err := os.OpenFile(j.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		fail(fmt.Errorf("log file: %w", err))
-		return
-	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		lf.Close()
-		fail(fmt.Errorf("output pipe: %w", err))
-		return
-	}
-	c := m.command(argv)
-	c.Dir = dir
-	c.Env = environ(j, dir)
-	c.Stdout, c.Stderr = pw, pw
-	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = c.Start()
-	pw.Close()
-	if err != nil {
-		pr.Close()
-		lf.Close()
-		fail(fmt.Errorf("running %s: %w", argv[0], err))
-		return
-	}
-	r := &run{rec: j, svc: svc, pgid: c.Process.Pid, exited: make(chan struct{}), output: make(chan struct{})}
-	r.lw = &logWriter{m: m, id: j.ID, owner: j.Owner, f: lf, progress: newProgressParser(svc.Progress)}
-	if st, err := lf.Stat(); err == nil {
-		r.lw.size, r.lw.pendingOff = st.Size(), st.Size()
-	}
-	m.running[j.ID] = r
-	m.perSvc[j.Service]++
-	j.State, j.PID = StateRunning, r.pgid
-	m.save(j)
-	m.publishState(j)
-	m.log.Info().Str("job", j.ID).Int("pid", r.pgid).Strs("argv", argv).Msg("job running")
-
-	var exitErr error
-	m.wg.Add(3)
-	go func() {
-		defer m.wg.Done()
-		r.lw.copy(pr)
-		close(r.output)
-	}()
-	go func() {
-		defer m.wg.Done()
-		r.lw.flushLoop(m.cfg.LogFlush, r.output)
-	}()
-	go func() {
-		defer m.wg.Done()
-		exitErr = c.Wait()
-		close(r.exited)
-		m.finish(r, c.ProcessState, exitErr)
-	}()
-}
-
-// command runs argv under the supervisor when there is one.
-func (m *Manager) command(argv []string) *exec.Cmd {
-	if m.cfg.Supervisor != nil {
-		return m.cfg.Supervisor.Command(argv, m.cfg.StopGrace)
-	}
-	return exec.Command(argv[0], argv[1:]...)
-}
-
-// finish records a job's end and starts what the freed slot allows.
-func (m *Manager) finish(r *run, ps *os.ProcessState, waitErr error) {
-	// Whatever the job left in its group goes with it.
-	_ = syscall.Kill(-r.pgid, syscall.SIGKILL)
-	select {
-	case <-r.output:
-	case <-time.After(5 * time.Second):
-		m.log.Warn().Str("job", r.rec.ID).Msg("job output still open 5s after it exited")
-	}
-	r.lw.flush()
-	r.lw.f.Close()
-
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if r.finished {
-		return
-	}
-	r.finished = true
-	j := r.rec
-	j.Finished = time.Now().UTC()
-	code, sig := -1, 0
-	if ps != nil {
-		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			sig = int(ws.Signal())
-		} else {
-			code = ps.ExitCode()
-		}
-	}
-	supervised := m.cfg.Supervisor != nil
-	switch {
-	case r.stopping != "" && r.shutdown:
-		j.State, j.Reason = StateInterrupted, r.stopping
-	case r.stopping != "":
-		j.State, j.Reason = StateStopped, r.stopping
-	case sig != 0:
-		st := 128 + sig
-		j.Exit = &st
-		j.State = StateFailed
-		if supervised {
-			j.Reason = fmt.Sprintf("vanished: the job's process group was killed behind the gateway's back (%s)", syscall.Signal(sig))
-		} else {
-			j.Reason = fmt.Sprintf("killed by %s", syscall.Signal(sig))
-		}
-	case code == 0:
-		j.State = StateSucceeded
-		j.Exit = &code
-	default:
-		j.State = StateFailed
-		if code < 0 && waitErr != nil {
-			j.Reason = waitErr.Error()
-		} else {
-			j.Exit = &code
-			j.Reason = fmt.Sprintf("exited with status %d", code)
-			if code > 128 && supervised {
-				j.Reason = fmt.Sprintf("killed by %s", syscall.Signal(code-128))
-			}
-		}
-	}
-	if last := r.lw.cur(); last != nil {
-		if b, err := json.Marshal(last); err == nil {
-			j.Progress = string(b)
-		}
-	}
-	m.save(j)
-	m.publishState(j)
-	m.log.Info().Str("job", j.ID).Str("state", j.State).Str("reason", j.Reason).Msg("job finished")
-	delete(m.running, j.ID)
-	m.perSvc[j.Service]--
-	m.schedule()
-}
-
-// setProgress records a running job's progress.
-func (m *Manager) setProgress(id string, p *Progress) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if r, ok := m.running[id]; ok && !r.finished {
-		r.rec.Progress = string(b)
-		m.save(r.rec)
-	}
-}
-
-// markVanished is the watchdog's verdict on a job whose process is gone
-// without an exit status; m.mu held.
-func (m *Manager) markVanished(r *run) {
-	r.finished = true
-	j := r.rec
-	j.State, j.Finished = StateFailed, time.Now().UTC()
-	j.Reason = fmt.Sprintf("vanished: process %d is gone and no exit status came", r.pgid)
-	m.save(j)
-	m.publishState(j)
-	m.log.Warn().Str("job", j.ID).Int("pid", r.pgid).Msg("watchdog: job process vanished")
-	delete(m.running, j.ID)
-	m.perSvc[j.Service]--
-	_ = syscall.Kill(-r.pgid, syscall.SIGKILL)
-	m.schedule()
-}
-
-// watchdog checks every running job's process; one gone for two checks
-// in a row without the runner seeing it exit is marked failed.
-func (m *Manager) watchdog() {
-	defer m.wg.Done()
-	t := time.NewTicker(m.cfg.Watchdog)
-	defer t.Stop()
-	for {
-		select {
-		case <-m.stopWD:
-			return
-		case <-t.C:
-		}
-		m.mu.Lock()
-		for _, r := range m.running {
-			select {
-			case <-r.exited:
-				continue // the runner is finishing it
-			default:
-			}
-			if m.alive(r.pgid) {
-				r.missed = 0
-				continue
-			}
-			r.missed++
-			if r.missed >= 2 {
-				m.markVanished(r)
-			}
-		}
-		m.mu.Unlock()
-	}
-}
-
-// processAlive reports whether pid exists and is not a zombie.
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return false
-	}
-	return s[i+2] != 'Z' && s[i+2] != 'X'
-}
-
 // Get returns a job.
 func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 	m.mu.Lock()
 	if r, ok := m.running[id]; ok {
-		v := m.view(r.rec)
-		if r.lw.cur() != nil {
-			v.Progress = r.lw.cur()
-		}
+		rec := *r.rec
 		m.mu.Unlock()
+		v := m.view(&rec)
+		if p := r.lw.cur(); p != nil {
+			v.Progress = p
+		}
 		return v, nil
 	}
 	for _, j := range m.queue {
 		if j.ID == id {
-			v := m.view(j)
+			rec := *j
 			m.mu.Unlock()
-			return v, nil
+			return m.view(&rec), nil
 		}
+	}
+	if u, ok := m.unsaved[id]; ok {
+		m.mu.Unlock()
+		return m.view(&u.job), nil
 	}
 	m.mu.Unlock()
 	j, err := m.cfg.Store.GetJob(ctx, id)
@@ -609,7 +335,7 @@ func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 		return Job{}, fmt.Errorf("%w %q", ErrNotFound, id)
 	}
 	if err != nil {
-		return Job{}, err
+		return Job{}, fmt.Errorf("reading job %s: %w", id, err)
 	}
 	return m.view(&j), nil
 }
@@ -632,125 +358,27 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 	for i := range js {
 		out = append(out, m.view(&js[i]))
 	}
+	newer := map[int]store.Job{}
 	m.mu.Lock()
 	for i := range out {
-		if r, ok := m.running[out[i].ID]; ok && r.lw.cur() != nil {
-			out[i].Progress = r.lw.cur()
+		if u, ok := m.unsaved[out[i].ID]; ok {
+			newer[i] = u.job
+		}
+		if r, ok := m.running[out[i].ID]; ok {
+			if p := r.lw.cur(); p != nil {
+				out[i].Progress = p
+			}
 		}
 	}
 	m.mu.Unlock()
+	for i, j := range newer {
+		progress := out[i].Progress
+		out[i] = m.view(&j)
+		if progress != nil {
+			out[i].Progress = progress
+		}
+	}
 	return out, nil
-}
-
-// Queue returns the queued jobs in the order they will start.
-func (m *Manager) Queue() []Job {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]Job, 0, len(m.queue))
-	for _, j := range m.queue {
-		out = append(out, m.view(j))
-	}
-	return out
-}
-
-// Move puts a queued job at position (1: next to start; beyond the end:
-// last) and returns the new queue.
-func (m *Manager) Move(id string, position int) ([]Job, error) {
-	m.mu.Lock()
-	idx := -1
-	for i, j := range m.queue {
-		if j.ID == id {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("%w: %q", ErrNotQueued, id)
-	}
-	j := m.queue[idx]
-	m.queue = append(m.queue[:idx], m.queue[idx+1:]...)
-	pos := position - 1
-	if pos < 0 {
-		pos = 0
-	}
-	if pos > len(m.queue) {
-		pos = len(m.queue)
-	}
-	m.queue = append(m.queue[:pos], append([]*store.Job{j}, m.queue[pos:]...)...)
-	m.queueChanged()
-	m.schedule()
-	m.mu.Unlock()
-	return m.Queue(), nil
-}
-
-// Stop stops a job: a queued one leaves the queue, a running one gets
-// SIGTERM on its process group, then SIGKILL after the grace period. It
-// waits, bounded by ctx, for a running job to end.
-func (m *Manager) Stop(ctx context.Context, id, who string) (Job, error) {
-	reason := "stopped"
-	if who != "" {
-		reason = "stopped by " + who
-	}
-	m.mu.Lock()
-	for i, j := range m.queue {
-		if j.ID == id {
-			m.queue = append(m.queue[:i], m.queue[i+1:]...)
-			j.State, j.Reason, j.Finished, j.QueuePos = StateStopped, reason+" while queued", time.Now().UTC(), 0
-			m.save(j)
-			m.publishState(j)
-			m.queueChanged()
-			v := m.view(j)
-			m.mu.Unlock()
-			return v, nil
-		}
-	}
-	r, ok := m.running[id]
-	if !ok {
-		m.mu.Unlock()
-		v, err := m.Get(ctx, id)
-		return v, err // a finished job: stopping it again changes nothing
-	}
-	if r.stopping == "" {
-		r.stopping = reason
-		m.kill(r)
-	}
-	m.mu.Unlock()
-	select {
-	case <-r.exited:
-	case <-ctx.Done():
-	}
-	// finish may still be recording it: wait for that, briefly.
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		m.mu.Lock()
-		_, still := m.running[id]
-		m.mu.Unlock()
-		if !still {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return m.Get(ctx, id)
-}
-
-// kill escalates SIGTERM to SIGKILL on r's process group.
-func (m *Manager) kill(r *run) {
-	pg := r.pgid
-	_ = syscall.Kill(-pg, syscall.SIGTERM)
-	grace := m.cfg.StopGrace
-	if m.cfg.Supervisor != nil {
-		grace += 2 * time.Second // the supervisor escalates at grace itself
-	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		select {
-		case <-r.exited:
-		case <-time.After(grace):
-			m.log.Warn().Str("job", r.rec.ID).Int("pid", pg).Msg("job ignored SIGTERM; sending SIGKILL")
-			_ = syscall.Kill(-pg, syscall.SIGKILL)
-		}
-	}()
 }
 
 // Remove deletes a finished job's record, log and working directory.
@@ -827,8 +455,10 @@ func (m *Manager) ReadLog(ctx context.Context, id string, offset, limit int64) (
 	return c, nil
 }
 
-// Close stops running jobs (they are marked interrupted; queued jobs stay
-// queued for the next start) and waits, bounded by ctx.
+// Close stops running jobs in parallel (they are marked interrupted;
+// queued jobs stay queued for the next start) and waits for them, bounded
+// by ctx: when ctx ends, every job still in its grace gets SIGKILL and
+// Close returns.
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	if m.closed {
@@ -839,13 +469,22 @@ func (m *Manager) Close(ctx context.Context) error {
 	if m.started {
 		close(m.stopWD)
 	}
+	var stops []*run
 	for _, r := range m.running {
 		if r.stopping == "" {
 			r.stopping, r.shutdown = "the gateway shut down while the job was running", true
-			m.kill(r)
+			if r.p != nil {
+				stops = append(stops, r)
+				m.wg.Add(1)
+			}
 		}
 	}
 	m.mu.Unlock()
+	escalate := context.AfterFunc(ctx, m.stopCancel)
+	defer escalate()
+	for _, r := range stops {
+		go m.stopRun(r)
+	}
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	select {

@@ -204,9 +204,10 @@ func (l *Launcher) enter() bool {
 	return true
 }
 
-// Close stops every session (SIGTERM, then SIGKILL of each process group
-// after the stop grace), closes the proxied websockets with 1001, empties
-// the proxy_file and waits for requests in flight, bounded by ctx.
+// Close stops every session in parallel (SIGTERM, then SIGKILL of each
+// process group after the stop grace, or at once when ctx ends), closes
+// the proxied websockets with 1001, empties the proxy_file and waits for
+// requests in flight, bounded by ctx.
 func (l *Launcher) Close(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closing {
@@ -225,7 +226,7 @@ func (l *Launcher) Close(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, s := range list {
 		wg.Add(1)
-		go func() { defer wg.Done(); l.stopSession(s, "launcher shutting down") }()
+		go func() { defer wg.Done(); l.stopSessionCtx(ctx, s, "launcher shutting down") }()
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); l.work.Wait(); close(done) }()
@@ -488,8 +489,17 @@ func (l *Launcher) liveSession(id string) *session {
 }
 
 // stopSession stops the session's process group and waits until the
-// session has ended (its port free, its websockets closed).
+// session has ended (its port free, its websockets closed), bounded by
+// the stop grace and a margin.
 func (l *Launcher) stopSession(s *session, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.stopGrace+15*time.Second)
+	defer cancel()
+	l.stopSessionCtx(ctx, s, reason)
+}
+
+// stopSessionCtx is stopSession bounded by ctx: when ctx ends first, the
+// session's group gets SIGKILL at once and the wait ends.
+func (l *Launcher) stopSessionCtx(ctx context.Context, s *session, reason string) {
 	s.stopOnce.Do(func() {
 		l.mu.Lock()
 		if s.endReason == "" {
@@ -497,12 +507,15 @@ func (l *Launcher) stopSession(s *session, reason string) {
 		}
 		l.mu.Unlock()
 		l.note(zerolog.InfoLevel, "stopping session", "id", s.id, "application", s.app, "reason", reason)
-		s.proc.stop(l.stopGrace)
+		if err := s.proc.stop(ctx); err != nil {
+			l.note(zerolog.ErrorLevel, "session process group not stopped in time", "id", s.id, "pid", s.proc.pgid, "error", err.Error())
+		}
 	})
 	select {
 	case <-s.ended:
-	case <-time.After(l.stopGrace + 15*time.Second):
-		l.note(zerolog.ErrorLevel, "session did not end after SIGKILL", "id", s.id, "pid", s.proc.pgid)
+	case <-ctx.Done():
+		s.proc.p.Kill()
+		l.note(zerolog.ErrorLevel, "session did not end in time", "id", s.id, "pid", s.proc.pgid)
 	}
 }
 

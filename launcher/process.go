@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
-	"syscall"
 	"time"
 
+	"wsgateway/proc"
 	"wsgateway/services"
 )
 
@@ -24,71 +22,33 @@ var (
 // (the Python launcher polls once a second).
 const readyPoll = 25 * time.Millisecond
 
-// envDrop lists variables of the gateway's own environment that launched
-// applications do not inherit.
-var envDrop = []string{"WEBSOCKETSERVER_SECURITY_TOKEN"}
-
 // process is one launched application: the leader of its own process
-// group. One goroutine owns Wait; when the leader exits, what is left of
-// its group is killed, then exited is closed.
+// group, started by package proc. When the leader exits, what is left of
+// its group is killed (it would hold the port), then exited is closed.
 type process struct {
-	cmd     *exec.Cmd
-	pgid    int
-	exited  chan struct{}
-	exitErr error // valid once exited is closed
+	p      *proc.Process
+	pgid   int
+	exited <-chan struct{}
 }
 
-// startProcess runs argv (no shell) in a new process group with stdout and
-// stderr appended to logFile.
+// startProcess runs argv (no shell) in a new process group, with proc's
+// environment and stdout and stderr appended to logFile.
 func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, grace time.Duration) (*process, error) {
-	var cmd *exec.Cmd
-	if sup != nil {
-		cmd = sup.Command(argv, grace)
-	} else {
-		cmd = exec.Command(argv[0], argv[1:]...)
+	if grace <= 0 {
+		grace = DefaultStopGrace
 	}
-	cmd.Env = childEnv()
-	cmd.Stdin = nil
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if sup != nil {
-		// The supervisor notices the gateway's death itself and takes the
-		// whole group down; a parent-death signal would kill it first.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	} else {
-		// Should the gateway itself be killed, the leader dies with it
-		// rather than hold its port forever.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	}
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(proc.Spec{
+		Argv:            argv,
+		Stdout:          logFile,
+		Stderr:          logFile,
+		Supervisor:      sup,
+		Grace:           grace,
+		KillGroupOnExit: true,
+	})
+	if err != nil {
 		return nil, err
 	}
-	p := &process{cmd: cmd, pgid: cmd.Process.Pid, exited: make(chan struct{})}
-	go func() {
-		p.exitErr = cmd.Wait()
-		// The leader is gone: its group's leftovers would hold the port.
-		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-func childEnv() []string {
-	var env []string
-outer:
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "WSGW_") {
-			continue
-		}
-		for _, d := range envDrop {
-			if k == d {
-				continue outer
-			}
-		}
-		env = append(env, kv)
-	}
-	return env
+	return &process{p: p, pgid: p.PID(), exited: p.Exited()}, nil
 }
 
 // status describes how the process ended.
@@ -98,50 +58,16 @@ func (p *process) status() string {
 	default:
 		return "running"
 	}
-	if p.exitErr == nil {
-		return "exit status 0"
+	if err := p.p.ExitErr(); err != nil {
+		return err.Error()
 	}
-	return p.exitErr.Error()
+	return "exit status 0"
 }
 
-// stop sends SIGTERM to the process group, waits up to grace for the
-// leader to exit and the group to empty, then sends SIGKILL to the group
-// and waits for the leader to be reaped (bounded).
-func (p *process) stop(grace time.Duration) {
-	if grace <= 0 {
-		grace = DefaultStopGrace
-	}
-	if syscall.Kill(-p.pgid, syscall.SIGTERM) == nil {
-		deadline := time.NewTimer(grace)
-		defer deadline.Stop()
-		tick := time.NewTicker(20 * time.Millisecond)
-		defer tick.Stop()
-	wait:
-		for {
-			select {
-			case <-deadline.C:
-				break wait
-			case <-tick.C:
-				if processDone(p.exited) && !services.GroupAlive(p.pgid) {
-					break wait
-				}
-			}
-		}
-	}
-	_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
-	select {
-	case <-p.exited:
-	case <-time.After(grace + 10*time.Second):
-	}
-}
-
-func processDone(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
+// stop ends the process group: SIGTERM, the grace, SIGKILL, bounded by
+// ctx (see proc.Process.Stop).
+func (p *process) stop(ctx context.Context) error {
+	return p.p.Stop(ctx)
 }
 
 // waitReady polls the session log at path until it contains readyLine as

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"wsgateway/proc"
 )
 
 // Errors a launch can end with; match them with errors.Is.
@@ -92,37 +93,26 @@ func ParseReadyLine(line []byte) (Endpoint, error) {
 	return Endpoint{Network: "tcp", Address: net.JoinHostPort(host, strconv.Itoa(rl.Port))}, nil
 }
 
-// envAllow lists the gateway's environment variables a script inherits.
-var envAllow = []string{"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL"}
-
 // Instance is a started service.
 type Instance struct {
 	spec     Spec
 	log      zerolog.Logger
-	cmd      *exec.Cmd
-	pgid     int
+	proc     *proc.Process
 	endpoint Endpoint
 	ready    []byte
 	logFile  *os.File
-	env      []string
+	env      []string // the script's own variables
 	started  time.Time
 	readyAt  time.Time
-
-	exited  chan struct{} // closed when the start process has been reaped
-	exitErr error         // valid after exited
-
-	// With a supervisor: closed when it reports the script's exit, which
-	// comes before the supervisor itself exits.
-	scriptDone   chan struct{}
-	scriptStatus int
 
 	stopOnce sync.Once
 	stopErr  error
 }
 
-// Start runs "SCRIPT start" and waits for its ready line. On failure the
-// process group is stopped before Start returns, and the error says what a
-// person can do about it.
+// Start runs "SCRIPT start" and waits for its ready line. On failure,
+// and when ctx ends before the ready line, the whole process group is
+// stopped before Start returns (the error then wraps ctx.Err()), and the
+// error says what a person can do about it.
 func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error) {
 	if err := os.MkdirAll(spec.SessionDir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: creating session directory: %w", ErrStartFailed, err)
@@ -131,57 +121,34 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening session log: %w", ErrStartFailed, err)
 	}
-	inst := &Instance{spec: spec, log: log, logFile: lf, exited: make(chan struct{})}
-	inst.env = inst.environ()
-
-	var statusR, statusW *os.File
-	if spec.Supervisor != nil {
-		if statusR, statusW, err = os.Pipe(); err != nil {
-			lf.Close()
-			return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
-		}
-		inst.scriptDone = make(chan struct{})
-	}
-	cmd := spec.command("start", statusW)
-	cmd.Dir = spec.SessionDir
-	cmd.Env = inst.env
-	cmd.Stderr = lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// Our own pipe, not StdoutPipe: Wait must not close the read end while
-	// the ready line is still in flight.
+	inst := &Instance{spec: spec, log: log, logFile: lf}
+	inst.env = inst.ownEnv()
+	// Our own pipe: the exit must not wait for the ready line's reader.
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
-	cmd.Stdout = pw
 	fmt.Fprintf(lf, "--- %s start %s index %d\n", time.Now().Format(time.RFC3339), spec.Service.Name, spec.Index)
 	inst.started = time.Now()
-	err = cmd.Start()
-	pw.Close()
-	if statusW != nil {
-		statusW.Close()
-		if err == nil {
-			go inst.watchStatus(statusR)
-		} else {
-			statusR.Close()
-		}
+	if err := ctx.Err(); err != nil {
+		pr.Close()
+		pw.Close()
+		lf.Close()
+		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
+	p, err := proc.Start(spec.procSpec("start", inst.env, pw, lf))
+	pw.Close()
 	if err != nil {
 		pr.Close()
 		lf.Close()
-		return nil, fmt.Errorf("%w: running %s: %w", ErrStartFailed, spec.Service.Script, err)
+		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
-	inst.cmd = cmd
-	inst.pgid = cmd.Process.Pid
-	log.Info().Int("pid", inst.pgid).Int("index", spec.Index).Msg("service starting")
+	inst.proc = p
+	log.Info().Int("pid", p.PID()).Int("index", spec.Index).Msg("service starting")
 
 	readyCh := make(chan readyResult, 1)
 	go inst.readStdout(pr, readyCh)
-	go func() {
-		inst.exitErr = cmd.Wait()
-		close(inst.exited)
-	}()
 
 	timer := time.NewTimer(spec.StartTimeout)
 	defer timer.Stop()
@@ -191,7 +158,8 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 		if errors.Is(r.err, errNoLine) {
 			// stdout closed without a line: the exit status says more.
 			select {
-			case <-inst.exited:
+			case <-p.Exited():
+			case <-ctx.Done():
 			case <-time.After(spec.StartTimeout):
 			}
 			fail = inst.exitFailure()
@@ -201,12 +169,12 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 			inst.endpoint = r.ep
 			inst.ready = r.line
 		}
-	case <-inst.exited:
+	case <-p.Exited():
 		// The script may have printed its line and exited 0 (detached) at
 		// the same moment; prefer the line if it is there.
 		select {
 		case r := <-readyCh:
-			if r.err == nil && inst.exitErr == nil {
+			if r.err == nil && p.ExitErr() == nil {
 				inst.endpoint = r.ep
 				inst.ready = r.line
 				break
@@ -222,49 +190,67 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	case <-timer.C:
 		fail = fmt.Errorf("%w: no ready line within %s; see the session log", ErrStartTimeout, spec.StartTimeout)
 	case <-ctx.Done():
-		fail = fmt.Errorf("%w: %w", ErrStartFailed, ctx.Err())
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		// Cancelled before the line, or with it: either way the caller has
+		// gone, so the start is abandoned and nothing is left running.
+		switch {
+		case fail == nil:
+			fail = fmt.Errorf("%w: %w", ErrStartFailed, cerr)
+		case !errors.Is(fail, cerr):
+			fail = fmt.Errorf("%w (the start was also abandoned: %w)", fail, cerr)
+		}
 	}
 	if fail != nil {
-		inst.killGroup(spec.StopGrace)
+		sctx, cancel := inst.stopContext(context.WithoutCancel(ctx))
+		if err := p.Stop(sctx); err != nil {
+			log.Error().Err(err).Int("pid", p.PID()).Msg("service process group not stopped")
+		}
+		cancel()
 		fmt.Fprintf(lf, "--- %s start failed: %v\n", time.Now().Format(time.RFC3339), fail)
 		lf.Close()
-		log.Warn().Err(fail).Int("pid", inst.pgid).Int("index", spec.Index).Str("log", lf.Name()).Msg("service start failed")
+		log.Warn().Err(fail).Int("pid", p.PID()).Int("index", spec.Index).Str("log", lf.Name()).Msg("service start failed")
 		return nil, fail
 	}
 	inst.readyAt = time.Now()
-	log.Info().Int("pid", inst.pgid).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
+	log.Info().Int("pid", p.PID()).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
 		Dur("took", time.Since(inst.started)).Msg("service ready")
 	return inst, nil
 }
 
-// command builds the command that runs the script with verb, under the
-// supervisor when there is one (status then receives the script's exit
-// status report).
-func (s Spec) command(verb string, status *os.File) *exec.Cmd {
-	if s.Supervisor == nil {
-		return exec.Command(s.Service.Script, verb)
+// procSpec is how the script runs with verb: in the session directory,
+// under the supervisor when there is one, with env as its own variables.
+func (s Spec) procSpec(verb string, env []string, stdout, stderr *os.File) proc.Spec {
+	return proc.Spec{
+		Argv:       []string{s.Service.Script, verb},
+		Dir:        s.SessionDir,
+		Env:        env,
+		Stdout:     stdout,
+		Stderr:     stderr,
+		Supervisor: s.Supervisor,
+		Grace:      s.StopGrace,
 	}
-	exe, args, files := s.Supervisor.command(s.Service.Script, verb, s.StopGrace, status)
-	cmd := exec.Command(exe, args...)
-	cmd.ExtraFiles = files
-	return cmd
 }
 
-// watchStatus reads the supervisor's report of the script's exit status.
-func (inst *Instance) watchStatus(r *os.File) {
-	defer r.Close()
-	var code int
-	if _, err := fmt.Fscan(r, &code); err != nil {
-		return // the supervisor died without a report; exited covers it
+// stopContext bounds a stop that has no deadline of its own: the grace,
+// the supervisor's margin, and time for SIGKILL to be delivered.
+func (inst *Instance) stopContext(parent context.Context) (context.Context, context.CancelFunc) {
+	grace := inst.spec.StopGrace
+	if grace <= 0 {
+		grace = proc.DefaultGrace
 	}
-	inst.scriptStatus = code
-	close(inst.scriptDone)
+	return context.WithTimeout(parent, grace+10*time.Second)
 }
 
 func (inst *Instance) exitFailure() error {
 	status := "exited with status 0 without printing a ready line"
-	if inst.exitErr != nil {
-		status = inst.exitErr.Error()
+	select {
+	case <-inst.proc.Exited():
+		if err := inst.proc.ExitErr(); err != nil {
+			status = err.Error()
+		}
+	default:
+		status = "still running without printing a ready line"
 	}
 	last := lastLine(inst.logFile.Name())
 	if last != "" {
@@ -353,57 +339,47 @@ func lastLine(path string) string {
 	return ""
 }
 
-func (inst *Instance) environ() []string {
-	var env []string
-	for _, k := range envAllow {
-		if v, ok := os.LookupEnv(k); ok {
-			env = append(env, k+"="+v)
-		}
-	}
-	if os.Getenv("PATH") == "" {
-		env = append(env, "PATH=/usr/local/bin:/usr/bin:/bin")
-	}
+// ownEnv is the script's own variables, added by proc to the
+// allow-listed environment.
+func (inst *Instance) ownEnv() []string {
 	s := inst.spec
-	env = append(env,
-		"WSGW_SERVICE="+s.Service.Name,
-		"WSGW_INDEX="+strconv.Itoa(s.Index),
-		"WSGW_TOKEN="+s.Token,
-		"WSGW_OPTIONS="+string(s.Options),
-		"WSGW_SESSION_DIR="+s.SessionDir,
-	)
-	env = append(env, s.ExtraEnv...)
-	return env
+	env := []string{
+		"WSGW_SERVICE=" + s.Service.Name,
+		"WSGW_INDEX=" + strconv.Itoa(s.Index),
+		"WSGW_TOKEN=" + s.Token,
+		"WSGW_OPTIONS=" + string(s.Options),
+		"WSGW_SESSION_DIR=" + s.SessionDir,
+	}
+	return append(env, s.ExtraEnv...)
 }
 
 // Endpoint is where the service listens.
 func (inst *Instance) Endpoint() Endpoint { return inst.endpoint }
 
 // PID is the process id (and process group id) of the start process.
-func (inst *Instance) PID() int { return inst.pgid }
+func (inst *Instance) PID() int { return inst.proc.PID() }
 
 // LogPath is the session log file.
 func (inst *Instance) LogPath() string { return inst.logFile.Name() }
 
 // Exited is closed when the start process has ended.
-func (inst *Instance) Exited() <-chan struct{} { return inst.exited }
+func (inst *Instance) Exited() <-chan struct{} { return inst.proc.Exited() }
 
 // ExitErr is the start process's exit error (nil for status 0); valid
 // once Exited is closed.
-func (inst *Instance) ExitErr() error { return inst.exitErr }
+func (inst *Instance) ExitErr() error { return inst.proc.ExitErr() }
 
 // Detached reports whether the script exited 0 after its ready line,
 // handing the service to something else.
 func (inst *Instance) Detached() bool {
-	if inst.scriptDone != nil {
-		select {
-		case <-inst.scriptDone:
-			return inst.scriptStatus == 0
-		default:
-		}
+	select {
+	case <-inst.proc.ProgramExited():
+		return inst.proc.ProgramStatus() == 0
+	default:
 	}
 	select {
-	case <-inst.exited:
-		return inst.exitErr == nil
+	case <-inst.proc.Exited():
+		return inst.proc.ExitErr() == nil
 	default:
 		return false
 	}
@@ -421,7 +397,7 @@ func (inst *Instance) Dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	var last error
 	wait := 10 * time.Millisecond
-	exited := inst.exited
+	exited := inst.proc.Exited()
 	for {
 		c, err := d.DialContext(ctx, inst.endpoint.Network, inst.endpoint.Address)
 		if err == nil {
@@ -435,8 +411,8 @@ func (inst *Instance) Dial(ctx context.Context) (net.Conn, error) {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w at %s: %w", ErrDial, inst.endpoint.Address, last)
 		case <-exited:
-			if inst.exitErr != nil {
-				return nil, fmt.Errorf("%w at %s: the service exited (%v)", ErrDial, inst.endpoint.Address, inst.exitErr)
+			if err := inst.proc.ExitErr(); err != nil {
+				return nil, fmt.Errorf("%w at %s: the service exited (%v)", ErrDial, inst.endpoint.Address, err)
 			}
 			// Exited 0: a detached service. Stop watching the closed
 			// channel, or the loop would spin without waiting.
@@ -462,60 +438,71 @@ func (inst *Instance) Stop(ctx context.Context) error {
 
 func (inst *Instance) stop(ctx context.Context) error {
 	defer inst.logFile.Close()
+	p := inst.proc
 	// A script that hands its service on exits right after its ready
 	// line; on a session stopped that early, give it a moment to do so
 	// before deciding it is attached.
 	if settle := time.Until(inst.readyAt.Add(500 * time.Millisecond)); settle > 0 {
+		t := time.NewTimer(settle)
 		select {
-		case <-inst.exited:
-		case <-inst.scriptDone: // nil without a supervisor
-		case <-time.After(settle):
+		case <-p.Exited():
+		case <-p.ProgramExited():
+		case <-ctx.Done():
+		case <-t.C:
 		}
+		t.Stop()
 	}
 	var err error
-	if inst.Detached() {
+	detached := inst.Detached()
+	if detached {
 		err = inst.runStop(ctx)
 	}
-	inst.killGroup(inst.spec.StopGrace)
-	status := "0"
-	if inst.exitErr != nil {
-		status = inst.exitErr.Error()
+	if serr := p.Stop(ctx); serr != nil {
+		inst.log.Error().Err(serr).Int("pid", p.PID()).Msg("service process group not stopped in time")
+		if err == nil {
+			err = fmt.Errorf("stopping %s: %w", inst.spec.Service.Name, serr)
+		}
+	}
+	status := "still running"
+	select {
+	case <-p.Exited():
+		status = "0"
+		if e := p.ExitErr(); e != nil {
+			status = e.Error()
+		}
+	default:
 	}
 	fmt.Fprintf(inst.logFile, "--- %s stopped (start process: %s)\n", time.Now().Format(time.RFC3339), status)
-	inst.log.Info().Int("pid", inst.pgid).Int("index", inst.spec.Index).Str("exit", status).
-		Bool("detached", inst.Detached()).Msg("service stopped")
+	inst.log.Info().Int("pid", p.PID()).Int("index", inst.spec.Index).Str("exit", status).
+		Bool("detached", detached).Msg("service stopped")
 	return err
 }
 
+// runStop runs "SCRIPT stop" for a detached service, with the start's
+// environment plus WSGW_START_OUTPUT, for at most twice the grace; what it
+// leaves in its group is killed.
 func (inst *Instance) runStop(ctx context.Context) error {
 	grace := inst.spec.StopGrace
 	if grace <= 0 {
-		grace = 5 * time.Second
+		grace = proc.DefaultGrace
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*grace)
 	defer cancel()
-	cmd := inst.spec.command("stop", nil)
-	cmd.Dir = inst.spec.SessionDir
-	cmd.Env = append(append([]string(nil), inst.env...), "WSGW_START_OUTPUT="+string(inst.ready))
-	cmd.Stdout = inst.logFile
-	cmd.Stderr = inst.logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	env := append(append([]string(nil), inst.env...), "WSGW_START_OUTPUT="+string(inst.ready))
 	fmt.Fprintf(inst.logFile, "--- %s stop\n", time.Now().Format(time.RFC3339))
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("running %s stop: %w", inst.spec.Service.Script, err)
+	sp, err := proc.Start(inst.spec.procSpec("stop", env, inst.logFile, inst.logFile))
+	if err != nil {
+		return fmt.Errorf("stopping %s: %w", inst.spec.Service.Name, err)
 	}
-	pg := cmd.Process.Pid
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-pg, syscall.SIGKILL)
-		err = <-done
+	err = sp.Wait(ctx)
+	if ctx.Err() != nil {
 		err = fmt.Errorf("%s stop did not finish in %s: %w", inst.spec.Service.Script, 2*grace, err)
 	}
-	_ = syscall.Kill(-pg, syscall.SIGKILL)
+	// Whatever the stop left behind goes, at once.
+	sp.Kill()
+	kctx, kcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	_ = sp.Wait(kctx)
+	kcancel()
 	if err != nil {
 		inst.log.Warn().Err(err).Int("index", inst.spec.Index).Msg("service stop script failed")
 		return fmt.Errorf("stopping %s: %w", inst.spec.Service.Name, err)
@@ -523,65 +510,23 @@ func (inst *Instance) runStop(ctx context.Context) error {
 	return nil
 }
 
-// killGroup sends SIGTERM to the process group, waits up to grace for it
-// to empty, then sends SIGKILL, and waits for the start process to be
-// reaped.
-func (inst *Instance) killGroup(grace time.Duration) {
-	if grace <= 0 {
-		grace = 5 * time.Second
-	}
-	pg := inst.pgid
-	if inst.spec.Supervisor != nil {
-		// The supervisor escalates at grace itself; give it time to.
-		grace += 3 * time.Second
-	}
-	if syscall.Kill(-pg, syscall.SIGTERM) == nil {
-		deadline := time.Now().Add(grace)
-		for time.Now().Before(deadline) && GroupAlive(pg) {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	_ = syscall.Kill(-pg, syscall.SIGKILL)
-	select {
-	case <-inst.exited:
-	case <-time.After(grace + 5*time.Second):
-		inst.log.Error().Int("pid", pg).Msg("service start process not reaped after SIGKILL")
-	}
-}
-
-// GroupAlive reports whether process group pgid has a member that is
-// not a zombie (kill(2) still counts zombies, which a service's group may
-// hold until they are reaped).
-func GroupAlive(pgid int) bool {
-	if err := syscall.Kill(-pgid, 0); err != nil {
-		return false
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return true
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if g, state, ok := procGroup(pid); ok && g == pgid && state != "Z" && state != "X" {
-			return true
-		}
-	}
-	return false
-}
-
 // CrashReason waits up to wait for the service's start process to end
 // and, if it ended in failure, says how ("" when it still runs or ended
 // with status 0). The gateway asks when a service's connection ends, to
 // tell a crash from a clean end.
 func (inst *Instance) CrashReason(wait time.Duration) string {
+	p := inst.proc
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
-	case <-inst.scriptDone: // nil without a supervisor: never ready
-		switch code := inst.scriptStatus; {
+	case <-p.ProgramExited():
+	case <-p.Exited():
+	case <-timer.C:
+		return ""
+	}
+	select {
+	case <-p.ProgramExited():
+		switch code := p.ProgramStatus(); {
 		case code == 0:
 			return ""
 		case code > 128:
@@ -589,12 +534,10 @@ func (inst *Instance) CrashReason(wait time.Duration) string {
 		default:
 			return fmt.Sprintf("service exited with status %d", code)
 		}
-	case <-inst.exited:
-		if inst.exitErr != nil {
-			return "service exited: " + inst.exitErr.Error()
-		}
-		return ""
-	case <-timer.C:
-		return ""
+	default:
 	}
+	if err := p.ExitErr(); err != nil {
+		return "service exited: " + err.Error()
+	}
+	return ""
 }

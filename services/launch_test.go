@@ -21,6 +21,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wsgateway/internal/procwatch"
+	"wsgateway/proc"
 	"wsgateway/services"
 )
 
@@ -29,11 +31,16 @@ import (
 // the launcher passes only an allow-list of the gateway's environment.
 const helperEnv = "WSGWTEST_HELPER"
 
+// TestMain also runs the test binary as the supervisor (see
+// supervisedSpec), and after the tests proves they left no process behind.
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helperMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	if len(os.Args) > 1 && os.Args[1] == proc.SuperviseArg {
+		os.Exit(proc.Supervise(os.Args[2:]))
+	}
+	os.Exit(procwatch.Run(m, nil))
 }
 
 // helperMain is a tiny echo service. It listens (TCP on 127.0.0.1 or a
@@ -1053,5 +1060,210 @@ func TestStopIsIdempotent(t *testing.T) {
 	waitDead(t, "script", pid)
 	if n := strings.Count(readLog(spec), "stopped (start process:"); n != 1 {
 		t.Errorf("session log records %d stops, want 1:\n%s", n, readLog(spec))
+	}
+}
+
+// supervise makes spec run under a supervisor: this test binary, which
+// TestMain turns into one.
+func supervise(t *testing.T, spec services.Spec) services.Spec {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup, err := services.NewSupervisor(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sup.Close() })
+	spec.Supervisor = sup
+	return spec
+}
+
+// TestStartCancelledBeforeLateReadyLine: a context cancelled while the
+// script has not printed its (late) ready line stops the whole group
+// before Start returns, with or without a supervisor.
+func TestStartCancelledBeforeLateReadyLine(t *testing.T) {
+	for _, supervised := range []bool{false, true} {
+		t.Run(fmt.Sprintf("supervised=%v", supervised), func(t *testing.T) {
+			script := writeScript(t, `
+d="$WSGW_SESSION_DIR"
+sleep 1000 &
+echo $! > "$d/child.pid"
+echo $$ > "$d/script.pid"
+while [ ! -e "$d/go" ]; do sleep 0.02; done
+echo '{"port": 9}'
+exec sleep 1000
+`)
+			spec := newSpec(t, script)
+			spec.StartTimeout = time.Minute
+			spec.StopGrace = 2 * time.Second
+			if supervised {
+				spec = supervise(t, spec)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				inst *services.Instance
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() {
+				inst, err := services.Start(ctx, spec, zerolog.Nop())
+				done <- result{inst, err}
+			}()
+			pid := readPidFile(t, filepath.Join(spec.SessionDir, "script.pid"))
+			child := readPidFile(t, filepath.Join(spec.SessionDir, "child.pid"))
+			_, pgid, _ := procStat(pid)
+			if !alive(pid) || !alive(child) || len(liveGroupMembers(pgid)) == 0 {
+				t.Fatalf("script or child not running before the cancel")
+			}
+			cancel()
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Start did not return after its context was cancelled")
+			}
+			// Too late for the line: the start is over either way.
+			_ = os.WriteFile(filepath.Join(spec.SessionDir, "go"), nil, 0o600)
+			if r.err == nil {
+				stopInst(t, r.inst)
+				t.Fatal("Start succeeded after its context was cancelled")
+			}
+			if !errors.Is(r.err, context.Canceled) || !errors.Is(r.err, services.ErrStartFailed) {
+				t.Errorf("error = %v, want ErrStartFailed wrapping context.Canceled", r.err)
+			}
+			// Nothing is left running the moment Start returns.
+			if m := liveGroupMembers(pgid); len(m) > 0 {
+				t.Errorf("process group %d still has %v when Start returned", pgid, m)
+			}
+			for _, p := range []int{pid, child} {
+				if alive(p) {
+					t.Errorf("pid %d alive when Start returned", p)
+				}
+			}
+		})
+	}
+}
+
+// TestStartCancelRacesReadyLine cancels at every moment of a start whose
+// line comes at once: Start either succeeds (and Stop ends the service)
+// or fails with the cancellation and leaves nothing running.
+func TestStartCancelRacesReadyLine(t *testing.T) {
+	script := writeScript(t, `echo $$ > "$WSGW_SESSION_DIR/script.pid"
+echo '{"port": 9}'
+exec sleep 1000
+`)
+	var won, lost int
+	for i := 0; i < 30; i++ {
+		spec := newSpec(t, script)
+		spec.StopGrace = 2 * time.Second
+		ctx, cancel := context.WithCancel(context.Background())
+		go func(d time.Duration) {
+			time.Sleep(d)
+			cancel()
+		}(time.Duration(i) * time.Millisecond)
+		inst, err := services.Start(ctx, spec, zerolog.Nop())
+		cancel()
+		if err == nil {
+			won++
+			if err := stopInst(t, inst); err != nil {
+				t.Errorf("Stop: %v", err)
+			}
+			if m := liveGroupMembers(inst.PID()); len(m) > 0 {
+				t.Errorf("run %d: group %d has %v after Stop", i, inst.PID(), m)
+			}
+			continue
+		}
+		lost++
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("run %d: error = %v, want context.Canceled", i, err)
+		}
+		if b, rerr := os.ReadFile(filepath.Join(spec.SessionDir, "script.pid")); rerr == nil {
+			if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+				if m := liveGroupMembers(pid); len(m) > 0 {
+					t.Errorf("run %d: group %d has %v when Start returned", i, pid, m)
+				}
+			}
+		}
+	}
+	t.Logf("%d starts won the race, %d were cancelled", won, lost)
+}
+
+// TestSupervisedStopEscalatesAndKillsGrandchildren: under the supervisor,
+// Stop still ends a group that ignores SIGTERM, grandchildren included,
+// and the script's own status is what CrashReason and Detached see.
+func TestSupervisedStopEscalatesAndKillsGrandchildren(t *testing.T) {
+	script := writeScript(t, `
+trap '' TERM
+sleep 1000 &
+echo $! > "$WSGW_SESSION_DIR/child.pid"
+echo $$ > "$WSGW_SESSION_DIR/script.pid"
+echo '{"port": 9}'
+sleep 1000
+`)
+	spec := supervise(t, newSpec(t, script))
+	spec.StopGrace = time.Second
+	inst := start(t, spec)
+	child := readPidFile(t, filepath.Join(spec.SessionDir, "child.pid"))
+	pid := readPidFile(t, filepath.Join(spec.SessionDir, "script.pid"))
+	if pid == inst.PID() {
+		t.Fatalf("the instance's pid %d is the script, not its supervisor", pid)
+	}
+	if _, pgrp, _ := procStat(pid); pgrp != inst.PID() {
+		t.Fatalf("script in group %d, want the supervisor's %d", pgrp, inst.PID())
+	}
+	if inst.Detached() || inst.CrashReason(0) != "" {
+		t.Fatalf("a running service: Detached %v, CrashReason %q", inst.Detached(), inst.CrashReason(0))
+	}
+	t0 := time.Now()
+	if err := stopInst(t, inst); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if took := time.Since(t0); took < spec.StopGrace || took > 30*time.Second {
+		t.Errorf("Stop took %v with a grace of %v", took, spec.StopGrace)
+	}
+	for _, p := range []int{inst.PID(), pid, child} {
+		if alive(p) {
+			t.Errorf("pid %d alive after Stop", p)
+		}
+	}
+	if m := liveGroupMembers(inst.PID()); len(m) > 0 {
+		t.Errorf("group %d has %v after Stop", inst.PID(), m)
+	}
+}
+
+// TestSupervisedCrashReason: the script's own exit status, reported by the
+// supervisor, names the crash.
+func TestSupervisedCrashReason(t *testing.T) {
+	tests := []struct {
+		name, exit, want string
+		detached         bool
+	}{
+		{"status 3", "exit 3", "service exited with status 3", false},
+		{"killed", "kill -KILL $$", "service exited: killed by signal 9 (killed)", false},
+		{"detached", "exit 0", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			script := writeScript(t, `echo '{"port": 9}'
+while [ ! -e "$WSGW_SESSION_DIR/go" ]; do sleep 0.02; done
+`+tt.exit+"\n")
+			spec := supervise(t, newSpec(t, script))
+			inst := start(t, spec)
+			if got := inst.CrashReason(0); got != "" {
+				t.Fatalf("CrashReason of a running service = %q", got)
+			}
+			if err := os.WriteFile(filepath.Join(spec.SessionDir, "go"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got := inst.CrashReason(20 * time.Second); got != tt.want {
+				t.Errorf("CrashReason = %q, want %q", got, tt.want)
+			}
+			if got := inst.Detached(); got != tt.detached {
+				t.Errorf("Detached = %v, want %v", got, tt.detached)
+			}
+		})
 	}
 }

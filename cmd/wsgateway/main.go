@@ -27,6 +27,7 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/gateway"
+	"wsgateway/proc"
 	"wsgateway/services"
 )
 
@@ -34,9 +35,9 @@ import (
 var version = "dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == services.SuperviseArg {
+	if len(os.Args) > 1 && os.Args[1] == proc.SuperviseArg {
 		// This process is a service supervisor, not the gateway.
-		os.Exit(services.Supervise(os.Args[2:]))
+		os.Exit(proc.Supervise(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "hash-password" {
 		if err := hashPassword(os.Stdin, os.Stdout, os.Stderr); err != nil {
@@ -85,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("finding the gateway's own binary for the service supervisor: %w", err)
 	}
-	sup, err := services.NewSupervisor(exe)
+	sup, err := proc.NewSupervisor(exe)
 	if err != nil {
 		return err
 	}

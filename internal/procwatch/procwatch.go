@@ -1,5 +1,5 @@
 // Package procwatch lets a test binary prove that its tests left no
-// process behind. The binary makes itself a child subreaper, so every
+// process behind (Run, from TestMain). The binary makes itself a child subreaper, so every
 // process its tests started, even one whose parent has exited, stays its
 // descendant; "started by this run" is then exactly "a descendant of this
 // process", whatever else runs on the machine. Zombies are reaped, not
@@ -8,6 +8,7 @@ package procwatch
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,22 +94,44 @@ func Reap() {
 	}
 }
 
-// Check is the whole test: it proves it can see an orphan of this run,
-// gives the last test's processes 15 s to go, reports every one left
-// (then kills it, so a failed check still leaves nothing), and reaps.
-// subreaperErr is BecomeSubreaper's result.
-func Check(t testing.TB, subreaperErr error, also func(cmdline string) bool) {
-	t.Helper()
+// Run runs a test binary's tests and then proves they left no process
+// behind; call it from TestMain as os.Exit(procwatch.Run(m, also)). It
+// makes the binary a child subreaper first, so that every process the
+// tests start stays traceable to this run. After m.Run it checks that it
+// can see an orphan of this run, gives the last test's processes 15 s to
+// go, reports every one left on stderr (then kills it, so a failed check
+// still leaves nothing) and reaps. also (may be nil) selects other
+// processes to count, by command line. The result is m.Run's exit code,
+// or 1 when the check fails.
+func Run(m *testing.M, also func(cmdline string) bool) int {
+	subreaperErr := BecomeSubreaper()
+	code := m.Run()
+	if problems := Verify(subreaperErr, also); len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintln(os.Stderr, "FAIL: no stray processes:", p)
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// Verify is the check Run makes after the tests; it returns what is
+// wrong, nothing when all is well. subreaperErr is BecomeSubreaper's
+// result.
+func Verify(subreaperErr error, also func(cmdline string) bool) []string {
 	if subreaperErr != nil {
-		t.Fatalf("cannot become a child subreaper, so orphans cannot be traced to this run: %v", subreaperErr)
+		return []string{fmt.Sprintf("cannot become a child subreaper, so orphans cannot be traced to this run: %v", subreaperErr)}
 	}
 	out, err := exec.Command("sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!").Output()
 	if err != nil {
-		t.Fatal(err)
+		return []string{fmt.Sprintf("cannot start the orphan the check must see: %v", err)}
 	}
 	orphan, _ := strconv.Atoi(strings.TrimSpace(string(out)))
 	if _, ok := Strays(also)[orphan]; !ok {
-		t.Fatalf("the check does not see an orphan of this run (pid %d)", orphan)
+		_ = syscall.Kill(orphan, syscall.SIGKILL)
+		return []string{fmt.Sprintf("the check does not see an orphan of this run (pid %d)", orphan)}
 	}
 	_ = syscall.Kill(orphan, syscall.SIGKILL)
 	var strays map[int]string
@@ -118,10 +141,12 @@ func Check(t testing.TB, subreaperErr error, also func(cmdline string) bool) {
 			break
 		}
 	}
+	var problems []string
 	for pid, cl := range strays {
-		t.Errorf("stray process left by the tests: pid %d: %s", pid, cl)
+		problems = append(problems, fmt.Sprintf("stray process left by the tests: pid %d: %s", pid, cl))
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	time.Sleep(100 * time.Millisecond)
 	Reap()
+	return problems
 }
