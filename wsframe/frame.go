@@ -70,6 +70,7 @@ type Parser struct {
 	ctrlN    int
 	reason   string // why ErrProtocol or ErrTooBig was returned
 	msgLen   uint64 // bytes of the current data message so far
+	left     int    // bytes of the last Feed not parsed after an error
 }
 
 // Reason says why Feed returned ErrProtocol or ErrTooBig, in words fit
@@ -81,9 +82,22 @@ func (f *Parser) fail(reason string) error {
 	return ErrProtocol
 }
 
-// Feed parses p (which it unmasks in place) and calls h. After an error
-// the parser's state is undefined; stop feeding it.
+// Feed parses p (which it unmasks in place) and calls h. After
+// ErrProtocol the parser's state is undefined: stop feeding it. After
+// ErrTooBig (returned once the frame's header is read) or an error from
+// h, the parser is in step with the stream: the last Unconsumed bytes of
+// p were not parsed, and parsing can go on from them (with Limit 0).
 func (f *Parser) Feed(p []byte, h Handler) error {
+	left, err := f.feed(p, h)
+	f.left = left
+	return err
+}
+
+// Unconsumed is how many bytes at the end of the last Feed's input were
+// not parsed when it returned an error (0 after success).
+func (f *Parser) Unconsumed() int { return f.left }
+
+func (f *Parser) feed(p []byte, h Handler) (int, error) {
 	for len(p) > 0 {
 		if !f.inFrame {
 			if f.hdrN < 2 {
@@ -91,10 +105,10 @@ func (f *Parser) Feed(p []byte, h Handler) error {
 				f.hdrN += n
 				p = p[n:]
 				if f.hdrN < 2 {
-					return nil
+					return 0, nil
 				}
 				if err := f.startHeader(); err != nil {
-					return err
+					return len(p), err
 				}
 			}
 			if f.hdrN < f.need {
@@ -102,15 +116,15 @@ func (f *Parser) Feed(p []byte, h Handler) error {
 				f.hdrN += n
 				p = p[n:]
 				if f.hdrN < f.need {
-					return nil
+					return 0, nil
 				}
 			}
 			if err := f.endHeader(); err != nil {
-				return err
+				return len(p), err
 			}
 			if f.remain == 0 {
 				if err := f.endFrame(h); err != nil {
-					return err
+					return len(p), err
 				}
 			}
 			continue
@@ -121,20 +135,23 @@ func (f *Parser) Feed(p []byte, h Handler) error {
 		}
 		chunk := p[:n]
 		f.maskPos = MaskBytes(f.mask, f.maskPos, chunk)
+		f.remain -= uint64(n)
+		p = p[n:]
 		if f.opcode >= OpClose {
 			f.ctrlN += copy(f.ctrl[f.ctrlN:], chunk)
 		} else if err := h.Data(chunk); err != nil {
-			return err
+			if f.remain == 0 {
+				_ = f.endFrame(h) // a data frame: no callback
+			}
+			return len(p), err
 		}
-		f.remain -= uint64(n)
-		p = p[n:]
 		if f.remain == 0 {
 			if err := f.endFrame(h); err != nil {
-				return err
+				return len(p), err
 			}
 		}
 	}
-	return nil
+	return 0, nil
 }
 
 func (f *Parser) startHeader() error {

@@ -233,3 +233,75 @@ func TestAppendControl(t *testing.T) {
 		}
 	}
 }
+
+// failAfter fails the data callback once it has seen n bytes, and the
+// control callback on a close frame.
+type failAfter struct {
+	n    int
+	got  []byte
+	ctrl []byte
+}
+
+var errStop = errors.New("stop")
+
+func (f *failAfter) Data(p []byte) error {
+	f.got = append(f.got, p...)
+	if len(f.got) >= f.n {
+		return errStop
+	}
+	return nil
+}
+
+func (f *failAfter) Control(op byte, p []byte) error {
+	f.ctrl = append(f.ctrl, op)
+	if op == OpClose {
+		return errStop
+	}
+	return nil
+}
+
+func TestParserUnconsumedResumes(t *testing.T) {
+	key := [4]byte{9, 9, 9, 9}
+	big := clientFrame(true, OpBinary, []byte("0123456789"), key)
+	ping := clientFrame(true, OpPing, []byte("p"), key)
+	closeF := clientFrame(true, OpClose, []byte{0x03, 0xe8}, key)
+	tail := clientFrame(true, OpBinary, []byte("tail"), key)
+
+	// Over the limit: the header is consumed, the payload is not.
+	stream := append(append(append(append([]byte(nil), big...), ping...), closeF...), tail...)
+	p := Parser{Limit: 5}
+	if err := p.Feed(append([]byte(nil), stream...), &recorder{}); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("limit: %v", err)
+	}
+	if want := len(stream) - 6; p.Unconsumed() != want {
+		t.Fatalf("Unconsumed %d after the too-big header, want %d", p.Unconsumed(), want)
+	}
+	// Parsing goes on in step: the ping and then the close are found.
+	p.Limit = 0
+	h := &failAfter{n: 1 << 30}
+	rest := append([]byte(nil), stream[len(stream)-p.Unconsumed():]...)
+	if err := p.Feed(rest, h); !errors.Is(err, errStop) {
+		t.Fatalf("resumed: %v", err)
+	}
+	if string(h.got) != "0123456789" || !bytes.Equal(h.ctrl, []byte{OpPing, OpClose}) || p.Unconsumed() != len(tail) {
+		t.Fatalf("resumed: data %q control %v, %d unconsumed (want %d)", h.got, h.ctrl, p.Unconsumed(), len(tail))
+	}
+
+	// A data callback error mid-frame.
+	var q Parser
+	h = &failAfter{n: 9}
+	in := append(append([]byte(nil), big...), tail...)
+	if err := q.Feed(in[:len(big)-3], h); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Feed(in[len(big)-3:], h); !errors.Is(err, errStop) || q.Unconsumed() != len(tail) {
+		t.Fatalf("data error: %v, %d unconsumed, want %d", err, q.Unconsumed(), len(tail))
+	}
+	h.n = 1 << 30
+	if err := q.Feed(in[len(in)-q.Unconsumed():], h); err != nil || string(h.got) != "0123456789tail" {
+		t.Fatalf("after a data error: %v %q", err, h.got)
+	}
+	if err := q.Feed(tail[:0], h); err != nil || q.Unconsumed() != 0 {
+		t.Fatalf("empty feed: %v %d", err, q.Unconsumed())
+	}
+}
