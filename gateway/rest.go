@@ -469,7 +469,7 @@ func (s *Server) status(id *auth.Identity, crossSite bool) Status {
 		st.Reservations = append(st.Reservations, rs)
 	}
 	s.mu.Lock()
-	st.Tunnels = len(s.tunnels)
+	st.Tunnels = len(s.tunnels) + s.hosted.count()
 	for _, ss := range s.sessions {
 		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(ss.token), Service: ss.svc.Name, Index: ss.res.Index,
 			State: ss.state, Age: now.Sub(ss.created).Seconds(), BytesIn: ss.bytesUp, BytesOut: ss.bytesDn}

@@ -156,6 +156,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	tunnels  map[*tunnel]struct{}
+	hosted   hostedTunnels // tunnels of other packages (tunnels.go)
 	closing  bool
 	servers  []*http.Server
 	work     sync.WaitGroup // websocket handlers and session stops
@@ -364,6 +365,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, t := range tunnels {
 		t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
 	}
+	s.hosted.closeAll(websocket.CloseGoingAway, "gateway shutting down")
 	// Sessions that have no websocket (idle in a reconnect grace, or
 	// starting) are stopped here; handlers stop their own.
 	s.mu.Lock()
@@ -406,6 +408,7 @@ func (s *Server) checkTunnels(now time.Time) {
 	for _, t := range ts {
 		t.checkPolicy(now, s.cfg.Heartbeat, ping)
 	}
+	s.hosted.check(now, ping)
 }
 
 // originAllowed accepts requests without an Origin (non-browser clients),
