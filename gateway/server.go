@@ -365,7 +365,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, t := range tunnels {
 		t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
 	}
-	s.hosted.closeAll(websocket.CloseGoingAway, "gateway shutting down")
 	// Sessions that have no websocket (idle in a reconnect grace, or
 	// starting) are stopped here; handlers stop their own.
 	s.mu.Lock()

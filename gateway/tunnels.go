@@ -11,7 +11,7 @@ import (
 // hostedTunnels are the tunnels that other packages run under the
 // gateway's rules (the launcher's /proxy passthrough): counted against
 // --max_tunnels, swept by the heartbeat, shown in /v1/status and
-// /metrics, and closed with 1001 at shutdown.
+// /metrics.
 type hostedTunnels struct {
 	mu  sync.Mutex
 	set map[wsframe.Tunnel]struct{}
@@ -55,7 +55,9 @@ func (h *hostedTunnels) check(now time.Time, ping bool) {
 	}
 }
 
-// closeAll closes every hosted tunnel; it never blocks.
+// closeAll closes every hosted tunnel; it never blocks. (The launcher
+// closes its own at shutdown, with "launcher shutting down"; this is for
+// a shutdown that owns every tunnel.)
 func (h *hostedTunnels) closeAll(code int, reason string) {
 	for _, t := range h.list() {
 		t.Close(code, reason)
