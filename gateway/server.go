@@ -170,6 +170,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	tunnels map[*tunnel]struct{}
+	hosted  hostedTunnels // tunnels of other packages (tunnels.go)
 	closing bool
 	servers []*http.Server
 	lns     []net.Listener
@@ -454,6 +455,7 @@ func (s *Server) checkTunnels(now time.Time) {
 	for _, t := range ts {
 		t.checkPolicy(now, s.cfg.Heartbeat, ping)
 	}
+	s.hosted.check(now, ping)
 }
 
 // originAllowed accepts requests without an Origin (non-browser clients),

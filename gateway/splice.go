@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,24 +10,29 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
+
+	"wsgateway/wsframe"
 )
 
 // spliceBuf is the size of the pooled copy buffers.
 const spliceBuf = 64 << 10
 
-// closeWait is how long a close handshake may take.
-const closeWait = 2 * time.Second
-
 // tunnel joins one websocket to one service connection. The websocket
-// handshake is gorilla's; the frames are ours, read and written directly
-// on the connection with pooled buffers, so the hot path allocates
-// nothing and an idle tunnel holds no buffer (on plain TCP and Unix
-// sockets it waits for readability before taking one). One goroutine
-// copies each way; whichever side ends first starts the close, once.
+// handshake is gorilla's; the frames are ours (package wsframe), read and
+// written directly on the connection with pooled buffers, so the hot path
+// allocates nothing and an idle tunnel holds no buffer (on plain TCP and
+// Unix sockets it waits for readability before taking one).
+//
+// Three goroutines: clientToService reads the client and writes the
+// service; serviceToClient reads the service and hands each buffer to
+// writeLoop, the only goroutine that writes to the client. Pongs, pings
+// and the close frame are requests to the writer (closeWith never
+// blocks); a close that the writer cannot deliver within
+// wsframe.CloseTimeout (a client that stopped reading) ends in closing
+// the connection, never in a deadline another goroutine could clear.
 type tunnel struct {
 	s      *Server
 	client net.Conn // the websocket's connection (after the handshake)
@@ -43,24 +47,37 @@ type tunnel struct {
 
 	// policy, checked by the server's once-a-second sweep
 	lastActive  atomic.Int64 // unix nanoseconds of the last payload either way
-	lastPong    atomic.Int64 // unix nanoseconds of the last pong (or open)
+	lastAlive   atomic.Int64 // unix nanoseconds of the last pong or write progress to the client (or open)
 	idleTimeout time.Duration
 	maxDuration time.Duration
 	onPolicy    func(reason string) // called when a policy ends the tunnel
 
-	parser frameParser
+	parser wsframe.Parser
 
-	// writeMu serialises frames written to the client.
-	writeMu   sync.Mutex
-	closeSent bool
-	ctrlOut   [2 + 125]byte
+	// initiated is set once, by whoever decides the tunnel ends: the
+	// gateway (closeWith, a service end, a protocol error) or the client
+	// (a close frame, a vanished connection).
+	initiated atomic.Bool
 
-	initiated  atomic.Bool
-	mu         sync.Mutex
-	sentCode   int
-	sentReason string
-	clientCode int
-	done       chan struct{}
+	out        chan outFrame // data frames for the writer
+	wake       chan struct{} // control work is pending for the writer
+	readDone   chan struct{} // clientToService returned
+	writerDone chan struct{} // the writer returned
+	done       chan struct{} // the tunnel is over
+
+	mu          sync.Mutex // guards what follows, never held during I/O
+	pingDue     bool
+	pongDue     bool
+	pong        [wsframe.MaxControlPayload]byte
+	pongN       int
+	closeDue    bool // a close frame is to be sent (ours or an echo)
+	closeCode   int
+	closeReason string
+	byGateway   bool // the gateway decided the close
+	clientCode  int
+	force       *time.Timer // closes the client when the close takes too long
+
+	ctrlBuf [3 * (2 + wsframe.MaxControlPayload)]byte // the writer's
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
@@ -76,18 +93,27 @@ type tunnel struct {
 	exitReason func(wait time.Duration) string
 }
 
-var _ frameHandler = (*tunnel)(nil)
+// outFrame is a pooled buffer holding n payload bytes after
+// wsframe.HeaderRoom, on its way to the writer.
+type outFrame struct {
+	bp *[]byte
+	n  int
+}
+
+var _ wsframe.Handler = (*tunnel)(nil)
 
 // newTunnel registers a tunnel, or closes both ends with 1001 when the
 // gateway is shutting down.
 func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger) *tunnel {
-	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(), done: make(chan struct{}),
-		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol()}
+	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(),
+		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol(),
+		out: make(chan outFrame), wake: make(chan struct{}, 1), readDone: make(chan struct{}),
+		writerDone: make(chan struct{}), done: make(chan struct{})}
 	t.clientPeek = func(fd uintptr) bool { return peek(fd, &t.clientPeekErr) }
 	t.connPeek = func(fd uintptr) bool { return peek(fd, &t.connPeekErr) }
-	t.parser.limit = uint64(s.cfg.MaxMessageBytes)
+	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
-	t.lastPong.Store(t.opened.UnixNano())
+	t.lastAlive.Store(t.opened.UnixNano())
 	t.clientRaw = rawConn(t.client)
 	t.connRaw = rawConn(conn)
 	_ = t.client.SetDeadline(time.Time{})
@@ -133,20 +159,29 @@ func (s *Server) dropTunnel(t *tunnel) {
 // and logs the totals. The client-to-service direction runs on the
 // caller's goroutine.
 func (t *tunnel) run() {
-	done := make(chan struct{})
-	go func() { defer close(done); t.serviceToClient() }()
+	svcDone := make(chan struct{})
+	go t.writeLoop()
+	go func() { defer close(svcDone); t.serviceToClient() }()
 	t.clientToService()
-	<-done
+	// Nothing more is read from the client: what is left (an echo of its
+	// close, the service's last bytes) gets CloseTimeout.
+	t.armForce()
+	close(t.readDone)
+	<-svcDone
+	<-t.writerDone
+	t.mu.Lock()
+	if t.force != nil {
+		t.force.Stop()
+	}
+	byGateway, code, reason, cc := t.byGateway, t.closeCode, t.closeReason, t.clientCode
+	t.mu.Unlock()
 	t.s.metrics.tunnelsOpen.Dec()
 	t.client.Close()
 	t.conn.Close()
 	close(t.done)
-	t.mu.Lock()
-	code, reason, cc := t.sentCode, t.sentReason, t.clientCode
-	t.mu.Unlock()
 	ev := t.log.Info().Int64("bytes_in", t.up.Load()).Int64("bytes_out", t.down.Load()).
-		Dur("duration", time.Since(t.opened))
-	if code != 0 {
+		Int64("duration_ms", time.Since(t.opened).Milliseconds())
+	if byGateway {
 		ev = ev.Int("close_code", code).Str("close_reason", reason).Str("closed_by", "gateway")
 	} else {
 		ev = ev.Int("close_code", cc).Str("closed_by", "client")
@@ -155,54 +190,138 @@ func (t *tunnel) run() {
 }
 
 // closeWith starts a close from the gateway's side: a close frame with
-// code and reason to the client, and the service connection closed.
+// code and reason to the client, and the service connection closed. It
+// never blocks: the writer sends the frame, and a client that does not
+// take it within wsframe.CloseTimeout has its connection closed.
 func (t *tunnel) closeWith(code int, reason string) {
 	if !t.initiated.CompareAndSwap(false, true) {
 		return
 	}
-	t.sendClose(code, reason)
+	t.requestClose(code, reason, true)
 	_ = t.conn.Close()
 }
 
-// sendClose writes a close frame (once) and gives the client closeWait to
-// answer it.
-func (t *tunnel) sendClose(code int, reason string) {
-	reason = truncate(reason, 123)
+// requestClose asks the writer for a close frame (once) and arms the
+// close timeout.
+func (t *tunnel) requestClose(code int, reason string, byGateway bool) {
+	if code != 0 && code != wsframe.CloseNoStatus && !wsframe.ValidCloseCode(code) {
+		code = wsframe.CloseInternalError
+	}
+	reason = wsframe.TruncateReason(reason, wsframe.MaxControlPayload-2)
 	t.mu.Lock()
-	t.sentCode, t.sentReason = code, reason
-	t.mu.Unlock()
-	// A writer stuck on a client that does not read gives up in time.
-	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
-	t.writeControl(opClose, code, reason, nil)
-	_ = t.client.SetReadDeadline(time.Now().Add(closeWait))
-}
-
-// writeControl writes a control frame; a close frame is written once and
-// nothing follows it.
-func (t *tunnel) writeControl(op byte, code int, reason string, payload []byte) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
-	if t.closeSent {
+	if t.closeDue {
+		t.mu.Unlock()
 		return
 	}
-	b := t.ctrlOut[:2]
-	b[0] = 0x80 | op
-	if op == opClose {
-		t.closeSent = true
-		if code != 0 {
-			b = b[:4]
-			binary.BigEndian.PutUint16(b[2:4], uint16(code))
-			b = append(b, reason...)
+	t.closeDue = true
+	t.closeCode, t.closeReason, t.byGateway = code, reason, byGateway
+	t.mu.Unlock()
+	t.armForce()
+	t.kick()
+}
+
+// armForce starts the close timeout (once): when it runs out, the client
+// connection is closed, which ends every read and write on it.
+func (t *tunnel) armForce() {
+	t.mu.Lock()
+	if t.force == nil {
+		t.force = time.AfterFunc(wsframe.CloseTimeout, func() { _ = t.client.Close() })
+	}
+	t.mu.Unlock()
+}
+
+// kick wakes the writer for pending control work.
+func (t *tunnel) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop is the only writer to the client: data frames from
+// serviceToClient, then pending pongs, pings and the close frame. It
+// returns after the close frame, on a write error, or when nothing more
+// is read from the client.
+func (t *tunnel) writeLoop() {
+	defer close(t.writerDone)
+	for {
+		last := false
+		select {
+		case f := <-t.out:
+			if err := t.writeData(f); err != nil {
+				t.writeFailed()
+				return
+			}
+		case <-t.wake:
+		case <-t.readDone:
+			last = true
 		}
-	} else {
-		b = append(b, payload...)
+		closed, err := t.writeControl()
+		if err != nil {
+			t.writeFailed()
+			return
+		}
+		if closed || last {
+			return
+		}
 	}
-	b[1] = byte(len(b) - 2)
-	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
-	_, _ = t.client.Write(b)
-	if op != opClose {
-		_ = t.client.SetWriteDeadline(time.Time{})
+}
+
+// writeData frames f's payload as one binary message and writes it with
+// the header in the room in front: one write, no copy.
+func (t *tunnel) writeData(f outFrame) error {
+	buf := *f.bp
+	start := wsframe.PutHeader(buf, wsframe.OpBinary, f.n)
+	_, err := t.client.Write(buf[start : wsframe.HeaderRoom+f.n])
+	t.s.bufPool.Put(f.bp)
+	if err != nil {
+		return err
 	}
+	now := time.Now().UnixNano()
+	t.down.Add(int64(f.n))
+	t.lastActive.Store(now)
+	t.lastAlive.Store(now) // the client is taking what we send
+	t.s.metrics.bytesOut.Add(float64(f.n))
+	if t.trace {
+		t.log.Trace().Int("bytes", f.n).Msg("service → client")
+	}
+	return nil
+}
+
+// writeControl writes the pending pong, ping and close frame in one
+// write, and reports whether the close frame went out.
+func (t *tunnel) writeControl() (closed bool, err error) {
+	b := t.ctrlBuf[:0]
+	t.mu.Lock()
+	if t.pongDue {
+		b = wsframe.AppendControl(b, wsframe.OpPong, t.pong[:t.pongN])
+		t.pongDue = false
+	}
+	if t.pingDue {
+		b = wsframe.AppendControl(b, wsframe.OpPing, nil)
+		t.pingDue = false
+	}
+	if t.closeDue {
+		b = wsframe.AppendClose(b, t.closeCode, t.closeReason)
+		closed = true
+	}
+	t.mu.Unlock()
+	if len(b) == 0 {
+		return false, nil
+	}
+	_, err = t.client.Write(b)
+	return closed, err
+}
+
+// writeFailed: the client cannot be written to; it is gone.
+func (t *tunnel) writeFailed() {
+	if t.initiated.CompareAndSwap(false, true) {
+		t.mu.Lock()
+		t.clientCode = wsframe.CloseAbnormal
+		t.mu.Unlock()
+	}
+	_ = t.conn.Close()
+	_ = t.client.Close()
 }
 
 // peek is the RawConn callback that reports whether a socket has data
@@ -234,10 +353,15 @@ func (t *tunnel) waitReadable(rc syscall.RawConn, probe func(uintptr) bool, errp
 	return *errp
 }
 
-// data is the frameHandler callback: payload for the service.
-func (t *tunnel) data(p []byte) error {
+// Data is the wsframe.Handler callback: payload for the service. Once
+// the tunnel is ending, what the service cannot take is dropped, so the
+// client's close frame is still read.
+func (t *tunnel) Data(p []byte) error {
 	_, err := t.conn.Write(p)
 	if err != nil {
+		if t.initiated.Load() {
+			return nil
+		}
 		return err
 	}
 	t.lastActive.Store(time.Now().UnixNano())
@@ -249,32 +373,40 @@ func (t *tunnel) data(p []byte) error {
 // errClientClosed ends the client-to-service loop after a close frame.
 var errClientClosed = errors.New("client sent close")
 
-// control is the frameHandler callback for pings, pongs and close.
-func (t *tunnel) control(op byte, payload []byte) error {
+// closeError is a client close frame that breaks RFC 6455: answered with
+// 1002.
+type closeError struct{ err error }
+
+func (e *closeError) Error() string { return e.err.Error() }
+func (e *closeError) Unwrap() error { return e.err }
+
+// Control is the wsframe.Handler callback for pings, pongs and close.
+func (t *tunnel) Control(op byte, payload []byte) error {
 	switch op {
-	case opPing:
-		t.writeControl(opPong, 0, "", payload)
-	case opPong:
-		t.lastPong.Store(time.Now().UnixNano())
-	case opClose:
-		code := websocket.CloseNoStatusReceived
-		if len(payload) >= 2 {
-			code = int(binary.BigEndian.Uint16(payload))
-			if !utf8.Valid(payload[2:]) {
-				code = websocket.CloseProtocolError
-			}
-		} else if len(payload) == 1 {
-			code = websocket.CloseProtocolError
+	case wsframe.OpPing:
+		t.mu.Lock()
+		t.pongN = copy(t.pong[:], payload)
+		t.pongDue = true
+		t.mu.Unlock()
+		t.kick()
+	case wsframe.OpPong:
+		t.lastAlive.Store(time.Now().UnixNano())
+	case wsframe.OpClose:
+		code, _, err := wsframe.ParseClose(payload)
+		if err != nil {
+			t.mu.Lock()
+			t.clientCode = wsframe.CloseProtocolError
+			t.mu.Unlock()
+			return &closeError{err}
 		}
 		t.mu.Lock()
 		t.clientCode = code
 		t.mu.Unlock()
 		// Echo the close (RFC 6455 §5.5.1) unless ours went first.
-		echo := code
-		if code == websocket.CloseNoStatusReceived {
-			echo = 0
+		if t.initiated.CompareAndSwap(false, true) {
+			t.requestClose(code, "", false)
+			t.halfCloseService()
 		}
-		t.writeControl(opClose, echo, "", nil)
 		return errClientClosed
 	}
 	return nil
@@ -282,11 +414,13 @@ func (t *tunnel) control(op byte, payload []byte) error {
 
 func (t *tunnel) clientToService() {
 	var err error
+	var bp *[]byte
+	var rest []byte // what the parser left of the last read after an error
 	for {
 		if err = t.waitReadable(t.clientRaw, t.clientPeek, &t.clientPeekErr); err != nil {
 			break
 		}
-		bp := t.s.bufPool.Get().(*[]byte)
+		bp = t.s.bufPool.Get().(*[]byte)
 		buf := *bp
 		for {
 			var n int
@@ -295,8 +429,9 @@ func (t *tunnel) clientToService() {
 				if t.trace {
 					t.log.Trace().Int("bytes", n).Msg("client → service")
 				}
-				if ferr := t.parser.feed(buf[:n], t); ferr != nil {
+				if ferr := t.parser.Feed(buf[:n], t); ferr != nil {
 					err = ferr
+					rest = buf[n-t.parser.Unconsumed() : n]
 					break
 				}
 			}
@@ -306,45 +441,106 @@ func (t *tunnel) clientToService() {
 				break
 			}
 		}
-		t.s.bufPool.Put(bp)
 		if err != nil {
 			break
 		}
+		t.s.bufPool.Put(bp)
+		bp = nil
 	}
+	var ce *closeError
 	switch {
 	case errors.Is(err, errClientClosed):
-		// The client closed: finish what we sent to the service, then let
-		// the other direction drain briefly.
+		// The client closed (or answered our close): nothing more comes.
+	case errors.As(err, &ce):
+		// A close frame that breaks the protocol: 1002; the client sends
+		// nothing after its close frame.
 		if t.initiated.CompareAndSwap(false, true) {
-			t.halfCloseService()
-		}
-	case errors.Is(err, errProtocol):
-		if t.initiated.CompareAndSwap(false, true) {
-			t.sendClose(websocket.CloseProtocolError, t.parser.reason)
+			t.requestClose(wsframe.CloseProtocolError, ce.err.Error(), true)
 			_ = t.conn.Close()
 		}
-	case errors.Is(err, errTooBig):
+		t.drain(bp, nil)
+	case errors.Is(err, wsframe.ErrProtocol):
+		if t.initiated.CompareAndSwap(false, true) {
+			t.requestClose(wsframe.CloseProtocolError, t.parser.Reason(), true)
+			_ = t.conn.Close()
+		}
+		t.drain(bp, nil)
+	case errors.Is(err, wsframe.ErrTooBig):
 		if t.initiated.CompareAndSwap(false, true) {
 			t.s.metrics.limited.WithLabelValues("message_size").Inc()
-			t.sendClose(websocket.CloseMessageTooBig, t.parser.reason)
+			t.requestClose(wsframe.CloseTooBig, t.parser.Reason(), true)
 			_ = t.conn.Close()
 		}
+		// The parser is still in step: look for the client's close.
+		t.drain(bp, rest)
 	default:
 		var ne net.Error
 		isWrite := !errors.Is(err, io.EOF) && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, net.ErrClosed)
 		if t.initiated.CompareAndSwap(false, true) {
 			if isWrite && !isReadErr(err) {
-				t.sendClose(websocket.CloseInternalServerErr, "service connection lost")
+				t.requestClose(wsframe.CloseInternalError, "service connection lost", true)
 				_ = t.conn.Close()
+				t.drain(bp, rest)
 			} else {
 				// The client vanished without a close frame.
 				t.mu.Lock()
-				t.clientCode = websocket.CloseAbnormalClosure
+				t.clientCode = wsframe.CloseAbnormal
 				t.mu.Unlock()
 				t.halfCloseService()
 			}
 		}
 	}
+	if bp != nil {
+		t.s.bufPool.Put(bp)
+	}
+}
+
+// drain reads and discards what the client sends after the gateway's
+// close frame, so the client gets that frame rather than a reset. With
+// rest (what the parser left of the last read, the parser still in step
+// with the stream) it parses on until the client's close frame; without,
+// it reads until the client's end. The close timeout, armed here, closes
+// the connection if neither comes. bp is a buffer to read into (nil:
+// take one).
+func (t *tunnel) drain(bp *[]byte, rest []byte) {
+	t.armForce()
+	parse := rest != nil
+	t.parser.Limit = 0
+	var sink closeSink
+	feed := func(p []byte) bool {
+		if parse && len(p) > 0 {
+			if t.parser.Feed(p, &sink) != nil {
+				parse = false
+			}
+		}
+		return sink.closed
+	}
+	if feed(rest) {
+		return
+	}
+	if bp == nil {
+		bp = t.s.bufPool.Get().(*[]byte)
+		defer t.s.bufPool.Put(bp)
+	}
+	buf := *bp
+	for {
+		n, err := t.client.Read(buf)
+		if feed(buf[:n]) || err != nil {
+			return
+		}
+	}
+}
+
+// closeSink discards data and notes a close frame.
+type closeSink struct{ closed bool }
+
+func (c *closeSink) Data([]byte) error { return nil }
+func (c *closeSink) Control(op byte, _ []byte) error {
+	if op == wsframe.OpClose {
+		c.closed = true
+		return errClientClosed
+	}
+	return nil
 }
 
 // isReadErr reports whether err came from a read (a net.OpError with Op
@@ -359,113 +555,91 @@ func isReadErr(err error) bool {
 	return true
 }
 
+// halfCloseService ends what the client sent to the service with a FIN
+// and gives the service the close timeout to finish.
 func (t *tunnel) halfCloseService() {
 	if cw, ok := t.conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
-		_ = t.conn.SetReadDeadline(time.Now().Add(closeWait))
+		_ = t.conn.SetReadDeadline(time.Now().Add(wsframe.CloseTimeout))
 	} else {
 		_ = t.conn.Close()
 	}
 }
 
+var errCloseSent = errors.New("close frame already sent")
+
 func (t *tunnel) serviceToClient() {
 	var err error
-	for {
-		if err = t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
-			break
-		}
-		bp := t.s.bufPool.Get().(*[]byte)
-		buf := *bp
-		for {
-			var n int
-			n, err = t.conn.Read(buf[headerRoom:])
-			if n > 0 {
-				if werr := t.writeData(buf, n); werr != nil {
-					err = werr
-					break
-				}
-			}
-			if err != nil || n < len(buf)-headerRoom || t.connRaw == nil {
+	more := false
+	for err == nil {
+		// A full buffer means more may be waiting; otherwise wait without
+		// a buffer while the service is quiet.
+		if !more {
+			if err = t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
 				break
 			}
 		}
-		t.s.bufPool.Put(bp)
-		if err != nil {
-			break
+		bp := t.s.bufPool.Get().(*[]byte)
+		buf := *bp
+		var n int
+		n, err = t.conn.Read(buf[wsframe.HeaderRoom:])
+		more = n == len(buf)-wsframe.HeaderRoom && t.connRaw != nil
+		if n == 0 {
+			t.s.bufPool.Put(bp)
+			continue
 		}
-	}
-	if errors.Is(err, errCloseSent) {
-		return
+		select {
+		case t.out <- outFrame{bp: bp, n: n}:
+		case <-t.writerDone:
+			t.s.bufPool.Put(bp)
+			return
+		}
 	}
 	if t.initiated.CompareAndSwap(false, true) {
 		if t.exitReason != nil && (errors.Is(err, io.EOF) || isReadErr(err)) {
 			// The service's connection ended: did the service crash?
 			if reason := t.exitReason(300 * time.Millisecond); reason != "" {
 				t.s.metrics.failures.WithLabelValues("service_exited").Inc()
-				t.sendClose(websocket.CloseInternalServerErr, reason)
+				t.requestClose(wsframe.CloseInternalError, reason, true)
 				return
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			t.sendClose(websocket.CloseNormalClosure, "Target closed")
-		} else if isReadErr(err) {
-			t.sendClose(websocket.CloseInternalServerErr, "service connection error")
+			t.requestClose(wsframe.CloseNormal, "Target closed", true)
 		} else {
-			// Writing to the client failed: it is gone.
-			_ = t.conn.Close()
-			_ = t.client.Close()
+			t.requestClose(wsframe.CloseInternalError, "service connection error", true)
 		}
 	}
 }
 
-var errCloseSent = errors.New("close frame already sent")
-
-// writeData frames buf[headerRoom:headerRoom+n] as one binary message and
-// writes it with the header in the room in front: one write, no copy.
-func (t *tunnel) writeData(buf []byte, n int) error {
-	start := putHeader(buf, opBinary, n)
-	t.writeMu.Lock()
-	if t.closeSent {
-		t.writeMu.Unlock()
-		return errCloseSent
-	}
-	_, err := t.client.Write(buf[start : headerRoom+n])
-	t.writeMu.Unlock()
-	if err != nil {
-		return err
-	}
-	t.down.Add(int64(n))
-	t.lastActive.Store(time.Now().UnixNano())
-	t.s.metrics.bytesOut.Add(float64(n))
-	if t.trace {
-		t.log.Trace().Int("bytes", n).Msg("service → client")
-	}
-	return nil
-}
-
-// checkPolicy ends the tunnel when it has been idle or open too long, or
-// its client stopped answering pings; otherwise it sends a ping when
-// heartbeats are on. The server calls it about once a second.
+// checkPolicy ends the tunnel when it has been idle or open too long
+// (1008), or its client neither read nor answered pings for two
+// heartbeats (1001); otherwise it asks for a ping when heartbeats are on.
+// It never blocks: the server calls it for every tunnel about once a
+// second.
 func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) {
 	if t.initiated.Load() {
 		return
 	}
 	var reason string
+	code := wsframe.ClosePolicy
 	idle := now.Sub(time.Unix(0, t.lastActive.Load()))
 	switch {
 	case t.maxDuration > 0 && now.Sub(t.opened) >= t.maxDuration:
 		reason = fmt.Sprintf("the session reached its maximum duration of %s", t.maxDuration)
 	case t.idleTimeout > 0 && idle >= t.idleTimeout:
 		reason = fmt.Sprintf("the session was idle (no data either way) for %s", t.idleTimeout.Round(time.Second))
-	case heartbeat > 0 && now.Sub(time.Unix(0, t.lastPong.Load())) > 2*heartbeat+time.Second:
-		reason = fmt.Sprintf("the browser did not answer pings for %s", (2 * heartbeat).Round(time.Second))
+	case heartbeat > 0 && now.Sub(time.Unix(0, t.lastAlive.Load())) > 2*heartbeat+time.Second:
+		code = wsframe.CloseGoingAway
+		reason = fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * heartbeat).Round(time.Second))
 	}
 	if reason != "" {
 		if t.onPolicy != nil {
 			t.onPolicy(reason)
 		}
 		t.s.metrics.limited.WithLabelValues("policy").Inc()
-		t.closeWith(websocket.CloseNormalClosure, reason)
+		t.log.Info().Int("close_code", code).Str("close_reason", reason).Msg("tunnel ended by policy")
+		t.closeWith(code, reason)
 		return
 	}
 	if ping {
@@ -473,21 +647,10 @@ func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) 
 	}
 }
 
-// tryPing sends a ping unless a data write holds the connection: a
-// client that stops reading must not stall the caller (the server's
-// once-a-second sweep). Such a client answers no pings and is dropped by
-// the heartbeat.
+// tryPing asks the writer for a ping; it never waits.
 func (t *tunnel) tryPing() {
-	if !t.writeMu.TryLock() {
-		return
-	}
-	defer t.writeMu.Unlock()
-	if t.closeSent {
-		return
-	}
-	b := t.ctrlOut[:2]
-	b[0], b[1] = 0x80|opPing, 0
-	_ = t.client.SetWriteDeadline(time.Now().Add(closeWait))
-	_, _ = t.client.Write(b)
-	_ = t.client.SetWriteDeadline(time.Time{})
+	t.mu.Lock()
+	t.pingDue = true
+	t.mu.Unlock()
+	t.kick()
 }

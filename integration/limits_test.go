@@ -98,7 +98,7 @@ func TestIdleTimeoutAndMaxDuration(t *testing.T) {
 	tok := g.reserve(t, "Idle", "")["token"].(string)
 	ws, h := connectToken(t, g, tok)
 	_, ce, err := readUntilClose(ws, 15*time.Second)
-	if err != nil || ce.Code != 1000 || !strings.Contains(ce.Text, "idle") {
+	if err != nil || ce.Code != websocket.ClosePolicyViolation || !strings.Contains(ce.Text, "idle") {
 		t.Fatalf("idle close: %v %v", ce, err)
 	}
 	// Ended by policy: no reconnect grace, the service stops.
@@ -119,7 +119,7 @@ func TestIdleTimeoutAndMaxDuration(t *testing.T) {
 		}
 	}()
 	_, ce, err = readUntilClose(ws, 15*time.Second)
-	if err != nil || !strings.Contains(ce.Text, "maximum duration") {
+	if err != nil || ce.Code != websocket.ClosePolicyViolation || !strings.Contains(ce.Text, "maximum duration") {
 		t.Fatalf("max_duration close: %v %v", ce, err)
 	}
 	<-done

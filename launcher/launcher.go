@@ -30,6 +30,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
+
+	"wsgateway/wsframe"
 )
 
 // Launcher runs sessions of the applications of one launcher config.
@@ -53,6 +55,7 @@ type Launcher struct {
 	sessions map[string]*session
 	seq      uint64
 	tunnels  int
+	host     wsframe.Host // the gateway's tunnel rules (proxy.go), or nil
 	closing  bool
 	work     sync.WaitGroup // requests in flight and session watchers
 

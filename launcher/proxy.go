@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,19 +18,31 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/internal/origin"
+	"wsgateway/wsframe"
 )
 
 // Bounds of the websocket passthrough.
 const (
 	copyBuf              = 32 << 10
 	maxMessage           = 64 << 20 // one message, either way
-	closeWait            = 3 * time.Second
-	writeWait            = 60 * time.Second // one message to a slow peer
 	controlWait          = 5 * time.Second
 	dialTimeout          = 10 * time.Second
 	maxTunnels           = 4096
 	maxTunnelsPerSession = 256
 )
+
+// heartbeatPayload marks the gateway's own pings to the client, whose
+// pongs are not forwarded to the session.
+const heartbeatPayload = "wsgateway-heartbeat"
+
+// SetTunnelHost puts the /proxy tunnels under the gateway's rules
+// (--max_tunnels, --heartbeat, --max_message_bytes, /v1/status and
+// /metrics). Without a host they follow the launcher's own bounds only.
+func (l *Launcher) SetTunnelHost(h wsframe.Host) {
+	l.mu.Lock()
+	l.host = h
+	l.mu.Unlock()
+}
 
 // handleProxy is GET /proxy?sessionId=<id>&path=<p>: the websocket is
 // forwarded to ws://<host>:<port>/<p> of the session (p defaults to "ws",
@@ -71,6 +84,7 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	}
 
 	l.mu.Lock()
+	host := l.host
 	if l.tunnels >= maxTunnels || len(s.tunnels) >= maxTunnelsPerSession {
 		l.mu.Unlock()
 		return errorf(http.StatusServiceUnavailable, "too many websockets open; close some and retry")
@@ -82,6 +96,15 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 		l.tunnels--
 		l.mu.Unlock()
 	}()
+	var limits wsframe.Limits
+	if host != nil {
+		release, err := host.Admit("proxy")
+		if err != nil {
+			return errorf(http.StatusServiceUnavailable, "%v", err)
+		}
+		defer release()
+		limits = host.Limits()
+	}
 
 	d := l.dialer
 	d.Subprotocols = websocket.Subprotocols(r)
@@ -109,8 +132,8 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 		back.Close()
 		return nil // the upgrader has answered
 	}
-	t := &tunnel{l: l, client: client, back: back, opened: time.Now(), done: make(chan struct{}),
-		log: l.log.With().Str("session", id).Str("remote", r.RemoteAddr).Str("target", target).Logger()}
+	t := newTunnel(l, client, back, limits,
+		l.log.With().Str("session", id).Str("remote", r.RemoteAddr).Str("target", target).Logger())
 	l.mu.Lock()
 	gone := s.gone
 	if !gone {
@@ -118,10 +141,17 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	}
 	l.mu.Unlock()
 	if gone {
-		t.shutdown(websocket.CloseGoingAway, "session ended")
+		t.Close(websocket.CloseGoingAway, "session ended")
+	}
+	var done func(in, out int64)
+	if host != nil {
+		done = host.Register(t)
 	}
 	t.log.Info().Str("subprotocol", back.Subprotocol()).Msg("proxy open")
 	t.run()
+	if done != nil {
+		done(t.Bytes())
+	}
 	l.mu.Lock()
 	delete(s.tunnels, t)
 	l.mu.Unlock()
@@ -147,112 +177,112 @@ func (l *Launcher) originAllowed(r *http.Request) bool {
 }
 
 // tunnel joins a client websocket to the session's websocket. Each socket
-// has one reader (its pump) and one writer (the other socket's pump);
-// pings, pongs and close frames are forwarded with WriteControl, which may
-// run beside them.
+// has one reader (its pump, which also runs gorilla's control-frame
+// handlers) and one writer (a sender goroutine): data, pings, pongs and
+// the close frame reach a socket only through its sender. Closing is a
+// request to the sender; one that cannot be delivered within
+// wsframe.CloseTimeout ends in closing the connection.
 type tunnel struct {
 	l      *Launcher
-	client *websocket.Conn
-	back   *websocket.Conn
+	client *sender
+	back   *sender
 	log    zerolog.Logger
 	opened time.Time
 	done   chan struct{}
+	limits wsframe.Limits
 
-	up, down                 atomic.Int64 // payload bytes client → session, session → client
-	clientClosed, backClosed atomic.Bool  // a close frame was sent to that side
+	up, down atomic.Int64 // payload bytes client → session, session → client
+	lastPong atomic.Int64 // unix nanoseconds of the client's last pong (or open)
 
+	ended      atomic.Bool // the heartbeat or a limit ended it
 	mu         sync.Mutex
 	clientCode int // close code the client sent, 0 if none
 	backCode   int // close code the session sent, 0 if none
 }
 
+var _ wsframe.Tunnel = (*tunnel)(nil)
+
+func newTunnel(l *Launcher, client, back *websocket.Conn, limits wsframe.Limits, log zerolog.Logger) *tunnel {
+	t := &tunnel{l: l, log: log, opened: time.Now(), done: make(chan struct{}), limits: limits}
+	t.client = newSender(client, l)
+	t.back = newSender(back, l)
+	t.lastPong.Store(t.opened.UnixNano())
+	return t
+}
+
 func (t *tunnel) run() {
-	for _, c := range []*websocket.Conn{t.client, t.back} {
-		c.SetReadLimit(maxMessage)
-	}
-	t.client.SetPingHandler(func(d string) error { t.control(t.back, websocket.PingMessage, d); return nil })
-	t.client.SetPongHandler(func(d string) error { t.control(t.back, websocket.PongMessage, d); return nil })
-	t.back.SetPingHandler(func(d string) error { t.control(t.client, websocket.PingMessage, d); return nil })
-	t.back.SetPongHandler(func(d string) error { t.control(t.client, websocket.PongMessage, d); return nil })
+	// Control frames: gorilla calls these from the reading pump; they
+	// only queue work for the other side's sender.
+	t.client.c.SetPingHandler(func(d string) error { t.back.control(websocket.PingMessage, d); return nil })
+	t.client.c.SetPongHandler(func(d string) error {
+		t.lastPong.Store(time.Now().UnixNano())
+		if d != heartbeatPayload {
+			t.back.control(websocket.PongMessage, d)
+		}
+		return nil
+	})
+	t.back.c.SetPingHandler(func(d string) error { t.client.control(websocket.PingMessage, d); return nil })
+	t.back.c.SetPongHandler(func(d string) error { t.client.control(websocket.PongMessage, d); return nil })
 	// A close frame is not answered here but forwarded; the other side's
 	// answer, forwarded back, completes the handshake.
-	t.client.SetCloseHandler(func(code int, text string) error {
+	t.client.c.SetCloseHandler(func(code int, text string) error {
 		t.mu.Lock()
 		t.clientCode = code
 		t.mu.Unlock()
-		t.sendClose(t.back, &t.backClosed, code, text)
+		t.back.close(code, text)
 		return nil
 	})
-	t.back.SetCloseHandler(func(code int, text string) error {
+	t.back.c.SetCloseHandler(func(code int, text string) error {
 		t.mu.Lock()
 		t.backCode = code
 		t.mu.Unlock()
-		t.sendClose(t.client, &t.clientClosed, code, text)
+		t.client.close(code, text)
 		return nil
 	})
-	var wg sync.WaitGroup
-	wg.Add(2)
+	clientLimit, backLimit := int64(maxMessage), int64(maxMessage)
+	if m := t.limits.MaxMessageBytes; m > 0 && m < clientLimit {
+		clientLimit = m
+	}
+	stop := make(chan struct{})
+	var senders, pumps sync.WaitGroup
+	senders.Add(2)
 	go func() {
-		defer wg.Done()
-		t.pump(t.client, t.back, &t.clientClosed, &t.backClosed, &t.up, "client", "session")
+		defer senders.Done()
+		t.client.loop(stop, func() { t.back.close(websocket.CloseGoingAway, "client went away") })
 	}()
 	go func() {
-		defer wg.Done()
-		t.pump(t.back, t.client, &t.backClosed, &t.clientClosed, &t.down, "session", "client")
+		defer senders.Done()
+		t.back.loop(stop, func() { t.client.close(websocket.CloseGoingAway, "session went away") })
 	}()
-	wg.Wait()
-	t.client.Close()
-	t.back.Close()
+	pumps.Add(2)
+	go func() {
+		defer pumps.Done()
+		t.pump(t.client, t.back, clientLimit, &t.up, "client")
+	}()
+	go func() {
+		defer pumps.Done()
+		t.pump(t.back, t.client, backLimit, &t.down, "session")
+	}()
+	pumps.Wait()
+	close(stop)
+	senders.Wait()
+	t.client.finish()
+	t.back.finish()
 	close(t.done)
 	t.mu.Lock()
 	cc, bc := t.clientCode, t.backCode
 	t.mu.Unlock()
 	t.log.Info().Int64("bytes_in", t.up.Load()).Int64("bytes_out", t.down.Load()).
 		Int("client_close_code", cc).Int("session_close_code", bc).
-		Dur("duration", time.Since(t.opened)).Msg("proxy closed")
+		Int64("duration_ms", time.Since(t.opened).Milliseconds()).Msg("proxy closed")
 }
 
-// control forwards a ping or pong; a failure shows up in the pumps.
-func (t *tunnel) control(dst *websocket.Conn, mt int, data string) {
-	_ = dst.WriteControl(mt, []byte(data), time.Now().Add(controlWait))
-}
-
-// sendClose sends one close frame to c (once per side) and stops waiting
-// for c's answer after closeWait.
-func (t *tunnel) sendClose(c *websocket.Conn, sent *atomic.Bool, code int, reason string) {
-	if !sent.CompareAndSwap(false, true) {
-		return
-	}
-	if len(reason) > 123 {
-		reason = reason[:123]
-	}
-	var msg []byte
-	if code == websocket.CloseNoStatusReceived {
-		msg = []byte{} // the peer sent a close frame without a code
-	} else {
-		msg = websocket.FormatCloseMessage(code, reason)
-	}
-	_ = c.WriteControl(websocket.CloseMessage, msg, time.Now().Add(controlWait))
-	_ = c.SetReadDeadline(time.Now().Add(closeWait))
-	// A message still being written to c must not hold the close up.
-	_ = c.SetWriteDeadline(time.Now().Add(closeWait))
-}
-
-// shutdown closes both sides with code and reason (a stopped session, a
-// launcher shutting down).
-func (t *tunnel) shutdown(code int, reason string) {
-	t.sendClose(t.client, &t.clientClosed, code, reason)
-	t.sendClose(t.back, &t.backClosed, code, reason)
-}
-
-// pump copies messages from src to dst, keeping their type and content,
-// until src sends a close frame or fails.
-func (t *tunnel) pump(src, dst *websocket.Conn, srcClosed, dstClosed *atomic.Bool, count *atomic.Int64, srcName, dstName string) {
-	bp := t.l.bufPool.Get().(*[]byte)
-	defer t.l.bufPool.Put(bp)
-	buf := *bp
+// pump copies messages from src to dst's sender, keeping their type and
+// content, until src sends a close frame or fails. A message over limit
+// closes src with 1009.
+func (t *tunnel) pump(src, dst *sender, limit int64, count *atomic.Int64, srcName string) {
 	for {
-		mt, rd, err := src.NextReader()
+		mt, rd, err := src.c.NextReader()
 		if err != nil {
 			var ce *websocket.CloseError
 			if errors.As(err, &ce) {
@@ -260,67 +290,262 @@ func (t *tunnel) pump(src, dst *websocket.Conn, srcClosed, dstClosed *atomic.Boo
 				// answer dst sends back.
 				return
 			}
-			if errors.Is(err, websocket.ErrReadLimit) {
-				t.sendClose(dst, dstClosed, websocket.CloseGoingAway, srcName+" sent a message over the proxy's limit")
-			} else {
-				t.sendClose(dst, dstClosed, websocket.CloseGoingAway, srcName+" went away")
-			}
-			if !srcClosed.Load() {
-				// src is broken: nobody will answer a close on it.
-				srcClosed.Store(true)
-				_ = src.Close()
-			}
+			// src is broken: nobody will answer a close on it.
+			dst.close(websocket.CloseGoingAway, srcName+" went away")
+			src.abort()
 			return
 		}
-		if dstClosed.Load() {
-			// dst is closing: what src still sends has nowhere to go.
-			_, _ = io.Copy(io.Discard, rd)
-			continue
-		}
-		_ = dst.SetWriteDeadline(time.Now().Add(writeWait))
-		wr, err := dst.NextWriter(mt)
-		if err != nil {
-			t.writeFailed(src, dst, srcClosed, dstClosed, dstName)
-			_, _ = io.Copy(io.Discard, rd)
-			continue
-		}
-		var n int64
-		var readErr, writeErr error
+		var size int64
+		first := true
 		for {
-			k, rerr := rd.Read(buf)
-			if k > 0 {
-				if _, werr := wr.Write(buf[:k]); werr != nil {
-					writeErr = werr
-					break
-				}
-				n += int64(k)
+			bp := t.l.bufPool.Get().(*[]byte)
+			n, rerr := io.ReadFull(rd, *bp)
+			size += int64(n)
+			if size > limit {
+				t.l.bufPool.Put(bp)
+				reason := fmt.Sprintf("message larger than the limit of %d bytes", limit)
+				src.close(websocket.CloseMessageTooBig, reason)
+				dst.close(websocket.CloseGoingAway, srcName+" sent a message over the limit")
+				t.drain(src)
+				return
 			}
-			if rerr == io.EOF {
-				break
+			// The end of the message; any other error cuts it short, and
+			// the next NextReader reports why.
+			end := errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF)
+			if !dst.send(chunk{mt: mt, bp: bp, n: n, first: first, last: end}) {
+				t.l.bufPool.Put(bp)
 			}
+			count.Add(int64(n))
+			first = false
 			if rerr != nil {
-				readErr = rerr
 				break
-			}
-		}
-		count.Add(n)
-		switch {
-		case writeErr != nil:
-			t.writeFailed(src, dst, srcClosed, dstClosed, dstName)
-		case readErr != nil:
-			// The message is cut short: leave it unfinished; the next
-			// NextReader reports why and closes dst.
-		default:
-			if err := wr.Close(); err != nil {
-				t.writeFailed(src, dst, srcClosed, dstClosed, dstName)
 			}
 		}
 	}
 }
 
-// writeFailed: dst cannot take more; tell src, and let the pumps end.
-func (t *tunnel) writeFailed(src, dst *websocket.Conn, srcClosed, dstClosed *atomic.Bool, dstName string) {
-	dstClosed.Store(true)
-	_ = dst.Close()
-	t.sendClose(src, srcClosed, websocket.CloseGoingAway, dstName+" went away")
+// drain reads src until its close frame answers ours, its end, or the
+// close timeout.
+func (t *tunnel) drain(src *sender) {
+	for {
+		if _, _, err := src.c.NextReader(); err != nil {
+			return
+		}
+	}
+}
+
+// Check applies the gateway's heartbeat: a client that neither answered
+// a ping nor took data for two periods is closed with 1001. It never
+// blocks.
+func (t *tunnel) Check(now time.Time, ping bool) {
+	hb := t.limits.Heartbeat
+	if hb <= 0 || t.ended.Load() {
+		return
+	}
+	alive := max(t.lastPong.Load(), t.client.progress.Load())
+	if now.Sub(time.Unix(0, alive)) > 2*hb+time.Second {
+		reason := fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * hb).Round(time.Second))
+		t.log.Info().Int("close_code", websocket.CloseGoingAway).Str("close_reason", reason).Msg("proxy ended by policy")
+		t.Close(websocket.CloseGoingAway, reason)
+		return
+	}
+	if ping {
+		t.client.control(websocket.PingMessage, heartbeatPayload)
+	}
+}
+
+// Close closes both sides with code and reason (a stopped session, a
+// launcher or gateway shutting down, the heartbeat). It never blocks.
+func (t *tunnel) Close(code int, reason string) {
+	t.ended.Store(true)
+	t.client.close(code, reason)
+	t.back.close(code, reason)
+}
+
+// shutdown is Close, for the launcher's session bookkeeping.
+func (t *tunnel) shutdown(code int, reason string) { t.Close(code, reason) }
+
+// Bytes are the payload bytes so far, client to session and back.
+func (t *tunnel) Bytes() (in, out int64) { return t.up.Load(), t.down.Load() }
+
+// chunk is part of a message on its way to a sender: bp holds n bytes.
+type chunk struct {
+	mt          int
+	bp          *[]byte
+	n           int
+	first, last bool
+}
+
+// sender is the only writer of one websocket.
+type sender struct {
+	c        *websocket.Conn
+	l        *Launcher
+	data     chan chunk
+	wake     chan struct{}
+	done     chan struct{} // the sender returned
+	progress atomic.Int64  // unix nanoseconds of the last data written
+
+	mu          sync.Mutex
+	pings       []string // to send, oldest first (at most a few)
+	pongs       []string
+	closeDue    bool
+	closeCode   int
+	closeReason string
+	force       *time.Timer
+}
+
+func newSender(c *websocket.Conn, l *Launcher) *sender {
+	s := &sender{c: c, l: l, data: make(chan chunk), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s.progress.Store(time.Now().UnixNano())
+	return s
+}
+
+// send hands a chunk to the sender; false when the sender has ended
+// (the caller keeps the buffer).
+func (s *sender) send(c chunk) bool {
+	select {
+	case s.data <- c:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+func (s *sender) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// control queues a ping or a pong (a few at most: older ones are
+// dropped, as RFC 6455 §5.5.3 allows for pongs).
+func (s *sender) control(mt int, data string) {
+	s.mu.Lock()
+	if mt == websocket.PingMessage {
+		s.pings = append(s.pings[max(0, len(s.pings)-3):], data)
+	} else {
+		s.pongs = append(s.pongs[max(0, len(s.pongs)-3):], data)
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
+// close queues a close frame (once) and arms the close timeout. A code
+// that may not go on the wire is sent as none (1005 received) or 1011.
+func (s *sender) close(code int, reason string) {
+	s.mu.Lock()
+	if s.closeDue {
+		s.mu.Unlock()
+		return
+	}
+	s.closeDue, s.closeCode, s.closeReason = true, code, reason
+	if s.force == nil {
+		s.force = time.AfterFunc(wsframe.CloseTimeout, s.abort)
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
+// abort closes the connection: every read and write on it ends.
+func (s *sender) abort() { _ = s.c.NetConn().Close() }
+
+// loop writes what is handed and queued until the close frame is sent, a
+// write fails (then gone is called), or stop is closed.
+func (s *sender) loop(stop <-chan struct{}, gone func()) {
+	defer close(s.done)
+	var w io.WriteCloser
+	for {
+		select {
+		case c := <-s.data:
+			err := s.write(&w, c)
+			s.l.bufPool.Put(c.bp)
+			if err != nil {
+				s.abort()
+				gone()
+				return
+			}
+		case <-s.wake:
+		case <-stop:
+			return
+		}
+		closed, err := s.writeControl()
+		if err != nil {
+			s.abort()
+			gone()
+			return
+		}
+		if closed {
+			return
+		}
+	}
+}
+
+func (s *sender) write(w *io.WriteCloser, c chunk) error {
+	if c.first {
+		var err error
+		if *w, err = s.c.NextWriter(c.mt); err != nil {
+			return err
+		}
+	}
+	if *w == nil {
+		return nil
+	}
+	if c.n > 0 {
+		if _, err := (*w).Write((*c.bp)[:c.n]); err != nil {
+			return err
+		}
+	}
+	if c.last {
+		err := (*w).Close()
+		*w = nil
+		if err != nil {
+			return err
+		}
+	}
+	s.progress.Store(time.Now().UnixNano())
+	return nil
+}
+
+func (s *sender) writeControl() (closed bool, err error) {
+	s.mu.Lock()
+	pings, pongs := s.pings, s.pongs
+	s.pings, s.pongs = nil, nil
+	closeDue, code, reason := s.closeDue, s.closeCode, s.closeReason
+	s.mu.Unlock()
+	dl := time.Now().Add(controlWait)
+	for _, d := range pongs {
+		if err := s.c.WriteControl(websocket.PongMessage, []byte(d), dl); err != nil {
+			return false, err
+		}
+	}
+	for _, d := range pings {
+		if err := s.c.WriteControl(websocket.PingMessage, []byte(d), dl); err != nil {
+			return false, err
+		}
+	}
+	if !closeDue {
+		return false, nil
+	}
+	var msg []byte
+	switch {
+	case code == websocket.CloseNoStatusReceived || code == 0:
+		msg = []byte{} // the peer sent a close frame without a code
+	case !wsframe.ValidCloseCode(code):
+		msg = websocket.FormatCloseMessage(websocket.CloseInternalServerErr, wsframe.TruncateReason(reason, 123))
+	default:
+		msg = websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, 123))
+	}
+	return true, s.c.WriteControl(websocket.CloseMessage, msg, dl)
+}
+
+// finish closes the connection once the tunnel is over, and stops the
+// close timeout.
+func (s *sender) finish() {
+	s.mu.Lock()
+	if s.force != nil {
+		s.force.Stop()
+	}
+	s.mu.Unlock()
+	_ = s.c.Close()
 }

@@ -9,10 +9,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"wsgateway/wsframe"
 )
 
 // echoBackend is a real websocket server standing in for a session: it
@@ -56,6 +59,15 @@ func echoBackend(t *testing.T) (int, chan string) {
 				_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, f[2]), dl())
 			case mt == websocket.TextMessage && strings.HasPrefix(s, "ping "):
 				_ = c.WriteControl(websocket.PingMessage, []byte(strings.TrimPrefix(s, "ping ")), dl())
+			case mt == websocket.TextMessage && s == "flood":
+				// Writes until the connection ends.
+				chunk := make([]byte, 64<<10)
+				for {
+					_ = c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+					if c.WriteMessage(websocket.BinaryMessage, chunk) != nil {
+						return
+					}
+				}
 			default:
 				_ = c.WriteMessage(mt, p)
 			}
@@ -260,4 +272,162 @@ func TestBackendURL(t *testing.T) {
 	if _, err := backendURL("127.0.0.1", 9001, "x\r\nHost: evil"); err == nil {
 		t.Error("CRLF accepted")
 	}
+}
+
+// fakeHost is a wsframe.Host that records what the launcher asks of it.
+type fakeHost struct {
+	mu       sync.Mutex
+	capacity int
+	admitted int
+	limits   wsframe.Limits
+	open     map[wsframe.Tunnel]bool
+	ended    [][2]int64
+}
+
+func (h *fakeHost) Admit(kind string) (func(), error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if kind != "proxy" {
+		return nil, fmt.Errorf("kind %q", kind)
+	}
+	if h.admitted >= h.capacity {
+		return nil, errors.New("the gateway is serving its maximum of websockets")
+	}
+	h.admitted++
+	var once sync.Once
+	return func() { once.Do(func() { h.mu.Lock(); h.admitted--; h.mu.Unlock() }) }, nil
+}
+
+func (h *fakeHost) Limits() wsframe.Limits { return h.limits }
+
+func (h *fakeHost) Register(t wsframe.Tunnel) func(int64, int64) {
+	h.mu.Lock()
+	h.open[t] = true
+	h.mu.Unlock()
+	return func(in, out int64) {
+		h.mu.Lock()
+		delete(h.open, t)
+		h.ended = append(h.ended, [2]int64{in, out})
+		h.mu.Unlock()
+	}
+}
+
+// only returns the one registered tunnel.
+func (h *fakeHost) only(t *testing.T) wsframe.Tunnel {
+	t.Helper()
+	var tun wsframe.Tunnel
+	waitUntil(t, "one registered tunnel", 10*time.Second, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for x := range h.open {
+			tun = x
+		}
+		return len(h.open) == 1
+	})
+	return tun
+}
+
+func (h *fakeHost) state() (admitted, open, ended int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.admitted, len(h.open), len(h.ended)
+}
+
+func TestProxyUnderHost(t *testing.T) {
+	port, closes := echoBackend(t)
+	e := newEnv(t, map[string]any{
+		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{port, port}}},
+		"apps":      map[string]any{"hold": map[string]any{"cmd": []string{"sleep", "60"}}},
+	})
+	h := &fakeHost{capacity: 1, open: map[wsframe.Tunnel]bool{},
+		limits: wsframe.Limits{MaxMessageBytes: 100, Heartbeat: time.Second}}
+	e.l.SetTunnelHost(h)
+	id := e.launch("hold", "")["id"].(string)
+	url := "ws" + strings.TrimPrefix(e.srv.URL, "http") + "/proxy?sessionId=" + id + "&path=echo"
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+
+	c, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tun := h.only(t)
+	// The host's cap: a second proxy is refused before the upgrade.
+	if _, resp, err := d.Dial(url, nil); err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Errorf("over the host's cap: %v %v, want 503", err, resp)
+	}
+	// At the limit passes; one byte over is 1009 to the client, and the
+	// session is told the client went.
+	at := bytes.Repeat([]byte{7}, 100)
+	c.WriteMessage(websocket.BinaryMessage, at)
+	expectMsg(t, c, websocket.BinaryMessage, at)
+
+	// The heartbeat: a ping to the client, whose pong is not forwarded.
+	tun.Check(time.Now(), true)
+	c.WriteMessage(websocket.TextMessage, []byte("after-ping"))
+	expectMsg(t, c, websocket.TextMessage, []byte("after-ping"))
+	// Alive now; two periods and a second later without a pong or a
+	// read, dropped with 1001.
+	tun.Check(time.Now(), false)
+	c.WriteMessage(websocket.TextMessage, []byte("still"))
+	expectMsg(t, c, websocket.TextMessage, []byte("still"))
+	tun.Check(time.Now().Add(3*time.Second+100*time.Millisecond), false)
+	expectClose(t, c, websocket.CloseGoingAway, "")
+	expectBackendClose(t, closes, "1001 the browser did not answer pings nor read for 2s")
+	waitUntil(t, "the tunnel to end", 10*time.Second, func() bool { a, o, n := h.state(); return a == 0 && o == 0 && n == 1 })
+	h.mu.Lock()
+	if h.ended[0] != [2]int64{100 + 10 + 5, 100 + 10 + 5} {
+		t.Errorf("bytes counted %v", h.ended[0])
+	}
+	h.mu.Unlock()
+
+	c, _, err = d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h.only(t)
+	c.WriteMessage(websocket.BinaryMessage, append(at, 8))
+	expectClose(t, c, websocket.CloseMessageTooBig, "message larger than the limit of 100 bytes")
+	expectBackendClose(t, closes, "1001 client sent a message over the limit")
+	waitUntil(t, "the tunnel to end", 10*time.Second, func() bool { a, o, _ := h.state(); return a == 0 && o == 0 })
+}
+
+// TestProxyStalledClient: a client that stops reading while its session
+// floods it never blocks Close (the session's stop, the gateway's
+// sweep); its tunnel ends within the close timeout.
+func TestProxyStalledClient(t *testing.T) {
+	port, _ := echoBackend(t)
+	e := newEnv(t, map[string]any{
+		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{port, port}}},
+		"apps":      map[string]any{"hold": map[string]any{"cmd": []string{"sleep", "60"}}},
+	})
+	h := &fakeHost{capacity: 10, open: map[wsframe.Tunnel]bool{}}
+	e.l.SetTunnelHost(h)
+	id := e.launch("hold", "")["id"].(string)
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	c, _, err := d.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http")+"/proxy?sessionId="+id+"&path=echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tun := h.only(t)
+	c.WriteMessage(websocket.TextMessage, []byte("flood"))
+	// The client never reads: wait until the proxy's writes to it stall.
+	var last int64 = -1
+	waitUntil(t, "the writes to the client to stall", 30*time.Second, func() bool {
+		_, out := tun.Bytes()
+		stalled := out > 0 && out == last
+		last = out
+		if !stalled {
+			time.Sleep(200 * time.Millisecond) // a sampling period, not a wait for readiness
+		}
+		return stalled
+	})
+	start := time.Now()
+	tun.Close(websocket.CloseGoingAway, "gateway shutting down")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close took %s", d)
+	}
+	waitUntil(t, "the stalled tunnel to end", 20*time.Second, func() bool { _, o, n := h.state(); return o == 0 && n == 1 })
 }

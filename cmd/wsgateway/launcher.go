@@ -95,6 +95,14 @@ func hostCompatible(host, bind string) bool {
 	return loop(host) && loop(bind)
 }
 
+// bind puts the launcher's /proxy tunnels under the gateway's rules
+// (--max_tunnels, --heartbeat, --max_message_bytes, status and metrics).
+func (lr *launcherRun) bind(srv *gateway.Server) {
+	if lr != nil {
+		lr.l.SetTunnelHost(srv.TunnelHost())
+	}
+}
+
 func (lr *launcherRun) mountedOnHTTP() bool { return lr != nil && lr.mounted }
 
 // listen starts the launcher's own listener when it does not share the

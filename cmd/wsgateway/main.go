@@ -112,6 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	jr.gw.Bind(srv)
+	lr.bind(srv)
 
 	wsLn, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.WSPort)))
 	if err != nil {
