@@ -2,11 +2,12 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
 	"wsgateway/auth"
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
 	"wsgateway/reservation"
 )
 
@@ -21,11 +22,11 @@ func (s *Server) Reserve(ctx context.Context, id *auth.Identity, service string,
 		wait = maxWait
 	}
 	if len(opts) > maxOptions {
-		return reservation.Reservation{}, errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
+		return reservation.Reservation{}, httperr.Errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
 	}
 	for k, v := range opts {
 		if len(k) > maxOptionKeyLen || len(v) > maxOptionValueLen {
-			return reservation.Reservation{}, errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", truncate(k, 64), maxOptionKeyLen, maxOptionValueLen)
+			return reservation.Reservation{}, httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
 		}
 	}
 	return s.reserveAs(ctx, id, false, service, opts, wait)
@@ -42,13 +43,7 @@ func (s *Server) StatusFor(id *auth.Identity) Status { return s.status(id, false
 
 // HTTPStatus is the HTTP status the REST API answers err with (500 when
 // it has none).
-func HTTPStatus(err error) int {
-	var he *httpError
-	if errors.As(err, &he) {
-		return he.status
-	}
-	return http.StatusInternalServerError
-}
+func HTTPStatus(err error) int { return httperr.Status(err) }
 
 // publish hands an event to Config.Publish, when set.
 func (s *Server) publish(topic, owner string, data map[string]any) {

@@ -3,7 +3,6 @@ package gateway
 import (
 	"net/http/httptest"
 	"testing"
-	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 )
@@ -93,16 +92,6 @@ func TestAdminAndAuth(t *testing.T) {
 		}
 		if got := c.s.isAdmin(r); got != c.admin {
 			t.Errorf("%s: admin %v, want %v", c.name, got, c.admin)
-		}
-	}
-}
-
-func TestTruncateKeepsUTF8(t *testing.T) {
-	s := "ééééé" // 10 bytes
-	for n := 0; n <= 12; n++ {
-		got := truncate(s, n)
-		if len(got) > n || !utf8.ValidString(got) {
-			t.Errorf("truncate(%d) = %q", n, got)
 		}
 	}
 }

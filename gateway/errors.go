@@ -1,28 +1,12 @@
 package gateway
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
+
+	"wsgateway/internal/httperr"
 )
-
-// httpError is an error with the HTTP status it should be answered with.
-type httpError struct {
-	status int
-	msg    string
-	err    error
-}
-
-func (e *httpError) Error() string { return e.msg }
-func (e *httpError) Unwrap() error { return e.err }
-
-func errorf(status int, format string, args ...any) error {
-	err := fmt.Errorf(format, args...)
-	return &httpError{status: status, msg: err.Error(), err: errors.Unwrap(err)}
-}
 
 // handlerFunc is an HTTP handler that returns an error; serveJSONErr
 // renders it.
@@ -40,9 +24,9 @@ func (s *Server) handle(h handlerFunc) http.Handler {
 // {"error": "..."} with the error's status (500 when it has none).
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
-	var he *httpError
+	var he *httperr.Error
 	if errors.As(err, &he) {
-		status = he.status
+		status = he.Status
 	}
 	if status >= 500 {
 		s.log.Warn().Err(err).Str("path", redactPath(r.URL.Path)).Str("remote", r.RemoteAddr).Int("status", status).Msg("request failed")
@@ -52,24 +36,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, status, map[string]string{"error": err.Error()})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // served as application/json with nosniff
-	enc.SetIndent("", "  ")
-	b := buf.Bytes()
-	if err := enc.Encode(v); err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"error": "internal error encoding the response"}` + "\n")
-	} else {
-		b = buf.Bytes()
-	}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(b)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httperr.WriteJSON(w, status, v) }
 
 // redactPath keeps whole reservation tokens out of the log: the token in
 // /v1/release/<token> is cut to its first 8 characters.

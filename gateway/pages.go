@@ -7,6 +7,8 @@ import (
 	"path"
 	"strings"
 
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
 	"wsgateway/web"
 )
 
@@ -23,14 +25,14 @@ func (s *Server) pagesHandler() http.Handler {
 	files := http.FileServer(http.FS(noListFS{fsys}))
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return errorf(http.StatusMethodNotAllowed, "method %s not allowed for pages", r.Method)
+			return httperr.Errorf(http.StatusMethodNotAllowed, "method %s not allowed for pages", r.Method)
 		}
 		name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/")
 		if name == "" {
 			name = "index.html"
 		}
 		if _, err := fs.Stat(fsys, name); err != nil {
-			return errorf(http.StatusNotFound, "no such page: %s", truncate(r.URL.Path, 200))
+			return httperr.Errorf(http.StatusNotFound, "no such page: %s", text.Cut(r.URL.Path, 200))
 		}
 		h := w.Header()
 		h.Set("Cache-Control", "no-cache")
@@ -65,12 +67,12 @@ func (s *Server) novncHandler() http.Handler {
 	dir := s.cfg.NovncDirectory
 	if dir == "" {
 		return s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return errorf(http.StatusNotFound, "noVNC is not installed: run make deps (npm @novnc/novnc) or apt install novnc, or give --novnc_directory")
+			return httperr.Errorf(http.StatusNotFound, "noVNC is not installed: run make deps (npm @novnc/novnc) or apt install novnc, or give --novnc_directory")
 		})
 	}
 	if _, err := os.Stat(dir); err != nil {
 		return s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return errorf(http.StatusNotFound, "noVNC directory %s: %v", dir, err)
+			return httperr.Errorf(http.StatusNotFound, "noVNC directory %s: %v", dir, err)
 		})
 	}
 	return s.staticHandler(dir)

@@ -19,6 +19,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"wsgateway/auth"
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
 	"wsgateway/reservation"
 	"wsgateway/services"
 	"wsgateway/session"
@@ -50,10 +52,10 @@ func (s *Server) httpPortHandler() http.Handler {
 	v1.Handle("/logout", s.handle(s.handleLogout)).Methods(http.MethodPost)
 	v1.Handle("/whoami", s.handle(s.handleWhoami)).Methods(http.MethodGet)
 	v1.NotFoundHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
+		return httperr.Errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
 	})
 	v1.MethodNotAllowedHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)
+		return httperr.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)
 	})
 	r.Handle("/metrics", s.metricsHandler()).Methods(http.MethodGet, http.MethodHead)
 	r.PathPrefix("/debug/pprof/").Handler(s.pprofHandler())
@@ -66,7 +68,7 @@ func (s *Server) httpPortHandler() http.Handler {
 	} else {
 		r.Path("/").Handler(pages)
 		r.PathPrefix("/").Handler(s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return errorf(http.StatusNotFound, "not found: %s (no --http_directory is served; the dashboard is at %s)", truncate(r.URL.Path, 200), PagesPrefix)
+			return httperr.Errorf(http.StatusNotFound, "not found: %s (no --http_directory is served; the dashboard is at %s)", text.Cut(r.URL.Path, 200), PagesPrefix)
 		}))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -89,21 +91,21 @@ func (s *Server) httpPortHandler() http.Handler {
 func (s *Server) requireAuth(r *http.Request) (*auth.Identity, error) {
 	if s.authRequired() && s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return nil, errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
+		return nil, httperr.Errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
 	}
 	id, err := s.caller(r)
 	if err != nil {
 		s.authLimit.allow(r.RemoteAddr)
-		return nil, errorf(http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
+		return nil, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
 	}
 	if id == nil && s.authRequired() {
 		if r.URL.Query().Get("security_token") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
 			s.authLimit.allow(r.RemoteAddr)
 		}
 		if s.cfg.Users != nil {
-			return nil, errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
+			return nil, httperr.Errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
 		}
-		return nil, errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+		return nil, httperr.Errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
 	}
 	return id, nil
 }
@@ -114,13 +116,13 @@ func (s *Server) requireAdmin(r *http.Request) (*auth.Identity, error) {
 		return nil, err
 	}
 	if s.crossSite(r) {
-		return nil, errorf(http.StatusForbidden, "cross-site requests may not call this")
+		return nil, httperr.Errorf(http.StatusForbidden, "cross-site requests may not call this")
 	}
 	if id == nil || !id.Admin {
 		if !s.authRequired() {
-			return nil, errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token or --users")
+			return nil, httperr.Errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token or --users")
 		}
-		return nil, errorf(http.StatusForbidden, "this call is for administrators (group %q or the security token)", auth.AdminGroup)
+		return nil, httperr.Errorf(http.StatusForbidden, "this call is for administrators (group %q or the security token)", auth.AdminGroup)
 	}
 	return id, nil
 }
@@ -132,16 +134,16 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !s.reserveLimit.allow(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("rate_reserve").Inc()
-		return errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
+		return httperr.Errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
 	}
 	name, err := unescapeVar(mux.Vars(r)["service"])
 	if err != nil {
-		return errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
+		return httperr.Errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
 	}
 	opts := map[string]string{}
 	q := r.URL.Query()
 	if len(q) > maxOptions {
-		return errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
+		return httperr.Errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
 	}
 	var wait time.Duration
 	for k, v := range q {
@@ -151,13 +153,13 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 		if k == "wait" {
 			f, err := strconv.ParseFloat(v[0], 64)
 			if err != nil || f < 0 || f > maxWait.Seconds() {
-				return errorf(http.StatusBadRequest, "wait=%q: give the seconds to wait for a free slot, 0 to %d", truncate(v[0], 32), int(maxWait.Seconds()))
+				return httperr.Errorf(http.StatusBadRequest, "wait=%q: give the seconds to wait for a free slot, 0 to %d", text.Cut(v[0], 32), int(maxWait.Seconds()))
 			}
 			wait = time.Duration(f * float64(time.Second))
 			continue
 		}
 		if len(k) > maxOptionKeyLen || len(v[0]) > maxOptionValueLen {
-			return errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", truncate(k, 64), maxOptionKeyLen, maxOptionValueLen)
+			return httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
 		}
 		opts[k] = v[0]
 	}
@@ -187,14 +189,14 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite bool, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	svc, ok := s.svcs[name]
 	if !ok {
-		return reservation.Reservation{}, errorf(http.StatusNotFound, "unknown service %q; known services: %s", truncate(name, 128), strings.Join(s.serviceNames(), ", "))
+		return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound, "unknown service %q; known services: %s", text.Cut(name, 128), strings.Join(s.serviceNames(), ", "))
 	}
 	if g := svc.StringOption("group"); g != "" && (!id.InGroup(g) || crossSite) {
 		who := "you are not signed in"
 		if id != nil && id.Name != "" {
 			who = id.Name + " is not a member"
 		}
-		return reservation.Reservation{}, errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
+		return reservation.Reservation{}, httperr.Errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
 	}
 	owner := ""
 	if id != nil {
@@ -208,7 +210,7 @@ func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite boo
 		cancel()
 		if errors.Is(err, reservation.ErrQueueFull) {
 			s.metrics.limited.WithLabelValues("wait_queue").Inc()
-			return reservation.Reservation{}, &httpError{status: http.StatusServiceUnavailable, msg: err.Error() + "; try again later", err: err}
+			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: err.Error() + "; try again later", Err: err}
 		}
 	} else {
 		res, err = s.sessions.ReserveFor(name, owner, s.cfg.MaxUserReservations, opts)
@@ -216,10 +218,10 @@ func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite boo
 	if err != nil {
 		if errors.Is(err, reservation.ErrUserLimit) {
 			s.metrics.limited.WithLabelValues("user_reservations").Inc()
-			return reservation.Reservation{}, &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; release one first", err: err}
+			return reservation.Reservation{}, &httperr.Error{Status: http.StatusTooManyRequests, Msg: err.Error() + "; release one first", Err: err}
 		}
 		if errors.Is(err, reservation.ErrNoSlot) {
-			return reservation.Reservation{}, &httpError{status: http.StatusServiceUnavailable, msg: "no free slot: " + err.Error() + "; release one or try again later", err: err}
+			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "no free slot: " + err.Error() + "; release one or try again later", Err: err}
 		}
 		return reservation.Reservation{}, err
 	}
@@ -233,7 +235,7 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	tok, err := unescapeVar(mux.Vars(r)["token"])
 	if err != nil {
-		return errorf(http.StatusBadRequest, "bad token in the path: %v", err)
+		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
 	res, err := s.releaseAs(r.Context(), id, s.crossSite(r), tok)
 	if err != nil {
@@ -251,11 +253,11 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error {
 	tok := r.Header.Get("X-Wsgw-Token")
 	if tok == "" {
-		return errorf(http.StatusBadRequest, "send the token in the X-Wsgw-Token header")
+		return httperr.Errorf(http.StatusBadRequest, "send the token in the X-Wsgw-Token header")
 	}
 	if s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
+		return httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
 	}
 	res, err := s.sessions.Check(tok)
 	if errors.Is(err, reservation.ErrUnknownToken) {
@@ -275,14 +277,14 @@ func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite boo
 	res, err := s.sessions.Get(tok)
 	if err != nil {
 		if !admin {
-			return res, errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
+			return res, httperr.Errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
 		}
-		return res, errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
+		return res, httperr.Errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
 	}
 	// Administrators release anything; a user releases their own.
 	own := id != nil && id.Name != "" && id.Name == res.Owner && !crossSite
 	if !own && !admin {
-		return res, errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
+		return res, httperr.Errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.StopGrace+15*time.Second)
 	defer cancel()
@@ -292,7 +294,7 @@ func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite boo
 			return res, nil
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return res, errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
+			return res, httperr.Errorf(http.StatusGatewayTimeout, "the session of %s… is still stopping; check /v1/status", reservation.TokenPrefix(tok))
 		}
 		return res, err
 	}
@@ -306,27 +308,27 @@ const sessionTTL = 12 * time.Hour
 // dashboard's session cookie: HttpOnly, SameSite=Strict, Secure over TLS.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Users == nil {
-		return errorf(http.StatusNotFound, "this gateway has no users (--users); use its security token")
+		return httperr.Errorf(http.StatusNotFound, "this gateway has no users (--users); use its security token")
 	}
 	if s.crossSite(r) {
-		return errorf(http.StatusForbidden, "cross-site login refused")
+		return httperr.Errorf(http.StatusForbidden, "cross-site login refused")
 	}
 	if s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return errorf(http.StatusTooManyRequests, "too many failed logins from your address; wait a minute")
+		return httperr.Errorf(http.StatusTooManyRequests, "too many failed logins from your address; wait a minute")
 	}
 	var body struct {
 		User     string `json:"user"`
 		Password string `json:"password"`
 	}
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&body); err != nil {
-		return errorf(http.StatusBadRequest, "send {\"user\": \"…\", \"password\": \"…\"} as JSON")
+		return httperr.Errorf(http.StatusBadRequest, "send {\"user\": \"…\", \"password\": \"…\"} as JSON")
 	}
 	id, err := s.cfg.Users.CheckPassword(body.User, body.Password)
 	if err != nil {
 		s.authLimit.allow(r.RemoteAddr)
-		s.log.Info().Str("user", truncate(body.User, 64)).Str("remote", r.RemoteAddr).Msg("login failed")
-		return errorf(http.StatusUnauthorized, "wrong user name or password")
+		s.log.Info().Str("user", text.Cut(body.User, 64)).Str("remote", r.RemoteAddr).Msg("login failed")
+		return httperr.Errorf(http.StatusUnauthorized, "wrong user name or password")
 	}
 	http.SetCookie(w, &http.Cookie{Name: auth.CookieName, Value: s.cfg.Users.SessionCookie(id.Name, sessionTTL), Path: "/",
 		MaxAge: int(sessionTTL / time.Second), HttpOnly: true, Secure: s.cfg.TLS != nil, SameSite: http.SameSiteStrictMode})
@@ -549,18 +551,18 @@ func (s *Server) staticHandler(dir string) http.Handler {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return s.handle(func(w http.ResponseWriter, r *http.Request) error {
-			return errorf(http.StatusInternalServerError, "cannot open the http directory: %v", err)
+			return httperr.Errorf(http.StatusInternalServerError, "cannot open the http directory: %v", err)
 		})
 	}
 	fsys := noListFS{root.FS()}
 	fileServer := http.FileServer(http.FS(fsys))
 	return s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			return errorf(http.StatusMethodNotAllowed, "method %s not allowed for files", r.Method)
+			return httperr.Errorf(http.StatusMethodNotAllowed, "method %s not allowed for files", r.Method)
 		}
 		p := r.URL.Path
 		if strings.Contains(p, "\x00") || strings.Contains(p, "\\") {
-			return errorf(http.StatusBadRequest, "bad path")
+			return httperr.Errorf(http.StatusBadRequest, "bad path")
 		}
 		clean := path.Clean("/" + p)
 		name := strings.TrimPrefix(clean, "/")
@@ -568,11 +570,11 @@ func (s *Server) staticHandler(dir string) http.Handler {
 			name = "."
 		}
 		if !fs.ValidPath(name) {
-			return errorf(http.StatusNotFound, "not found: %s", truncate(p, 200))
+			return httperr.Errorf(http.StatusNotFound, "not found: %s", text.Cut(p, 200))
 		}
 		f, err := fsys.Open(name)
 		if err != nil {
-			return errorf(http.StatusNotFound, "not found: %s", truncate(p, 200))
+			return httperr.Errorf(http.StatusNotFound, "not found: %s", text.Cut(p, 200))
 		}
 		f.Close()
 		w.Header().Set("Cache-Control", "no-cache")

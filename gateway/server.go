@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/auth"
+	"wsgateway/internal/httperr"
 	"wsgateway/internal/origin"
 	"wsgateway/reservation"
 	"wsgateway/services"
@@ -235,7 +236,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		// The Origin is checked before Upgrade is called.
 		CheckOrigin: func(*http.Request) bool { return true },
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
-			s.writeError(w, r, &httpError{status: status, msg: "websocket handshake failed: " + reason.Error()})
+			s.writeError(w, r, &httperr.Error{Status: status, Msg: "websocket handshake failed: " + reason.Error()})
 		},
 	}
 	pruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)

@@ -13,14 +13,16 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
 	"wsgateway/reservation"
 	"wsgateway/services"
 	"wsgateway/session"
+	"wsgateway/wsframe"
 )
 
 // sessTunnel is a tunnel as its session sees it.
@@ -33,7 +35,7 @@ func (st sessTunnel) Bytes() (in, out int64)        { return st.t.up.Load(), st.
 func (s *Server) wsPortHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !websocket.IsWebSocketUpgrade(r) {
-			s.writeError(w, r, errorf(http.StatusUpgradeRequired,
+			s.writeError(w, r, httperr.Errorf(http.StatusUpgradeRequired,
 				"this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"))
 			return
 		}
@@ -45,9 +47,9 @@ func (s *Server) wsPortHandler() http.Handler {
 // upgrade, and counts it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
-	var he *httpError
+	var he *httperr.Error
 	if errors.As(err, &he) {
-		status = he.status
+		status = he.Status
 	}
 	s.metrics.refusedWith(status)
 	s.writeError(w, r, err)
@@ -55,9 +57,9 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.originAllowed(r) {
-		s.refuse(w, r, errorf(http.StatusForbidden,
+		s.refuse(w, r, httperr.Errorf(http.StatusForbidden,
 			"websocket Origin %q is not allowed; start the gateway with --allowed_origins %s to allow it",
-			truncate(r.Header.Get("Origin"), 100), truncate(r.Header.Get("Origin"), 100)))
+			text.Cut(r.Header.Get("Origin"), 100), text.Cut(r.Header.Get("Origin"), 100)))
 		return
 	}
 	s.mu.Lock()
@@ -67,14 +69,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if closing {
-		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
+		s.refuse(w, r, httperr.Errorf(http.StatusServiceUnavailable, "the gateway is shutting down"))
 		return
 	}
 	if n := s.active.Add(1); s.cfg.MaxTunnels > 0 && n > int64(s.cfg.MaxTunnels) {
 		s.active.Add(-1)
 		s.work.Done()
 		s.metrics.limited.WithLabelValues("max_tunnels").Inc()
-		s.refuse(w, r, errorf(http.StatusServiceUnavailable, "the gateway is serving its maximum of %d websockets; try again later", s.cfg.MaxTunnels))
+		s.refuse(w, r, httperr.Errorf(http.StatusServiceUnavailable, "the gateway is serving its maximum of %d websockets; try again later", s.cfg.MaxTunnels))
 		return
 	}
 	done := func() {
@@ -92,7 +94,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	case s.cfg.ClientAddr != "":
 		splice = s.serveBasic(w, r, log)
 	default:
-		s.refuse(w, r, errorf(http.StatusUnauthorized,
+		s.refuse(w, r, httperr.Errorf(http.StatusUnauthorized,
 			"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
 	}
 	if splice == nil {
@@ -119,8 +121,8 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 	if err != nil {
 		log.Warn().Err(err).Msg("cannot connect to the target")
 		s.metrics.failures.WithLabelValues("target_down").Inc()
-		s.refuse(w, r, &httpError{status: http.StatusBadGateway,
-			msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), err: err})
+		s.refuse(w, r, &httperr.Error{Status: http.StatusBadGateway,
+			Msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), Err: err})
 		return nil
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -148,22 +150,22 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
 		s.authLimit.allow(r.RemoteAddr)
-		s.refuse(w, r, errorf(http.StatusForbidden, "unknown token"))
+		s.refuse(w, r, httperr.Errorf(http.StatusForbidden, "unknown token"))
 		return nil
 	}
 	if s.authLimit.exhausted(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
+		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
 		return nil
 	}
 	if !s.launchLimit.allow(r.RemoteAddr) {
 		s.metrics.limited.WithLabelValues("rate_launch").Inc()
-		s.refuse(w, r, errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
+		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return nil
 	}
 	if pre, err := s.sessions.Get(tok); err == nil {
 		if g := s.svcs[pre.Service].StringOption("group"); g != "" && !s.launchAllowed(r, pre, g) {
-			s.refuse(w, r, errorf(http.StatusForbidden, "service %q is restricted to group %q and this reservation's user is not (or no longer) a member", pre.Service, g))
+			s.refuse(w, r, httperr.Errorf(http.StatusForbidden, "service %q is restricted to group %q and this reservation's user is not (or no longer) a member", pre.Service, g))
 			return nil
 		}
 	}
@@ -295,17 +297,17 @@ func tokenError(err error, tok string) error {
 	p := reservation.TokenPrefix(tok)
 	switch {
 	case errors.Is(err, reservation.ErrBusy):
-		return errorf(http.StatusConflict, "token %s… is already in use by another websocket; a token serves one connection at a time", p)
+		return httperr.Errorf(http.StatusConflict, "token %s… is already in use by another websocket; a token serves one connection at a time", p)
 	case errors.Is(err, reservation.ErrExpiredToken):
-		return errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", p)
+		return httperr.Errorf(http.StatusForbidden, "reservation %s… expired before it was used; reserve a new slot", p)
 	case errors.Is(err, reservation.ErrEnded):
-		return errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", p)
+		return httperr.Errorf(http.StatusForbidden, "reservation %s… is ending; reserve a new slot", p)
 	case errors.Is(err, session.ErrUserTunnels):
-		return &httpError{status: http.StatusTooManyRequests, msg: err.Error() + "; close one first", err: err}
+		return &httperr.Error{Status: http.StatusTooManyRequests, Msg: err.Error() + "; close one first", Err: err}
 	case errors.Is(err, session.ErrClosing):
-		return errorf(http.StatusServiceUnavailable, "the gateway is shutting down")
+		return httperr.Errorf(http.StatusServiceUnavailable, "the gateway is shutting down")
 	default:
-		return errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>")
+		return httperr.Errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>")
 	}
 }
 
@@ -391,7 +393,7 @@ func safeName(s string) string {
 
 // closeWS sends a close frame with code and reason, then closes.
 func closeWS(ws *websocket.Conn, code int, reason string) {
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, truncate(reason, 123)), time.Now().Add(time.Second))
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, 123)), time.Now().Add(time.Second))
 	// Give the client a moment to answer the close.
 	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
 	for {
@@ -400,18 +402,6 @@ func closeWS(ws *websocket.Conn, code int, reason string) {
 		}
 	}
 	ws.Close()
-}
-
-// truncate cuts s to at most n bytes on a UTF-8 boundary.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 func unwrapNetErr(err error) error {

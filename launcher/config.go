@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+
 	"wsgateway/services"
 )
 

@@ -17,26 +17,14 @@ import (
 	"strings"
 	"time"
 
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
+
 	"github.com/rs/zerolog"
 )
 
 // maxPayload bounds the JSON body of a launch request.
 const maxPayload = 1 << 20
-
-// httpError is an error with the HTTP status it is answered with.
-type httpError struct {
-	status int
-	msg    string
-	err    error
-}
-
-func (e *httpError) Error() string { return e.msg }
-func (e *httpError) Unwrap() error { return e.err }
-
-func errorf(status int, format string, args ...any) error {
-	err := fmt.Errorf(format, args...)
-	return &httpError{status: status, msg: err.Error(), err: errors.Unwrap(err)}
-}
 
 // Handler serves the launcher's routes: the REST endpoint, /proxy,
 // /upload (with upload_dir) and the content directory (with content).
@@ -107,7 +95,7 @@ func (l *Launcher) routes() http.Handler {
 	upload := l.handle(l.handleUpload)
 	content := l.handle(l.handleContent)
 	notFound := l.handle(func(w http.ResponseWriter, r *http.Request) error {
-		return errorf(http.StatusNotFound, "not found: %s (the launcher answers POST %s/, GET and DELETE %s/<id>, and /proxy?sessionId=<id>)", truncate(r.URL.Path, 200), ep, ep)
+		return httperr.Errorf(http.StatusNotFound, "not found: %s (the launcher answers POST %s/, GET and DELETE %s/<id>, and /proxy?sessionId=<id>)", text.Cut(r.URL.Path, 200), ep, ep)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
@@ -131,11 +119,11 @@ func (l *Launcher) routes() http.Handler {
 // writeError is the one place errors become responses: {"error": "…"}.
 func (l *Launcher) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
-	var he *httpError
+	var he *httperr.Error
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &he):
-		status = he.status
+		status = he.Status
 	case errors.As(err, &mbe):
 		status = http.StatusRequestEntityTooLarge
 	}
@@ -147,40 +135,26 @@ func (l *Launcher) writeError(w http.ResponseWriter, r *http.Request, err error)
 	writeJSON(w, status, map[string]string{"error": err.Error()})
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		status = http.StatusInternalServerError
-		buf.Reset()
-		buf.WriteString(`{"error": "internal error encoding the response"}` + "\n")
-	}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(buf.Bytes())
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { httperr.WriteJSON(w, status, v) }
 
 // handleLaunch is POST /<endpoint>[/]: the body is JSON whatever its
 // Content-Type (the wslink client sends none).
 func (l *Launcher) handleLaunch(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		return errorf(http.StatusMethodNotAllowed, "use POST on /%s/ to start a session (GET and DELETE take /%s/<id>)", l.endpoint, l.endpoint)
+		return httperr.Errorf(http.StatusMethodNotAllowed, "use POST on /%s/ to start a session (GET and DELETE take /%s/<id>)", l.endpoint, l.endpoint)
 	}
 	if !l.enter() {
-		return errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 	}
 	defer l.work.Done()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPayload))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errorf(http.StatusRequestEntityTooLarge, "The request is not complete: the body is larger than %d bytes", maxPayload)
+			return httperr.Errorf(http.StatusRequestEntityTooLarge, "The request is not complete: the body is larger than %d bytes", maxPayload)
 		}
-		return errorf(http.StatusBadRequest, "The request is not complete: %w", err)
+		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: %w", err)
 	}
 	var payload map[string]any
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -190,17 +164,17 @@ func (l *Launcher) handleLaunch(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			msg += ": " + err.Error()
 		}
-		return errorf(http.StatusBadRequest, "The request is not complete: %s", msg)
+		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: %s", msg)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return errorf(http.StatusBadRequest, "The request is not complete: data after the JSON object")
+		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: data after the JSON object")
 	}
 	app, ok := payload["application"]
 	if !ok {
-		return errorf(http.StatusBadRequest, "The request is not complete: no \"application\" in the JSON body")
+		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: no \"application\" in the JSON body")
 	}
 	if _, isStr := app.(string); !isStr {
-		return errorf(http.StatusBadRequest, "The request is not complete: \"application\" must be a string")
+		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: \"application\" must be a string")
 	}
 	s, err := l.launch(r.Context(), payload)
 	if err != nil {
@@ -214,24 +188,24 @@ func (l *Launcher) handleLaunch(w http.ResponseWriter, r *http.Request) error {
 func (l *Launcher) handleSession(w http.ResponseWriter, r *http.Request) error {
 	id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/"+l.endpoint+"/"), "/")
 	if id == "" || strings.Contains(id, "/") {
-		return errorf(http.StatusNotFound, "No session with id: %s", truncate(id, 100))
+		return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 		s := l.liveSession(id)
 		if s == nil {
-			return errorf(http.StatusNotFound, "No session with id: %s", truncate(id, 100))
+			return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 		}
 		writeJSON(w, http.StatusOK, l.answer(s))
 		return nil
 	case http.MethodDelete:
 		if !l.enter() {
-			return errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+			return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 		}
 		defer l.work.Done()
 		s := l.liveSession(id)
 		if s == nil {
-			return errorf(http.StatusNotFound, "No session with id: %s", truncate(id, 100))
+			return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 		}
 		ans := l.answer(s)
 		l.stopSession(s, "stopped by DELETE")
@@ -239,7 +213,7 @@ func (l *Launcher) handleSession(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	w.Header().Set("Allow", "GET, DELETE")
-	return errorf(http.StatusMethodNotAllowed, "use GET or DELETE on /%s/<id> (POST goes to /%s/)", l.endpoint, l.endpoint)
+	return httperr.Errorf(http.StatusMethodNotAllowed, "use GET or DELETE on /%s/<id> (POST goes to /%s/)", l.endpoint, l.endpoint)
 }
 
 // handleContent serves the content directory: files only, no listings, a
@@ -248,9 +222,9 @@ func (l *Launcher) handleSession(w http.ResponseWriter, r *http.Request) error {
 func (l *Launcher) handleContent(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		return errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, truncate(r.URL.Path, 200))
+		return httperr.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, text.Cut(r.URL.Path, 200))
 	}
-	notFound := errorf(http.StatusNotFound, "not found: %s", truncate(r.URL.Path, 200))
+	notFound := httperr.Errorf(http.StatusNotFound, "not found: %s", text.Cut(r.URL.Path, 200))
 	clean := path.Clean("/" + r.URL.Path)
 	name := strings.TrimPrefix(clean, "/")
 	if name == "" {
@@ -307,24 +281,24 @@ type uploaded struct {
 func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		return errorf(http.StatusMethodNotAllowed, "use POST with multipart/form-data on /upload")
+		return httperr.Errorf(http.StatusMethodNotAllowed, "use POST with multipart/form-data on /upload")
 	}
 	if !l.enter() {
-		return errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 	}
 	defer l.work.Done()
 	if r.ContentLength > l.uploadMax {
-		return errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes is over the limit of %d bytes", r.ContentLength, l.uploadMax)
+		return httperr.Errorf(http.StatusRequestEntityTooLarge, "upload of %d bytes is over the limit of %d bytes", r.ContentLength, l.uploadMax)
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, l.uploadMax)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return errorf(http.StatusBadRequest, "upload: expected multipart/form-data: %w", err)
+		return httperr.Errorf(http.StatusBadRequest, "upload: expected multipart/form-data: %w", err)
 	}
 	tooBig := func(err error) error {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errorf(http.StatusRequestEntityTooLarge, "upload is over the limit of %d bytes", l.uploadMax)
+			return httperr.Errorf(http.StatusRequestEntityTooLarge, "upload is over the limit of %d bytes", l.uploadMax)
 		}
 		return nil
 	}
@@ -339,7 +313,7 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 			if e := tooBig(err); e != nil {
 				return e
 			}
-			return errorf(http.StatusBadRequest, "upload: malformed multipart body: %w", err)
+			return httperr.Errorf(http.StatusBadRequest, "upload: malformed multipart body: %w", err)
 		}
 		_, params, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
 		filename, isFile := params["filename"]
@@ -350,7 +324,7 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 					if e := tooBig(err); e != nil {
 						return e
 					}
-					return errorf(http.StatusBadRequest, "upload: %w", err)
+					return httperr.Errorf(http.StatusBadRequest, "upload: %w", err)
 				}
 				if dir, err = l.uploadSubdir(string(b)); err != nil {
 					return err
@@ -361,7 +335,7 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		if !safeFileName(filename) {
-			return errorf(http.StatusBadRequest, "upload: refused file name %q: give a plain name, without directories", truncate(filename, 200))
+			return httperr.Errorf(http.StatusBadRequest, "upload: refused file name %q: give a plain name, without directories", text.Cut(filename, 200))
 		}
 		u, err := l.saveUpload(part, dir, filename)
 		if err != nil {
@@ -374,7 +348,7 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 		l.note(zerolog.InfoLevel, "file uploaded", "path", u.Path, "size", u.Size, "remote", r.RemoteAddr)
 	}
 	if len(done) == 0 {
-		return errorf(http.StatusBadRequest, "upload: no file in the request (send multipart/form-data with a file part)")
+		return httperr.Errorf(http.StatusBadRequest, "upload: no file in the request (send multipart/form-data with a file part)")
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"files": done})
 	return nil
@@ -386,17 +360,17 @@ func (l *Launcher) uploadSubdir(p string) (string, error) {
 		return ".", nil
 	}
 	if len(p) > 4096 || strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\\\x00") {
-		return "", errorf(http.StatusBadRequest, "upload: refused path %q: give a directory relative to the upload directory", truncate(p, 200))
+		return "", httperr.Errorf(http.StatusBadRequest, "upload: refused path %q: give a directory relative to the upload directory", text.Cut(p, 200))
 	}
 	for _, seg := range strings.Split(p, "/") {
 		if seg == ".." {
-			return "", errorf(http.StatusBadRequest, "upload: refused path %q: \"..\" is not allowed", truncate(p, 200))
+			return "", httperr.Errorf(http.StatusBadRequest, "upload: refused path %q: \"..\" is not allowed", text.Cut(p, 200))
 		}
 	}
 	clean := path.Clean(p)
 	st, err := l.upload.Stat(clean)
 	if err != nil || !st.IsDir() {
-		return "", errorf(http.StatusBadRequest, "upload: %q is not a directory inside the upload directory", truncate(p, 200))
+		return "", httperr.Errorf(http.StatusBadRequest, "upload: %q is not a directory inside the upload directory", text.Cut(p, 200))
 	}
 	return clean, nil
 }
@@ -411,7 +385,7 @@ func safeFileName(name string) bool {
 func (l *Launcher) saveUpload(part io.Reader, dir, name string) (uploaded, error) {
 	final := path.Join(dir, name)
 	if st, err := l.upload.Lstat(final); err == nil && !st.Mode().IsRegular() {
-		return uploaded{}, errorf(http.StatusBadRequest, "upload: %q exists and is not a regular file", final)
+		return uploaded{}, httperr.Errorf(http.StatusBadRequest, "upload: %q exists and is not a regular file", final)
 	}
 	var tmpName string
 	var f *os.File
@@ -423,11 +397,11 @@ func (l *Launcher) saveUpload(part io.Reader, dir, name string) (uploaded, error
 			break
 		}
 		if !errors.Is(err, fs.ErrExist) {
-			return uploaded{}, errorf(http.StatusInternalServerError, "upload: %w", err)
+			return uploaded{}, httperr.Errorf(http.StatusInternalServerError, "upload: %w", err)
 		}
 	}
 	if f == nil {
-		return uploaded{}, errorf(http.StatusInternalServerError, "upload: cannot create a temporary file")
+		return uploaded{}, httperr.Errorf(http.StatusInternalServerError, "upload: cannot create a temporary file")
 	}
 	bp := l.bufPool.Get().(*[]byte)
 	n, err := io.CopyBuffer(writerOnly{f}, part, *bp)
@@ -444,7 +418,7 @@ func (l *Launcher) saveUpload(part io.Reader, dir, name string) (uploaded, error
 		if errors.As(err, &mbe) {
 			return uploaded{}, err
 		}
-		return uploaded{}, errorf(http.StatusInternalServerError, "upload: writing %s: %w", final, err)
+		return uploaded{}, httperr.Errorf(http.StatusInternalServerError, "upload: writing %s: %w", final, err)
 	}
 	return uploaded{Name: name, Path: final, Size: n}, nil
 }

@@ -31,6 +31,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"wsgateway/internal/httperr"
+	"wsgateway/internal/text"
 	"wsgateway/wsframe"
 )
 
@@ -170,7 +172,7 @@ func New(cfg *Config, log zerolog.Logger) (*Launcher, error) {
 		// one the session chose, set in the response header.
 		CheckOrigin: func(*http.Request) bool { return true },
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
-			l.writeError(w, r, errorf(status, "websocket handshake failed: %v", reason))
+			l.writeError(w, r, httperr.Errorf(status, "websocket handshake failed: %v", reason))
 		},
 	}
 	l.dialer = websocket.Dialer{
@@ -263,14 +265,14 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 	appName, _ := payload["application"].(string)
 	app, ok := l.cfg.Apps[appName]
 	if !ok {
-		return nil, errorf(http.StatusNotFound, "Unknown application %q; this launcher has %s", appName, strings.Join(l.appNames(), ", "))
+		return nil, httperr.Errorf(http.StatusNotFound, "Unknown application %q; this launcher has %s", appName, strings.Join(l.appNames(), ", "))
 	}
 	l.sanitize(payload)
 
 	l.mu.Lock()
 	if l.closing {
 		l.mu.Unlock()
-		return nil, errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 	}
 	host, port, ok := l.pool.take()
 	l.seq++
@@ -278,7 +280,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 	l.mu.Unlock()
 	if !ok {
 		l.note(zerolog.WarnLevel, "no free resource", "application", appName)
-		return nil, errorf(http.StatusServiceUnavailable, "All the resources are currently taken")
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "All the resources are currently taken")
 	}
 	release := func() {
 		l.mu.Lock()
@@ -341,7 +343,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 	logFile, err := os.OpenFile(s.logPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
 		release()
-		return nil, errorf(http.StatusInternalServerError, "cannot create the session log: %w", err)
+		return nil, httperr.Errorf(http.StatusInternalServerError, "cannot create the session log: %w", err)
 	}
 	proc, err := startProcess(argv, logFile, l.cfg.Supervisor, l.cfg.StopGrace)
 	if err != nil {
@@ -349,7 +351,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 		logFile.Close()
 		release()
 		l.note(zerolog.ErrorLevel, "session failed to start", "id", id, "application", appName, "error", err.Error(), "log", s.logPath)
-		return nil, errorf(http.StatusServiceUnavailable, "The process did not properly start: %v. Check session logs.", err)
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "The process did not properly start: %v. Check session logs.", err)
 	}
 	logFile.Close() // the child has its own copy
 	s.proc = proc
@@ -367,7 +369,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 		"pid", proc.pgid, "log", s.logPath)
 	if closing {
 		l.stopSession(s, "launcher shutting down")
-		return nil, errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 	}
 
 	wctx, cancel := context.WithCancel(ctx)
@@ -398,20 +400,20 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 		l.note(zerolog.WarnLevel, "session not ready before timeout", "id", id, "application", appName,
 			"timeout_s", l.timeout.Seconds(), "log", s.logPath)
 		l.stopSession(s, "not ready before timeout")
-		return nil, errorf(http.StatusServiceUnavailable, "Session did not start before timeout expired. Check session logs.")
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "Session did not start before timeout expired. Check session logs.")
 	case errors.Is(err, ErrExited):
 		<-s.ended
 		status := proc.status()
 		l.note(zerolog.WarnLevel, "session exited before it was ready", "id", id, "application", appName,
 			"status", status, "log", s.logPath)
-		return nil, errorf(http.StatusServiceUnavailable, "Session did not start: the process ended (%s) before it was ready. Check session logs.", status)
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "Session did not start: the process ended (%s) before it was ready. Check session logs.", status)
 	default:
 		reason := "launch abandoned: the client went away"
 		if l.baseCtx.Err() != nil {
 			reason = "launcher shutting down"
 		}
 		l.stopSession(s, reason)
-		return nil, errorf(http.StatusServiceUnavailable, "Session did not start: %s", reason)
+		return nil, httperr.Errorf(http.StatusServiceUnavailable, "Session did not start: %s", reason)
 	}
 }
 
@@ -446,7 +448,7 @@ func (l *Launcher) sanitize(payload map[string]any) {
 			pass = isStr && rule.re.MatchString(s)
 		}
 		if !pass {
-			l.note(zerolog.WarnLevel, "sanitize: value replaced by the default", "key", key, "value", truncate(PyStr(v), 200))
+			l.note(zerolog.WarnLevel, "sanitize: value replaced by the default", "key", key, "value", text.Cut(PyStr(v), 200))
 			payload[key] = rule.Default
 		}
 	}
@@ -626,13 +628,6 @@ func newSecret() string {
 		}
 	}
 	return string(out)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // auditLog is log_dir/launcherLog.log: one text line per event.

@@ -17,7 +17,9 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"wsgateway/internal/httperr"
 	"wsgateway/internal/origin"
+	"wsgateway/internal/text"
 	"wsgateway/wsframe"
 )
 
@@ -50,7 +52,7 @@ func (l *Launcher) SetTunnelHost(h wsframe.Host) {
 func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		return errorf(http.StatusMethodNotAllowed, "/proxy takes a websocket (GET with Upgrade)")
+		return httperr.Errorf(http.StatusMethodNotAllowed, "/proxy takes a websocket (GET with Upgrade)")
 	}
 	q := r.URL.Query()
 	id := q.Get("sessionId")
@@ -58,25 +60,25 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 		id = q.Get("id") // the form in the launcher API guide
 	}
 	if id == "" {
-		return errorf(http.StatusBadRequest, "/proxy needs ?sessionId=<id>&path=<path>")
+		return httperr.Errorf(http.StatusBadRequest, "/proxy needs ?sessionId=<id>&path=<path>")
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
-		return errorf(http.StatusBadRequest, "/proxy forwards websockets: connect with ws:// (or wss://)")
+		return httperr.Errorf(http.StatusBadRequest, "/proxy forwards websockets: connect with ws:// (or wss://)")
 	}
 	if !l.originAllowed(r) {
-		return errorf(http.StatusForbidden, "websocket Origin %q is not allowed: use a page on this host, or add it to --allowed_origins", truncate(r.Header.Get("Origin"), 200))
+		return httperr.Errorf(http.StatusForbidden, "websocket Origin %q is not allowed: use a page on this host, or add it to --allowed_origins", text.Cut(r.Header.Get("Origin"), 200))
 	}
 	p := "ws"
 	if q.Has("path") {
 		p = q.Get("path")
 	}
 	if !l.enter() {
-		return errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
 	}
 	defer l.work.Done()
 	s := l.liveSession(id)
 	if s == nil {
-		return errorf(http.StatusNotFound, "No session with id: %s", truncate(id, 100))
+		return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 	}
 	target, err := backendURL(s.host, s.port, p)
 	if err != nil {
@@ -87,7 +89,7 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	host := l.host
 	if l.tunnels >= maxTunnels || len(s.tunnels) >= maxTunnelsPerSession {
 		l.mu.Unlock()
-		return errorf(http.StatusServiceUnavailable, "too many websockets open; close some and retry")
+		return httperr.Errorf(http.StatusServiceUnavailable, "too many websockets open; close some and retry")
 	}
 	l.tunnels++
 	l.mu.Unlock()
@@ -100,7 +102,7 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	if host != nil {
 		release, err := host.Admit("proxy")
 		if err != nil {
-			return errorf(http.StatusServiceUnavailable, "%v", err)
+			return httperr.Errorf(http.StatusServiceUnavailable, "%v", err)
 		}
 		defer release()
 		limits = host.Limits()
@@ -119,9 +121,9 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		if resp != nil {
 			resp.Body.Close()
-			return errorf(http.StatusBadGateway, "session %s refused the websocket at %s: %s", id, target, resp.Status)
+			return httperr.Errorf(http.StatusBadGateway, "session %s refused the websocket at %s: %s", id, target, resp.Status)
 		}
-		return errorf(http.StatusBadGateway, "cannot reach session %s at %s: %w", id, target, err)
+		return httperr.Errorf(http.StatusBadGateway, "cannot reach session %s at %s: %w", id, target, err)
 	}
 	respHdr := http.Header{}
 	if sp := back.Subprotocol(); sp != "" {
@@ -165,7 +167,7 @@ func backendURL(host string, port int, p string) (string, error) {
 	raw := "ws://" + hostport + "/" + strings.TrimPrefix(p, "/")
 	u, err := url.Parse(raw)
 	if err != nil || u.Host != hostport || u.User != nil || strings.ContainsAny(p, "\\\x00\r\n") {
-		return "", errorf(http.StatusBadRequest, "/proxy: path %q is not a URL path", truncate(p, 200))
+		return "", httperr.Errorf(http.StatusBadRequest, "/proxy: path %q is not a URL path", text.Cut(p, 200))
 	}
 	return u.String(), nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"wsgateway/internal/text"
 	"wsgateway/wsframe"
 )
 
@@ -84,10 +85,10 @@ func expectMsg(t *testing.T, c *websocket.Conn, mt int, want []byte) {
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	gt, p, err := c.ReadMessage()
 	if err != nil {
-		t.Fatalf("reading %q: %v", truncate(string(want), 40), err)
+		t.Fatalf("reading %q: %v", text.Cut(string(want), 40), err)
 	}
 	if gt != mt || !bytes.Equal(p, want) {
-		t.Fatalf("got type %d %q, want type %d %q", gt, truncate(string(p), 40), mt, truncate(string(want), 40))
+		t.Fatalf("got type %d %q, want type %d %q", gt, text.Cut(string(p), 40), mt, text.Cut(string(want), 40))
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/events"
+	"wsgateway/internal/text"
 )
 
 // JSON-RPC 2.0 error codes; ours are in -32000…-32099 and carry
@@ -308,7 +309,7 @@ func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply boo
 	}
 	m, ok := c.s.methods[*req.Method]
 	if !ok {
-		resp.Error = rpcErr(CodeMethodNotFound, "", "method not found: %q", truncate(*req.Method, 64))
+		resp.Error = rpcErr(CodeMethodNotFound, "", "method not found: %q", text.Cut(*req.Method, 64))
 		return resp, nil, true
 	}
 	params := req.Params
@@ -335,11 +336,4 @@ func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply boo
 	}
 	resp.Result = res
 	return resp, after, true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"wsgateway/events"
+	"wsgateway/internal/text"
 	"wsgateway/jobs"
 )
 
@@ -442,7 +443,7 @@ func (s *Server) eventsSubscribe(ctx context.Context, c *conn, raw json.RawMessa
 			// The subscriber was told with an events.gap notification.
 		case err != nil:
 			s.log.Warn().Err(err).Msg("events subscription failed")
-			c.closeWith(1011, "events subscription failed: "+truncate(err.Error(), 80))
+			c.closeWith(1011, "events subscription failed: "+text.Cut(err.Error(), 80))
 		}
 		c.sub = sub
 	}
