@@ -28,7 +28,12 @@ import (
 // sessTunnel is a tunnel as its session sees it.
 type sessTunnel struct{ t *tunnel }
 
-func (st sessTunnel) Close(code int, reason string) { st.t.closeWith(code, reason) }
+func (st sessTunnel) Close(code int, reason string) {
+	if code == 0 {
+		code = websocket.CloseNormalClosure
+	}
+	st.t.closeWith(code, reason)
+}
 func (st sessTunnel) Bytes() (in, out int64)        { return st.t.up.Load(), st.t.down.Load() }
 
 // wsPortHandler serves ws_server_port: websocket upgrades on any path.
@@ -246,7 +251,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	t.idleTimeout = durationOption(svc, "idle_timeout")
 	t.maxDuration = durationOption(svc, "max_duration")
 	// A session ended by policy does not wait for a reconnect.
-	t.onPolicy = func(reason string) { ss.Stop(0, reason) }
+	t.onPolicy = func(reason string) { ss.Stop(websocket.ClosePolicyViolation, reason) }
 	st := sessTunnel{t}
 	if err := ss.Attach(st, r.RemoteAddr); err != nil {
 		t.closeWith(websocket.CloseNormalClosure, "reservation released")
