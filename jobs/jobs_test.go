@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wsgateway/proc"
 	"wsgateway/store"
 )
 
@@ -322,5 +323,38 @@ func TestJobQueueLimitAndUnknownService(t *testing.T) {
 	}
 	if _, err := m.Submit(ctx, "s", "", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("submit after close: %v", err)
+	}
+}
+
+// TestJobEnvironmentPolicy: a job gets the variables the operator's
+// policy passes, its own WSGW_* variables, and nothing else of the
+// gateway's environment.
+func TestJobEnvironmentPolicy(t *testing.T) {
+	t.Setenv("WSGWTEST_PV_PLUGIN_PATH", "/opt/pv")
+	t.Setenv("WSGWTEST_OTHER", "not for jobs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := writeExe(t, dir, "env.sh", "echo \"pv=$WSGWTEST_PV_PLUGIN_PATH other=$WSGWTEST_OTHER id=$WSGW_JOB_ID\"\n")
+	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
+	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m.cfg.EnvPolicy = proc.Policy{Pass: []string{"WSGWTEST_PV_*"}}
+	m.Start()
+	defer m.Close(ctx)
+	j, err := m.Submit(ctx, "s", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, j.ID, StateSucceeded)
+	c, err := m.ReadLog(ctx, j.ID, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pv=/opt/pv other= id=" + j.ID + "\n"; c.Data != want {
+		t.Errorf("the job printed %q, want %q", c.Data, want)
 	}
 }

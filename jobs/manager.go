@@ -60,6 +60,7 @@ type Config struct {
 	Events     Publisher
 	Dir        string // logs (Dir/<id>.log) and working directories (Dir/<id>/)
 	Supervisor *proc.Supervisor
+	EnvPolicy  proc.Policy   // the jobs' environment (zero: the built-in allowlist)
 	StopGrace  time.Duration // SIGTERM to SIGKILL; default 5s
 	Watchdog   time.Duration // how often running jobs are checked; default 1s
 	LogFlush   time.Duration // logs.append batching; default 200ms
