@@ -461,6 +461,47 @@ func TestStopBoundedByContext(t *testing.T) {
 	}
 }
 
+// TestStopWithEndedContextKillsTheGroup: Stop with a context that has
+// already ended sends SIGKILL to the whole group at once (the grace is an
+// hour and everything ignores SIGTERM), also when the leader has already
+// exited and been reaped and only its leftovers run.
+func TestStopWithEndedContextKillsTheGroup(t *testing.T) {
+	tests := []struct {
+		name       string
+		script     string
+		leaderGone bool // wait for the leader to be reaped before Stop
+	}{
+		{"leader running", `trap '' TERM; sleep 1000 & echo $! > gc.pid; while :; do sleep 0.05; done`, false},
+		{"leader reaped, leftover running", `trap '' TERM; sleep 1000 & echo $! > gc.pid`, true},
+	}
+	for _, tt := range tests {
+		for _, supervised := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/supervised=%v", tt.name, supervised), func(t *testing.T) {
+				dir := t.TempDir()
+				spec := proc.Spec{Argv: []string{"/bin/sh", "-c", tt.script}, Dir: dir, Grace: time.Hour}
+				if supervised {
+					spec.Supervisor = supervisor(t)
+				}
+				p := start(t, spec)
+				gc := readPid(t, filepath.Join(dir, "gc.pid"))
+				if tt.leaderGone {
+					waitExited(t, p)
+				}
+				if !alive(gc) || !p.GroupAlive() {
+					t.Fatal("the group is not running before Stop")
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				if err := p.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					t.Errorf("Stop = %v, want nil or wrapping %v", err, context.Canceled)
+				}
+				waitFor(t, "the group to be killed", func() bool { return !alive(gc) && !p.GroupAlive() })
+				waitExited(t, p)
+			})
+		}
+	}
+}
+
 // TestKillGroupOnExit: when the leader exits, what it left in its group is
 // killed before Exited closes; without the option it lives on.
 func TestKillGroupOnExit(t *testing.T) {
