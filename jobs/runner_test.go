@@ -270,7 +270,7 @@ func (c *lateCtx) propagate() {
 func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\nwhile :; do sleep 0.05; done\n")
+	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n")
 	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
 	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
 	if err != nil {
@@ -287,6 +287,7 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 			t.Fatal(err)
 		}
 		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n") // SIGTERM is trapped from now on
 	}
 
 	cctx := newLateCtx()
