@@ -325,3 +325,39 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 		}
 	}
 }
+
+// TestKillRunningKillsEveryGroup: what Close does at its deadline, alone:
+// every running job's whole group gets SIGKILL, grace or not.
+func TestKillRunningKillsEveryGroup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n")
+	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
+	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m.cfg.StopGrace = time.Minute
+	m.Start()
+	var running []Job
+	for range 2 {
+		j, err := m.Submit(ctx, "s", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n")
+	}
+	m.killRunning()
+	for _, j := range running {
+		waitGone(t, j.PID)
+		if got := waitState(t, m, j.ID, StateFailed); got.ExitStatus == nil || *got.ExitStatus != 128+9 {
+			t.Errorf("%s: exit status %v, want %d (SIGKILL)", j.ID, got.ExitStatus, 128+9)
+		}
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
