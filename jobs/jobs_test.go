@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wsgateway/proc"
 	"wsgateway/store"
 )
 
@@ -156,6 +157,22 @@ func waitState(t *testing.T, m *Manager, id, state string) Job {
 	return j
 }
 
+// waitLog waits for a job's log to hold want.
+func waitLog(t *testing.T, m *Manager, id, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := m.ReadLog(context.Background(), id, 0, 0)
+		if err == nil && strings.Contains(c.Data, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: log %q (%v) lacks %q", id, c.Data, err, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestJobManagerCountQueueAndRestart(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -255,7 +272,7 @@ func TestJobWatchdogMarksVanished(t *testing.T) {
 func TestJobStopQueuedAndRunning(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo no' TERM\nwhile :; do sleep 0.05; done\n")
+	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo no' TERM\necho ready\nwhile :; do sleep 0.05; done\n")
 	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
 	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
 	if err != nil {
@@ -267,6 +284,7 @@ func TestJobStopQueuedAndRunning(t *testing.T) {
 	a, _ := m.Submit(ctx, "s", "", nil)
 	b, _ := m.Submit(ctx, "s", "", nil)
 	waitState(t, m, a.ID, StateRunning)
+	waitLog(t, m, a.ID, "ready\n") // SIGTERM is trapped from now on
 	gb, err := m.Stop(ctx, b.ID, "tester")
 	if err != nil || gb.State != StateStopped {
 		t.Fatalf("stop queued: %+v %v", gb, err)
@@ -322,5 +340,38 @@ func TestJobQueueLimitAndUnknownService(t *testing.T) {
 	}
 	if _, err := m.Submit(ctx, "s", "", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("submit after close: %v", err)
+	}
+}
+
+// TestJobEnvironmentPolicy: a job gets the variables the operator's
+// policy passes, its own WSGW_* variables, and nothing else of the
+// gateway's environment.
+func TestJobEnvironmentPolicy(t *testing.T) {
+	t.Setenv("WSGWTEST_PV_PLUGIN_PATH", "/opt/pv")
+	t.Setenv("WSGWTEST_OTHER", "not for jobs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := writeExe(t, dir, "env.sh", "echo \"pv=$WSGWTEST_PV_PLUGIN_PATH other=$WSGWTEST_OTHER id=$WSGW_JOB_ID\"\n")
+	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
+	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m.cfg.EnvPolicy = proc.Policy{Pass: []string{"WSGWTEST_PV_*"}}
+	m.Start()
+	defer m.Close(ctx)
+	j, err := m.Submit(ctx, "s", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, j.ID, StateSucceeded)
+	c, err := m.ReadLog(ctx, j.ID, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pv=/opt/pv other= id=" + j.ID + "\n"; c.Data != want {
+		t.Errorf("the job printed %q, want %q", c.Data, want)
 	}
 }

@@ -60,6 +60,7 @@ type Config struct {
 	Events     Publisher
 	Dir        string // logs (Dir/<id>.log) and working directories (Dir/<id>/)
 	Supervisor *proc.Supervisor
+	EnvPolicy  proc.Policy   // the jobs' environment (zero: the built-in allowlist)
 	StopGrace  time.Duration // SIGTERM to SIGKILL; default 5s
 	Watchdog   time.Duration // how often running jobs are checked; default 1s
 	LogFlush   time.Duration // logs.append batching; default 200ms
@@ -480,8 +481,6 @@ func (m *Manager) Close(ctx context.Context) error {
 		}
 	}
 	m.mu.Unlock()
-	escalate := context.AfterFunc(ctx, m.stopCancel)
-	defer escalate()
 	for _, r := range stops {
 		go m.stopRun(r)
 	}
@@ -491,6 +490,30 @@ func (m *Manager) Close(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("jobs did not stop in time: %w", ctx.Err())
+	}
+	// Close acts on its deadline itself, not through context.AfterFunc:
+	// an AfterFunc unregistered once Done is seen may never run (ctx's
+	// cancel closes Done before it reaches the AfterFunc), and the jobs
+	// would run out their whole grace. Every stop still in its grace turns
+	// into SIGKILL, and every group still running gets it before Close
+	// returns, since the gateway may exit right after.
+	m.stopCancel()
+	m.killRunning()
+	return fmt.Errorf("jobs did not stop in time: %w", ctx.Err())
+}
+
+// killRunning sends SIGKILL to the process group of every job that has a
+// process and has not finished.
+func (m *Manager) killRunning() {
+	m.mu.Lock()
+	var ps []*proc.Process
+	for _, r := range m.running {
+		if r.p != nil {
+			ps = append(ps, r.p)
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range ps {
+		p.Kill()
 	}
 }

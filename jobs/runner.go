@@ -104,6 +104,7 @@ func (m *Manager) launch(r *run) {
 		Argv:            argv,
 		Dir:             dir,
 		Env:             own,
+		Policy:          m.cfg.EnvPolicy,
 		Stdout:          pw,
 		Stderr:          pw,
 		Supervisor:      m.cfg.Supervisor,

@@ -2,6 +2,8 @@ package jobs
 
 import (
 	"context"
+	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"wsgateway/proc"
 	"wsgateway/store"
 )
 
@@ -186,13 +189,175 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	}
 }
 
-func waitGone(t *testing.T, pid int) {
+// waitGone waits for every member of process group pgid (a job's PID),
+// not only its leader, to be gone.
+func waitGone(t *testing.T, pgid int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for processAlive(pid) {
+	for processAlive(pgid) || proc.GroupAlive(pgid) {
 		if time.Now().After(deadline) {
-			t.Fatalf("process %d still alive", pid)
+			t.Fatalf("process group %d still running", pgid)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lateCtx is a context whose end reaches what is registered on it with
+// context.AfterFunc (directly or through a derived context) only when
+// propagate is called: the legal interleaving in which a goroutine that
+// waits on Done runs, and returns, before the canceling goroutine has
+// told the AfterFuncs.
+type lateCtx struct {
+	context.Context // Background: no deadline, no values
+	done            chan struct{}
+
+	mu  sync.Mutex
+	n   int
+	fns map[int]func()
+}
+
+func newLateCtx() *lateCtx {
+	return &lateCtx{Context: context.Background(), done: make(chan struct{}), fns: map[int]func(){}}
+}
+
+func (c *lateCtx) Done() <-chan struct{} { return c.done }
+
+func (c *lateCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+// AfterFunc makes lateCtx an afterFuncer, which the context package
+// uses to propagate its end.
+func (c *lateCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	id := c.n
+	c.fns[id] = f
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.fns[id]
+		delete(c.fns, id)
+		return ok
+	}
+}
+
+func (c *lateCtx) end() { close(c.done) }
+
+// propagate runs what is still registered, as a late cancel would.
+func (c *lateCtx) propagate() {
+	c.mu.Lock()
+	fns := c.fns
+	c.fns = map[int]func(){}
+	c.mu.Unlock()
+	for _, f := range fns {
+		f()
+	}
+}
+
+// TestCloseKillsJobsWhenItsContextEndsLate: a Close whose context ends
+// while it waits for jobs that survive SIGTERM (the leader and a
+// background child), with the end reaching AfterFuncs only after Close has
+// returned (as a busy machine may schedule it), still ends every job's
+// whole process group long before the grace of a minute, and records the
+// jobs as interrupted.
+func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n")
+	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
+	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m.cfg.StopGrace = time.Minute
+	m.Start()
+	var running []Job
+	for range 2 {
+		j, err := m.Submit(ctx, "s", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n") // SIGTERM is trapped from now on
+	}
+
+	cctx := newLateCtx()
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close(cctx) }()
+	// Once both leaders have had SIGTERM, Close is waiting on them; then
+	// end its context.
+	for _, j := range running {
+		termed := filepath.Join(m.cfg.Dir, j.ID, "termed")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, err := os.Stat(termed); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s never got SIGTERM", j.ID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	cctx.end()
+	select {
+	case err = <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return 20s after its context ended")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close = %v, want an error wrapping %v", err, context.DeadlineExceeded)
+	}
+	cctx.propagate()
+	for _, j := range running {
+		waitGone(t, j.PID)
+		if got := waitState(t, m, j.ID, StateInterrupted); got.Reason == "" {
+			t.Errorf("%s interrupted without a reason", j.ID)
+		}
+	}
+}
+
+// TestKillRunningKillsEveryGroup: what Close does at its deadline, alone:
+// every running job's whole group gets SIGKILL, grace or not.
+func TestKillRunningKillsEveryGroup(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n")
+	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
+	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m.cfg.StopGrace = time.Minute
+	m.Start()
+	var running []Job
+	for range 2 {
+		j, err := m.Submit(ctx, "s", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n")
+	}
+	m.killRunning()
+	for _, j := range running {
+		waitGone(t, j.PID)
+		if got := waitState(t, m, j.ID, StateFailed); got.ExitStatus == nil || *got.ExitStatus != 128+9 {
+			t.Errorf("%s: exit status %v, want %d (SIGKILL)", j.ID, got.ExitStatus, 128+9)
+		}
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,10 +9,11 @@
 //     binary run with SuperviseArg, which reaps the program's orphans and
 //     takes the whole group down when the gateway dies, even by SIGKILL;
 //     without one, the leader gets SIGKILL when the gateway dies);
-//   - gets one environment policy, Environ: only the allow-listed
+//   - gets one environment policy, Policy.Environ: only the allow-listed
 //     variables of the gateway's environment (PATH, HOME, USER, LOGNAME,
 //     SHELL, TMPDIR, TZ, LANG, LC_ALL, LC_CTYPE, DISPLAY, XAUTHORITY,
-//     LD_LIBRARY_PATH, LSTC_LICENSE, LSTC_LICENSE_SERVER), plus its own
+//     LD_LIBRARY_PATH, LSTC_LICENSE, LSTC_LICENSE_SERVER, and the names
+//     and NAME* prefixes the operator adds, ParsePolicy), plus its own
 //     variables (WSGW_* for a service or a job), never the gateway's
 //     security token;
 //   - is stopped one way, Process.Stop: SIGTERM to the whole group, up to
@@ -52,8 +53,11 @@ type Spec struct {
 	// Dir is the working directory ("" : the gateway's).
 	Dir string
 	// Env is the process's own variables (KEY=VALUE), added to the
-	// allow-listed environment (see Environ).
+	// allow-listed environment (see Policy.Environ).
 	Env []string
+	// Policy is the environment policy (the zero Policy: the built-in
+	// allowlist alone).
+	Policy Policy
 	// Stdout and Stderr receive the output (nil: /dev/null). Files, not
 	// writers, so that the exit is never held up by a copy.
 	Stdout, Stderr *os.File
@@ -112,7 +116,7 @@ func Start(spec Spec) (*Process, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
 	cmd.Dir = spec.Dir
-	cmd.Env = Environ(spec.Env)
+	cmd.Env = spec.Policy.Environ(spec.Env)
 	if spec.Stdout != nil {
 		cmd.Stdout = spec.Stdout
 	}

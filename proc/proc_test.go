@@ -251,6 +251,47 @@ func TestStartEnvironmentReachesTheProcess(t *testing.T) {
 	}
 }
 
+// TestStartPassesTheOperatorsVariables: with a Policy, the process also
+// gets the names and prefixes it passes, and still never the token.
+func TestStartPassesTheOperatorsVariables(t *testing.T) {
+	t.Setenv(proc.SecurityTokenVar, "the-gateway-secret")
+	t.Setenv("WSGWTEST_PV_PLUGIN_PATH", "/opt/pv/plugins")
+	t.Setenv("WSGWTEST_PYTHONPATH", "/opt/pv/lib")
+	t.Setenv("WSGWTEST_RANDOM", "not for children")
+	pol, err := proc.ParsePolicy("WSGWTEST_PYTHONPATH,WSGWTEST_PV_*,WEBSOCKETSERVER_*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, supervised := range []bool{false, true} {
+		t.Run(fmt.Sprintf("supervised=%v", supervised), func(t *testing.T) {
+			dir := t.TempDir()
+			out, err := os.Create(filepath.Join(dir, "env"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer out.Close()
+			spec := proc.Spec{Argv: []string{"env"}, Dir: dir, Policy: pol, Stdout: out}
+			if supervised {
+				spec.Supervisor = supervisor(t)
+			}
+			p := start(t, spec)
+			waitExited(t, p)
+			b, _ := os.ReadFile(out.Name())
+			env := string(b)
+			for _, want := range []string{"WSGWTEST_PV_PLUGIN_PATH=/opt/pv/plugins\n", "WSGWTEST_PYTHONPATH=/opt/pv/lib\n", "PATH="} {
+				if !strings.Contains(env, want) {
+					t.Errorf("the process lacks %q:\n%s", want, env)
+				}
+			}
+			for _, bad := range []string{"the-gateway-secret", "WSGWTEST_RANDOM"} {
+				if strings.Contains(env, bad) {
+					t.Errorf("the process saw %q:\n%s", bad, env)
+				}
+			}
+		})
+	}
+}
+
 // TestExitStatus: the leader's exit and the program's status, with and
 // without a supervisor.
 func TestExitStatus(t *testing.T) {
@@ -417,6 +458,47 @@ func TestStopBoundedByContext(t *testing.T) {
 				waitFor(t, fmt.Sprintf("pid %d to die", pid), func() bool { return !alive(pid) })
 			}
 		})
+	}
+}
+
+// TestStopWithEndedContextKillsTheGroup: Stop with a context that has
+// already ended sends SIGKILL to the whole group at once (the grace is an
+// hour and everything ignores SIGTERM), also when the leader has already
+// exited and been reaped and only its leftovers run.
+func TestStopWithEndedContextKillsTheGroup(t *testing.T) {
+	tests := []struct {
+		name       string
+		script     string
+		leaderGone bool // wait for the leader to be reaped before Stop
+	}{
+		{"leader running", `trap '' TERM; sleep 1000 & echo $! > gc.pid; while :; do sleep 0.05; done`, false},
+		{"leader reaped, leftover running", `trap '' TERM; sleep 1000 & echo $! > gc.pid`, true},
+	}
+	for _, tt := range tests {
+		for _, supervised := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/supervised=%v", tt.name, supervised), func(t *testing.T) {
+				dir := t.TempDir()
+				spec := proc.Spec{Argv: []string{"/bin/sh", "-c", tt.script}, Dir: dir, Grace: time.Hour}
+				if supervised {
+					spec.Supervisor = supervisor(t)
+				}
+				p := start(t, spec)
+				gc := readPid(t, filepath.Join(dir, "gc.pid"))
+				if tt.leaderGone {
+					waitExited(t, p)
+				}
+				if !alive(gc) || !p.GroupAlive() {
+					t.Fatal("the group is not running before Stop")
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				if err := p.Stop(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					t.Errorf("Stop = %v, want nil or wrapping %v", err, context.Canceled)
+				}
+				waitFor(t, "the group to be killed", func() bool { return !alive(gc) && !p.GroupAlive() })
+				waitExited(t, p)
+			})
+		}
 	}
 }
 

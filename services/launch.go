@@ -52,6 +52,8 @@ type Spec struct {
 	StopGrace time.Duration
 	// ExtraEnv is added to the allow-listed environment (KEY=VALUE).
 	ExtraEnv []string
+	// EnvPolicy is the environment policy (zero: the built-in allowlist).
+	EnvPolicy proc.Policy
 	// Supervisor, when set, runs the script under a supervisor process
 	// that reaps its orphans and stops the group if the gateway dies.
 	Supervisor *Supervisor
@@ -225,6 +227,7 @@ func (s Spec) procSpec(verb string, env []string, stdout, stderr *os.File) proc.
 		Argv:       []string{s.Service.Script, verb},
 		Dir:        s.SessionDir,
 		Env:        env,
+		Policy:     s.EnvPolicy,
 		Stdout:     stdout,
 		Stderr:     stderr,
 		Supervisor: s.Supervisor,
