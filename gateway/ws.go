@@ -44,8 +44,11 @@ type session struct {
 func (s *Server) wsPortHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !websocket.IsWebSocketUpgrade(r) {
-			s.writeError(w, r, errorf(http.StatusUpgradeRequired,
-				"this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"))
+			msg := "this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"
+			if s.cfg.ClientAddr != "" {
+				msg = "this port accepts websocket connections only: point a websocket client such as noVNC at ws://host:port/"
+			}
+			s.writeError(w, r, errorf(http.StatusUpgradeRequired, "%s", msg))
 			return
 		}
 		s.serveWS(w, r)
@@ -392,7 +395,7 @@ func (s *Server) afterTunnel(ss *session, log zerolog.Logger) {
 		s.mu.Unlock()
 		s.sessionEvent(ss, "idle")
 		s.res.Unclaim(ss.token, grace)
-		log.Info().Dur("grace", grace).Msg("websocket closed; service kept for a reconnect")
+		log.Info().Int64("grace_ms", grace.Milliseconds()).Msg("websocket closed; service kept for a reconnect")
 		return
 	}
 	if ss.stopping {
