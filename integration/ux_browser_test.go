@@ -50,8 +50,9 @@ func TestBrowserUxBackgroundClick(t *testing.T) {
 	v.saveScreenshot("after-background-clicks")
 }
 
-// startPlainServices runs a gateway with one reservable service (the test
-// service, no desktop) and, when fileExt, a file_ext option.
+// startPlainServices runs a gateway with one reservable service, "Echo"
+// (the test service, no desktop; with a file_ext option when fileExt), and
+// "Broken", whose script fails with a message.
 func startPlainServices(t *testing.T, fileExt bool, args ...string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
@@ -60,7 +61,11 @@ func startPlainServices(t *testing.T, fileExt bool, args ...string) *gateway {
 		opts["file_ext"] = []string{".vtk"}
 	}
 	script := writeScript(t, dir, "echo.sh", fmt.Sprintf("case \"$1\" in\nstart) exec %s serve ;;\nesac\n", svcBin))
-	cfg := writeConfig(t, dir, map[string]any{"Echo": map[string]any{"script": script, "count": 2, "options": opts}})
+	broken := writeScript(t, dir, "broken.sh", "echo 'no licence is free for this program' >&2\nexit 1\n")
+	cfg := writeConfig(t, dir, map[string]any{
+		"Echo":   map[string]any{"script": script, "count": 2, "options": opts},
+		"Broken": map[string]any{"script": broken, "count": 1, "options": map[string]any{}},
+	})
 	return startGateway(t, append([]string{"--remote_session_config", cfg}, args...)...)
 }
 
@@ -151,18 +156,21 @@ func TestBrowserUxViewerRefusalsInPlainWords(t *testing.T) {
 	}
 	defer ws.Close()
 	cases := []struct {
-		name, token string
-		want        []string
+		name, fragment, state string
+		want                  []string
 	}{
-		{"unknown token", "no-such-token", []string{"does not know", "Reconnect reserves a new one"}},
-		{"token in use", busy, []string{"already open in another tab or window"}},
+		{"unknown token", "token=no-such-token&service=Echo", "error", []string{"does not know", "Reconnect reserves a new one"}},
+		{"token in use", "token=" + busy + "&service=Echo", "error", []string{"already open in another tab or window"}},
+		// The close reason of a failed launch holds a log path that a close
+		// frame's 123 bytes cut: it is left out, not shown cut.
+		{"launch failed", "service=Broken", "disconnected", []string{"could not be started", "no licence is free for this program.", "session log on the gateway"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			p := b.newTab()
 			p.t = t
-			p.navigate(g.httpURL("/wsgw/viewer.html#token=" + url.QueryEscape(c.token) + "&service=Echo"))
-			waitViewerState(t, p, "error", 30*time.Second)
+			p.navigate(g.httpURL("/wsgw/viewer.html#" + c.fragment))
+			waitViewerState(t, p, c.state, 30*time.Second)
 			var v struct {
 				Reason             string
 				Cut                bool
@@ -175,7 +183,7 @@ func TestBrowserUxViewerRefusalsInPlainWords(t *testing.T) {
 					t.Errorf("reason %q lacks %q", v.Reason, w)
 				}
 			}
-			for _, bad := range []string{"…", "/v1/", "GET ", "X-Wsgw"} {
+			for _, bad := range []string{"…", "/v1/", "GET ", "X-Wsgw", "(log:", "/tmp/"} {
 				if strings.Contains(v.Reason, bad) {
 					t.Errorf("reason %q is not plain words (%q)", v.Reason, bad)
 				}

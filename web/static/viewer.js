@@ -77,10 +77,17 @@ function plainReason(status, gatewaySays) {
   }
 }
 
-// plainClose says why an open connection ended.
+// plainClose says why an open connection ended. A close frame holds at
+// most 123 bytes of reason, so the gateway's may end mid-word: a cut log
+// path is left out rather than shown cut (the gateway's log has it whole).
 function plainClose(code, reason) {
   if (reason === 'Target closed') return 'The desktop has ended (its programs exited).';
   if (!reason && code === 1001) return 'The gateway is shutting down.';
+  if (code === 1011) {
+    const at = reason.indexOf(' (log: ');
+    const why = at >= 0 ? reason.slice(0, at) : reason;
+    return `The desktop could not be started: ${why}. The session log on the gateway has the details.`;
+  }
   return reason;
 }
 
