@@ -209,7 +209,7 @@ func (t *tunnel) run() {
 	t.mu.Unlock()
 	t.log.Info().Int64("bytes_in", t.up.Load()).Int64("bytes_out", t.down.Load()).
 		Int("client_close_code", cc).Int("session_close_code", bc).
-		Int64("duration_ms", time.Since(t.opened).Milliseconds()).Msg("proxy closed")
+		Dur("duration", time.Since(t.opened)).Msg("proxy closed")
 }
 
 // control forwards a ping or pong; a failure shows up in the pumps.
