@@ -239,3 +239,30 @@ func TestUxLogFile(t *testing.T) {
 		}
 	})
 }
+
+// make install puts a working wsgateway in $(PREFIX)/bin, and make run's
+// banner says the desktops start on demand.
+func TestUxMakeInstallAndRunBanner(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not found")
+	}
+	prefix := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "make", "-s", "install", "PREFIX="+prefix)
+	cmd.Dir = repoDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	bin := filepath.Join(prefix, "bin", "wsgateway")
+	out, err := exec.CommandContext(ctx, bin, "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "wsgateway ") {
+		t.Errorf("%s --version: %v %q", bin, err, out)
+	}
+	cmd = exec.CommandContext(ctx, "make", "-n", "run")
+	cmd.Dir = repoDir
+	banner, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(banner), "start on demand") || !strings.Contains(string(banner), "when a viewer connects") {
+		t.Errorf("make run's banner does not say the desktops start on demand: %v\n%s", err, banner)
+	}
+}
