@@ -213,16 +213,6 @@ func TestUxLogFile(t *testing.T) {
 			t.Errorf("created: %v", ents)
 		}
 	})
-	t.Run("parent is a file", func(t *testing.T) {
-		wd := t.TempDir()
-		f := filepath.Join(wd, "file")
-		os.WriteFile(f, nil, 0o644)
-		code, _, stderr := runIn(t, wd, "--log_file", filepath.Join(f, "gw.log"),
-			"--client_hostname", "127.0.0.1", "--client_port", "5900", "--bind_address", "127.0.0.1", "0")
-		if code != 2 || !strings.Contains(stderr, "--log_file") || !strings.Contains(stderr, "not a directory") {
-			t.Errorf("exit %d, stderr %q", code, stderr)
-		}
-	})
 	t.Run("notice on the terminal", func(t *testing.T) {
 		target, _ := tcpServer(t, func(c net.Conn) {})
 		th, tp, _ := net.SplitHostPort(target)
