@@ -81,12 +81,12 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		}
 		jr.lock = lf
 	}
-	slog := log
+	storeLog := log
 	if path == store.Memory {
 		// No jobs and nothing durable: nothing worth saying about them.
-		slog = log.Level(zerolog.WarnLevel)
+		storeLog = log.Level(zerolog.WarnLevel)
 	}
-	st, err := store.Open(ctx, path, slog)
+	st, err := store.Open(ctx, path, storeLog)
 	if err != nil {
 		jr.close()
 		return nil, err
