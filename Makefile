@@ -1,10 +1,12 @@
 # wsgateway: `make run` starts the gateway on the example services config,
 # `make test` runs every check. Both install what they need first.
+# `make install` puts the wsgateway command in $(PREFIX)/bin.
 
 GO        ?= go
 BIN       := bin/wsgateway
 WS_PORT   ?= 9091
 HTTP_PORT ?= 9090
+PREFIX    ?= /usr/local
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
@@ -14,12 +16,18 @@ LDFLAGS   := -X main.version=$(VERSION)
 APT_PKGS  := tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
              python3-numpy chromium chromium-driver fonts-dejavu-core
 
-.PHONY: all build run test bench fuzz deps deps-apt deps-npm fmt-check vet clean
+.PHONY: all build install run test bench fuzz deps deps-apt deps-npm fmt-check vet clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/wsgateway
+
+# Installs the command (make install PREFIX=~/.local for your own bin).
+install: build
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 $(BIN) "$(DESTDIR)$(PREFIX)/bin/wsgateway"
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/wsgateway"
 
 deps: deps-apt deps-npm
 	$(GO) mod download
@@ -50,6 +58,7 @@ integration/wslink/node_modules/.package-lock.json: integration/wslink/package.j
 run: deps build
 	@echo
 	@echo "wsgateway: dashboard and REST API on http://localhost:$(HTTP_PORT)/ , websockets on ws://localhost:$(WS_PORT)/"
+	@echo "  the desktops start on demand: each when a viewer connects (Launch on the dashboard)"
 	@echo "  reserve a desktop:  curl -s http://localhost:$(HTTP_PORT)/v1/reserve/Local%20Desktop"
 	@echo
 	./$(BIN) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json --state_db wsgateway-state.db $(WS_PORT)

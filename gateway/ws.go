@@ -40,8 +40,11 @@ func (st sessTunnel) Bytes() (in, out int64)        { return st.t.up.Load(), st.
 func (s *Server) wsPortHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !websocket.IsWebSocketUpgrade(r) {
-			s.writeError(w, r, httperr.Errorf(http.StatusUpgradeRequired,
-				"this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"))
+			msg := "this port accepts websocket connections only (ws://host:port/websockify?token=<token>)"
+			if s.cfg.ClientAddr != "" {
+				msg = "this port accepts websocket connections only: point a websocket client such as noVNC at ws://host:port/"
+			}
+			s.writeError(w, r, httperr.Errorf(http.StatusUpgradeRequired, "%s", msg))
 			return
 		}
 		s.serveWS(w, r)

@@ -434,8 +434,8 @@ func TestBrowserViewerRefusedToken(t *testing.T) {
 		p.navigate(g.httpURL("/wsgw/viewer.html#token=bogus&service=" + url.PathEscape(browserDesktop)))
 		waitViewerState(t, p, "error", 30*time.Second)
 		st, reason := viewerText(t, p)
-		if !strings.Contains(reason, "unknown token") {
-			t.Errorf("status %q, reason %q; want the reason to say unknown token", st, reason)
+		if !strings.Contains(reason, "does not know this link's desktop") {
+			t.Errorf("status %q, reason %q; want the reason to say the gateway does not know the token", st, reason)
 		}
 		p.saveScreenshot("refused")
 	})

@@ -216,7 +216,7 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	}
 	inst.readyAt = time.Now()
 	log.Info().Int("pid", p.PID()).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
-		Dur("took", time.Since(inst.started)).Msg("service ready")
+		Int64("took_ms", time.Since(inst.started).Milliseconds()).Msg("service ready")
 	return inst, nil
 }
 

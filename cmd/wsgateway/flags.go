@@ -11,9 +11,13 @@ import (
 	"time"
 )
 
+// NoWSPort is Config.WSPort when ws_server_port is not given (allowed with
+// --launcher_config): no websocket port is opened.
+const NoWSPort = -1
+
 // Config is the parsed command line.
 type Config struct {
-	WSPort              int
+	WSPort              int // NoWSPort: none
 	HTTPDirectory       string
 	NovncDirectory      string
 	HTTPPort            int
@@ -115,7 +119,7 @@ func options() []option {
 				c.Verbose = n
 				return nil
 			}},
-		{name: "log_file", meta: "log_filename", help: "Save program output to the named log file instead of stderr (rotated at 100 MB, 5 kept)",
+		{name: "log_file", meta: "log_filename", help: "Save program output to the named log file instead of stderr (rotated at 100 MB, 5 kept); its directory must exist. One line on stderr still says where the log goes and the URL to open",
 			set: func(c *Config, a []string) error { c.LogFile = a[0]; return nil }},
 		{name: "allowed_origins", meta: "origins", help: "Comma-separated websocket Origins allowed besides the gateway's own host, e.g. https://app.example.org ('*' allows any). Repeatable",
 			set: func(c *Config, a []string) error {
@@ -171,7 +175,7 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseRate(a[0], &c.RateLimit) }},
 		{name: "auth_fail_limit", meta: "per_minute", help: "Failed authentications (wrong security token, unknown reservation token) per minute per client address before 429. 0 turns it off. Default: 30",
 			set: func(c *Config, a []string) error { return parseRate(a[0], &c.AuthFailLimit) }},
-		{name: "launcher_config", meta: "launcher.config", help: "ParaViewWeb launcher config: serve its REST API (on --http_port when configuration.port is the same, else on configuration.host:port), launch its apps and forward their websockets at /proxy",
+		{name: "launcher_config", meta: "launcher.config", help: "ParaViewWeb launcher config: serve its REST API (on --http_port when configuration.port is the same, else on configuration.host:port), launch its apps and forward their websockets at /proxy. 'wsgateway --launcher_config launcher.config' alone runs the launcher, as 'python -m wslink.launcher launcher.config' does",
 			set: func(c *Config, a []string) error { c.LauncherConfig = a[0]; return nil }},
 		{name: "users", meta: "users.json", help: "Users and groups: {\"users\": {\"alice\": {\"password_bcrypt\": …, \"api_keys\": […], \"groups\": [\"viz\", \"admin\"]}}}; reloaded when it changes or on SIGHUP. Make hashes with: wsgateway hash-password",
 			set: func(c *Config, a []string) error { c.UsersFile = a[0]; return nil }},
@@ -181,7 +185,7 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserTunnels) }},
 		{name: "max_user_reservations", meta: "count", help: "Reservations one user may hold at once; more get 429. 0 means no cap. Default: 10",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserReservations) }},
-		{name: "state_db", meta: "file", help: "SQLite file holding what survives a restart: jobs, their queue and the event history (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory",
+		{name: "state_db", meta: "file", help: "SQLite file holding what survives a restart: jobs, their queue, the event history and reservations (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory",
 			set: func(c *Config, a []string) error { c.StateDB = a[0]; return nil }},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
@@ -311,7 +315,12 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 	}
 	switch len(positional) {
 	case 0:
-		return nil, &usageError{"missing ws_server_port: the port the gateway accepts websocket connections on, e.g. wsgateway --client_hostname localhost --client_port 5900 9090"}
+		if c.LauncherConfig == "" || c.ClientHostname != "" {
+			return nil, &usageError{"missing ws_server_port: the port the gateway accepts websocket connections on, e.g. wsgateway --client_hostname localhost --client_port 5900 8081"}
+		}
+		// The launcher alone, as python -m wslink.launcher launcher.config:
+		// it listens on its own configuration.host:port.
+		c.WSPort = NoWSPort
 	case 1:
 		if err := parsePort(positional[0], &c.WSPort); err != nil {
 			return nil, &usageError{fmt.Sprintf("ws_server_port: %v", err)}
@@ -334,10 +343,27 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 			return nil, &usageError{fmt.Sprintf("--http_directory: %s is not a directory", c.HTTPDirectory)}
 		}
 	}
+	if c.LogFile != "" {
+		if err := checkLogDir(c.LogFile); err != nil {
+			return nil, &usageError{fmt.Sprintf("--log_file %s: %v", c.LogFile, err)}
+		}
+	}
 	if c.ClientHostname == "" && c.RemoteSessionConfig == "" && len(c.LocalSessions) == 0 && c.LauncherConfig == "" {
 		return nil, &usageError{"nothing to serve: give --client_hostname/--client_port (basic mode), --remote_session_config FILE, --local_session NAME COUNT, or --launcher_config FILE"}
 	}
 	return c, nil
+}
+
+// checkLogDir refuses a log file whose directory does not exist, so that
+// nothing is created in a mistyped place. A log file that cannot be
+// written for another reason is said on stderr when the first line fails,
+// and the log goes to stderr instead (fallbackWriter).
+func checkLogDir(file string) error {
+	dir := filepath.Dir(file)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("directory %s does not exist; create it first or choose another file", dir)
+	}
+	return nil
 }
 
 func printUsage(w io.Writer) {
@@ -359,10 +385,10 @@ func printUsage(w io.Writer) {
 		b.WriteString(item)
 		line += len(item)
 	}
-	b.WriteString("\n" + indent + "ws_server_port\n")
+	b.WriteString("\n" + indent + "[ws_server_port]\n")
 	b.WriteString("wsgateway: websocket gateway for VNC desktops, visualisation servers and jobs\n\n")
 	b.WriteString("positional arguments:\n")
-	b.WriteString(helpEntry("ws_server_port", "The port the server accepts incoming websocket connection requests over"))
+	b.WriteString(helpEntry("ws_server_port", "The port the server accepts incoming websocket connection requests over. Optional with --launcher_config, which alone is a complete command (the launcher listens on its configuration.host:port)"))
 	b.WriteString("\noptional arguments:\n")
 	b.WriteString(helpEntry("-h, --help", "show this help message and exit"))
 	for _, o := range options() {

@@ -81,7 +81,12 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		}
 		jr.lock = lf
 	}
-	st, err := store.Open(ctx, path, log)
+	storeLog := log
+	if path == store.Memory {
+		// No jobs and nothing durable: nothing worth saying about them.
+		storeLog = log.Level(zerolog.WarnLevel)
+	}
+	st, err := store.Open(ctx, path, storeLog)
 	if err != nil {
 		jr.close()
 		return nil, err
@@ -118,7 +123,9 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
 	g.Extensions = append(g.Extensions, gateway.Extension{Name: "rpc", Match: jr.rpc.Match, Handler: jr.rpc})
 	jr.mgr.Start()
-	log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")
+	if path != store.Memory {
+		log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")
+	}
 	return jr, nil
 }
 

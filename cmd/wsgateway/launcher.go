@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,23 +30,25 @@ type launcherRun struct {
 	served  chan struct{}
 }
 
-// setupLauncher loads --launcher_config and, when it shares the HTTP port,
-// mounts it as a gateway extension (its content directory becoming the
-// gateway's static directory). A config that cannot be used is a usage
-// error naming the file and the line or key.
-func setupLauncher(cfg *Config, g *gateway.Config, log zerolog.Logger) (*launcherRun, error) {
+// launcherUsage is a --launcher_config that cannot be used: exit status 2.
+func launcherUsage(format string, args ...any) error {
+	return &usageError{"--launcher_config: " + fmt.Sprintf(format, args...)}
+}
+
+// loadLauncher reads --launcher_config and checks it against the command
+// line, creating nothing: a config that cannot be used is a usage error
+// naming the file and the line or key. When the launcher shares the HTTP
+// port, its content directory becomes the gateway's static directory.
+func loadLauncher(cfg *Config, g *gateway.Config) (*launcherRun, error) {
 	if cfg.LauncherConfig == "" {
 		return nil, nil
 	}
-	usage := func(format string, args ...any) error {
-		return &usageError{"--launcher_config: " + fmt.Sprintf(format, args...)}
-	}
+	usage := launcherUsage
 	lc, err := launcher.Load(cfg.LauncherConfig)
 	if err != nil {
 		return nil, usage("%v", err)
 	}
 	lc.StopGrace = cfg.StopGrace
-	lc.Supervisor = g.Supervisor
 	lc.AllowedOrigins = cfg.AllowedOrigins
 	port := lc.Port()
 	mounted := port == cfg.HTTPPort
@@ -59,6 +62,16 @@ func setupLauncher(cfg *Config, g *gateway.Config, log zerolog.Logger) (*launche
 	if first, _, _ := strings.Cut(lc.Endpoint(), "/"); mounted && (first == "v1" || first == strings.Trim(gateway.PagesPrefix, "/")) {
 		return nil, usage("%s: configuration.endpoint %q would hide the gateway's own %s on --http_port; choose another", lc.Path, lc.Endpoint(), "/"+first+"/")
 	}
+	if c := lc.Configuration.Content; c != "" {
+		// Checked before any port is taken (launcher.New checks it too).
+		st, err := os.Stat(c)
+		if err == nil && !st.IsDir() {
+			err = fmt.Errorf("%s is not a directory", c)
+		}
+		if err != nil {
+			return nil, usage("%v", &launcher.ConfigError{File: lc.Path, Key: "configuration.content", Msg: err.Error(), Err: err})
+		}
+	}
 	if mounted && lc.Configuration.Content != "" {
 		switch {
 		case g.HTTPDirectory == "":
@@ -67,16 +80,26 @@ func setupLauncher(cfg *Config, g *gateway.Config, log zerolog.Logger) (*launche
 			return nil, usage("%s: configuration.content %s and --http_directory %s would both be served on --http_port %d; keep one", lc.Path, lc.Configuration.Content, g.HTTPDirectory, port)
 		}
 	}
-	llog := log.With().Str("component", "launcher").Logger()
-	l, err := launcher.New(lc, llog)
-	if err != nil {
-		return nil, usage("%v", err)
+	return &launcherRun{cfg: lc, mounted: mounted}, nil
+}
+
+// start creates the launcher (its log, upload and proxy-file directories)
+// and, when it shares the HTTP port, mounts it as a gateway extension.
+func (lr *launcherRun) start(g *gateway.Config, log zerolog.Logger) error {
+	if lr == nil {
+		return nil
 	}
-	lr := &launcherRun{l: l, cfg: lc, log: llog, mounted: mounted}
-	if mounted {
+	lr.cfg.Supervisor = g.Supervisor
+	lr.log = log.With().Str("component", "launcher").Logger()
+	l, err := launcher.New(lr.cfg, lr.log)
+	if err != nil {
+		return launcherUsage("%v", err)
+	}
+	lr.l = l
+	if lr.mounted {
 		g.Extensions = append(g.Extensions, gateway.Extension{Name: "launcher", Match: l.Match, Handler: l.Handler()})
 	}
-	return lr, nil
+	return nil
 }
 
 // hostCompatible reports whether a launcher host can be served by a
@@ -105,20 +128,23 @@ func (lr *launcherRun) bind(srv *gateway.Server) {
 
 func (lr *launcherRun) mountedOnHTTP() bool { return lr != nil && lr.mounted }
 
-// listen starts the launcher's own listener when it does not share the
-// HTTP port; it is served until close.
-func (lr *launcherRun) listen(ctx context.Context, tlsCfg *tls.Config) error {
+// ownListener reports whether the launcher listens on a port of its own.
+func (lr *launcherRun) ownListener() bool { return lr != nil && !lr.mounted }
+
+// addr is the launcher's own configuration.host:port.
+func (lr *launcherRun) addr() string {
+	return net.JoinHostPort(lr.cfg.Configuration.Host, strconv.Itoa(lr.cfg.Port()))
+}
+
+// serve serves the launcher on ln (its own listener, nil when it shares
+// the HTTP port) until close.
+func (lr *launcherRun) serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) {
 	if lr == nil {
-		return nil
+		return
 	}
-	if lr.mounted {
+	if ln == nil {
 		lr.log.Info().Int("port", lr.cfg.Port()).Str("endpoint", "/"+lr.cfg.Endpoint()).Msg("launcher mounted on the HTTP port")
-		return nil
-	}
-	addr := net.JoinHostPort(lr.cfg.Configuration.Host, strconv.Itoa(lr.cfg.Port()))
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--launcher_config %s: listening on configuration.host:port %s: %w", lr.cfg.Path, addr, err)
+		return
 	}
 	scheme := "http"
 	if tlsCfg != nil {
@@ -136,12 +162,11 @@ func (lr *launcherRun) listen(ctx context.Context, tlsCfg *tls.Config) error {
 			lr.log.Error().Err(err).Msg("launcher listener failed")
 		}
 	}()
-	return nil
 }
 
 // close stops the listener and every launcher session (bounded).
 func (lr *launcherRun) close() {
-	if lr == nil {
+	if lr == nil || lr.l == nil {
 		return
 	}
 	if lr.cancel != nil {

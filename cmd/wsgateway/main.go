@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,11 +76,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "wsgateway %s\n", version)
 		return nil
 	}
-	log, closeLog := newLogger(cfg, stderr)
-	defer closeLog()
-
 	gcfg, err := buildGatewayConfig(cfg)
 	if err != nil {
+		return err
+	}
+	lr, err := loadLauncher(cfg, &gcfg)
+	if err != nil {
+		return err
+	}
+	// The ports before anything is set up: one in use is the first thing said.
+	httpOn := cfg.HTTPDirectory != "" || cfg.RemoteSessionConfig != "" || len(cfg.LocalSessions) > 0 || lr.mountedOnHTTP()
+	lns, err := openListeners(cfg, lr, httpOn)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+	log, closeLog := newLogger(cfg, stderr)
+	defer closeLog()
+	announce(log, cfg, &gcfg, lr, lns, stderr)
+	if err := addBuiltins(cfg, &gcfg); err != nil {
 		return err
 	}
 	exe, err := os.Executable()
@@ -94,8 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// killed) makes every supervisor stop its service.
 	defer sup.Close()
 	gcfg.Supervisor = sup
-	lr, err := setupLauncher(cfg, &gcfg, log)
-	if err != nil {
+	if err := lr.start(&gcfg, log); err != nil {
 		return err
 	}
 	defer lr.close()
@@ -114,39 +128,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	jr.gw.Bind(srv)
 	lr.bind(srv)
 
-	wsLn, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.WSPort)))
-	if err != nil {
-		return fmt.Errorf("ws_server_port %d: %w", cfg.WSPort, err)
-	}
-	var httpLn net.Listener
-	httpOn := cfg.HTTPDirectory != "" || cfg.RemoteSessionConfig != "" || len(cfg.LocalSessions) > 0 || lr.mountedOnHTTP()
-	if httpOn {
-		if cfg.HTTPPort == cfg.WSPort && cfg.WSPort != 0 {
-			// One port for everything: the HTTP handler takes websockets too.
-			httpLn, wsLn = wsLn, nil
-		} else {
-			httpLn, err = net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.HTTPPort)))
-			if err != nil {
-				wsLn.Close()
-				return fmt.Errorf("--http_port %d: %w", cfg.HTTPPort, err)
-			}
-		}
-	}
-	if err := lr.listen(ctx, gcfg.TLS); err != nil {
-		if wsLn != nil {
-			wsLn.Close()
-		}
-		if httpLn != nil {
-			httpLn.Close()
-		}
-		return err
-	}
+	lr.serve(ctx, lns.launcher, gcfg.TLS)
 	if gcfg.Users != nil {
 		go watchUsers(ctx, gcfg.Users, log)
 	}
-	log.Info().Str("version", version).Int("services", len(gcfg.Services)).Str("basic_target", gcfg.ClientAddr).
+	log.Debug().Str("version", version).Int("services", len(gcfg.Services)).Str("basic_target", gcfg.ClientAddr).
 		Str("session_dir", gcfg.SessionRoot).Bool("tls", gcfg.TLS != nil).Msg("wsgateway starting")
-	return srv.Serve(ctx, wsLn, httpLn)
+	return srv.Serve(ctx, lns.ws, lns.http)
 }
 
 func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
@@ -182,13 +170,13 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 		}
 		g.Services = append(g.Services, svcs...)
 	}
-	builtinDir := filepath.Join(filepath.Dir(g.SessionRoot), "builtin")
 	for _, ls := range cfg.LocalSessions {
-		svc, err := services.BuiltIn(ls.Name, ls.Count, builtinDir)
-		if err != nil {
+		if !slices.Contains(services.BuiltInNames(), ls.Name) {
+			// BuiltIn refuses an unknown name, listing the built-ins,
+			// before it writes anything.
+			_, err := services.BuiltIn(ls.Name, ls.Count, "")
 			return g, &usageError{fmt.Sprintf("--local_session: %v", err)}
 		}
-		g.Services = append(g.Services, svc)
 	}
 	if cfg.UsersFile != "" {
 		users, err := auth.LoadUsers(cfg.UsersFile)
@@ -214,6 +202,20 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 		g.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
 	return g, nil
+}
+
+// addBuiltins adds the --local_session services, writing their scripts
+// beside the session directory.
+func addBuiltins(cfg *Config, g *gateway.Config) error {
+	builtinDir := filepath.Join(filepath.Dir(g.SessionRoot), "builtin")
+	for _, ls := range cfg.LocalSessions {
+		svc, err := services.BuiltIn(ls.Name, ls.Count, builtinDir)
+		if err != nil {
+			return &usageError{fmt.Sprintf("--local_session: %v", err)}
+		}
+		g.Services = append(g.Services, svc)
+	}
+	return nil
 }
 
 // newLogger builds the zerolog logger: --verbose sets the level,

@@ -20,9 +20,13 @@ function cell(text, cls) {
 function renderServices(services) {
   const body = $('#services tbody');
   body.replaceChildren();
+  // The "Opens files" column only when a service says what it opens.
+  $('#services').classList.toggle('no-file-ext', !services.some((s) => (s.file_ext || []).length > 0));
   if (services.length === 0) {
     const tr = document.createElement('tr');
-    tr.append(cell('No services are configured.', 'muted'));
+    const td = cell('No services are configured: start the gateway with --remote_session_config or --local_session.', 'muted');
+    td.colSpan = 5;
+    tr.append(td);
     body.append(tr);
   }
   for (const s of services) {
@@ -37,7 +41,7 @@ function renderServices(services) {
       ext.append(t);
     }
     tr.append(ext);
-    const act = document.createElement('td');
+    const act = cell('', 'actions');
     const b = document.createElement('button');
     b.className = 'launch primary';
     b.textContent = 'Launch';
@@ -60,9 +64,13 @@ function renderSessions(st) {
   for (const r of st.reservations) {
     if (!withSession.has(r.token_prefix)) rows.push({ ...r, kind: 'reservation', bytes_in: 0, bytes_out: 0 });
   }
+  // The Stop column only when there is something this user may stop.
+  $('#sessions').classList.toggle('no-actions', !rows.some((s) => s.token));
   if (rows.length === 0) {
     const tr = document.createElement('tr');
-    tr.append(cell('No sessions.', 'muted'));
+    const td = cell('No sessions.', 'muted');
+    td.colSpan = 7;
+    tr.append(td);
     body.append(tr);
   }
   for (const s of rows) {
@@ -71,7 +79,7 @@ function renderSessions(st) {
     tr.append(cell(s.service, 'service'), cell(String(s.index), 'num index'), cell(s.state, 'state'),
       cell(humanAge(s.age_seconds), 'num age'), cell(humanBytes(s.bytes_in || 0), 'num bytes-in'),
       cell(humanBytes(s.bytes_out || 0), 'num bytes-out'));
-    const act = document.createElement('td');
+    const act = cell('', 'actions');
     if (s.token) {
       const b = document.createElement('button');
       b.className = 'stop';

@@ -89,6 +89,11 @@ function onEvent(topic, d) {
 }
 
 function renderServiceSelect() {
+  // With no job service, say so instead of showing an empty form.
+  const none = state.services.length === 0;
+  $('#no-job-services').hidden = !none;
+  $('#submit').hidden = none;
+  $('#submit-title').hidden = none;
   const sel = $('#service');
   sel.replaceChildren(...state.services.map((s) => new Option(s.name, s.name)));
   renderParams();

@@ -25,7 +25,6 @@ function setState(state, text, reason = '') {
   statusEl.dataset.state = state;
   statusEl.textContent = text;
   reasonEl.textContent = reason;
-  reasonEl.title = reason;
   reconnectBtn.hidden = !(state === 'disconnected' || state === 'error');
 }
 
@@ -48,8 +47,48 @@ async function explain() {
     await api('/v1/check_token', { headers: { 'X-Wsgw-Token': token } });
     return '';
   } catch (e) {
-    return e.message;
+    return plainReason(e.status, e.message);
   }
+}
+
+// plainReason says a refusal in words for the person at the screen (the
+// gateway's own words are for API clients); it is shown whole, never cut.
+function plainReason(status, gatewaySays) {
+  const again = service ? 'Reconnect reserves a new one.' : 'Launch a new one from the dashboard.';
+  const says = (gatewaySays || '').toLowerCase();
+  switch (status) {
+    case 0:
+      return 'The gateway cannot be reached. Check the network, then Reconnect.';
+    case 401:
+      return 'The gateway asks you to log in first (the dashboard has the login page).';
+    case 403:
+      if (says.includes('expired')) return `This desktop's reservation expired before it was used. ${again}`;
+      if (says.includes('ending')) return `This desktop is shutting down. ${again}`;
+      if (says.includes('unknown token')) return `The gateway does not know this link's desktop: it was stopped or has ended, or the gateway restarted. ${again}`;
+      return gatewaySays;
+    case 409:
+      return 'This desktop is already open in another tab or window, and it can be shown in one place at a time. Close it there, then Reconnect.';
+    case 429:
+      return 'Too many attempts from your address. Wait a minute, then Reconnect.';
+    case 503:
+      return 'The gateway is too busy or is shutting down. Try again in a moment.';
+    default:
+      return gatewaySays || `The gateway refused the connection (HTTP ${status}).`;
+  }
+}
+
+// plainClose says why an open connection ended. A close frame holds at
+// most 123 bytes of reason, so the gateway's may end mid-word: a cut log
+// path is left out rather than shown cut (the gateway's log has it whole).
+function plainClose(code, reason) {
+  if (reason === 'Target closed') return 'The desktop has ended (its programs exited).';
+  if (!reason && code === 1001) return 'The gateway is shutting down.';
+  if (code === 1011) {
+    const at = reason.indexOf(' (log: ');
+    const why = at >= 0 ? reason.slice(0, at) : reason;
+    return `The desktop could not be started: ${why}. The session log on the gateway has the details.`;
+  }
+  return reason;
 }
 
 function connect() {
@@ -89,9 +128,9 @@ function connect() {
     // The close event carries the gateway's reason; it may arrive just
     // after noVNC's disconnect.
     await new Promise((r) => setTimeout(r, 50));
-    let reason = viewer.closeReason;
-    if (!opened) reason = (await explain()) || 'the gateway refused the connection';
-    if (!reason && !e.detail.clean) reason = 'the connection was lost';
+    let reason = plainClose(viewer.closeCode, viewer.closeReason);
+    if (!opened) reason = (await explain()) || 'The gateway refused the connection.';
+    if (!reason && !e.detail.clean) reason = 'The connection was lost.';
     if (!opened) setState('error', 'Could not connect', reason);
     else setState('disconnected', 'Disconnected', reason);
   });
