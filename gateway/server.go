@@ -24,6 +24,7 @@ import (
 	"wsgateway/auth"
 	"wsgateway/internal/httperr"
 	"wsgateway/internal/origin"
+	"wsgateway/proc"
 	"wsgateway/reservation"
 	"wsgateway/services"
 	"wsgateway/session"
@@ -93,6 +94,9 @@ type Config struct {
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
 	Publish func(topic, owner string, data map[string]any)
+	// EnvPolicy is what started services inherit of the gateway's
+	// environment besides the built-in allowlist.
+	EnvPolicy proc.Policy
 	// Supervisor runs service scripts under a supervisor process (nil:
 	// scripts run directly).
 	Supervisor *services.Supervisor

@@ -34,7 +34,7 @@ func (st sessTunnel) Close(code int, reason string) {
 	}
 	st.t.closeWith(code, reason)
 }
-func (st sessTunnel) Bytes() (in, out int64)        { return st.t.up.Load(), st.t.down.Load() }
+func (st sessTunnel) Bytes() (in, out int64) { return st.t.up.Load(), st.t.down.Load() }
 
 // wsPortHandler serves ws_server_port: websocket upgrades on any path.
 func (s *Server) wsPortHandler() http.Handler {
@@ -342,6 +342,7 @@ func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.L
 		StartTimeout: s.cfg.StartTimeout,
 		StopGrace:    s.cfg.StopGrace,
 		Supervisor:   s.cfg.Supervisor,
+		EnvPolicy:    s.cfg.EnvPolicy,
 	}
 	inst, err := services.Start(ctx, spec, log)
 	if err != nil {

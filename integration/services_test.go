@@ -3,9 +3,11 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -531,4 +533,23 @@ func TestReservationsSurviveSIGKILL(t *testing.T) {
 	c.waitEvent("the interrupted session", 10*time.Second, func(e rpcEvent) bool {
 		return e.Data["state"] == "interrupted" && e.Data["token_prefix"] == running[:8]
 	})
+}
+
+// TestPassEnv: a variable of the gateway's environment reaches a service
+// only when --pass_env names it (here by prefix); the security token
+// never does, even when a prefix covers it.
+func TestPassEnv(t *testing.T) {
+	g, _ := svcGateway(t, 1, nil, "--pass_env", "WSGW_TEST_*")
+	tok := g.reserve(t, "Echo Service", "")["token"].(string)
+	_, h := connectToken(t, g, tok)
+	if h.Leak != "secret-from-parent" {
+		t.Fatalf("--pass_env WSGW_TEST_*: the service saw WSGW_TEST_LEAK=%q, want the gateway's value", h.Leak)
+	}
+	for _, bad := range []string{"*", "WEBSOCKETSERVER_SECURITY_TOKEN", "1BAD"} {
+		out, err := exec.Command(gwBin, "--pass_env", bad, "0").CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "pass_env") {
+			t.Errorf("--pass_env %q: %v, want exit 2 naming the flag; output %q", bad, err, out)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"wsgateway/proc"
 	"wsgateway/services"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	// StopGrace is the time between SIGTERM and SIGKILL when a session is
 	// stopped (not in the file; the gateway's --stop_grace).
 	StopGrace time.Duration `json:"-"`
+	// EnvPolicy is what applications inherit of the gateway's
+	// environment besides the built-in allowlist.
+	EnvPolicy proc.Policy `json:"-"`
 	// AllowedOrigins are browser Origins allowed on /proxy besides the
 	// request's own host ("*" allows any); the gateway's --allowed_origins.
 	AllowedOrigins []string `json:"-"`

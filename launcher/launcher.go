@@ -345,7 +345,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*session
 		release()
 		return nil, httperr.Errorf(http.StatusInternalServerError, "cannot create the session log: %w", err)
 	}
-	proc, err := startProcess(argv, logFile, l.cfg.Supervisor, l.cfg.StopGrace)
+	proc, err := startProcess(argv, logFile, l.cfg.Supervisor, l.cfg.StopGrace, l.cfg.EnvPolicy)
 	if err != nil {
 		fmt.Fprintf(logFile, "wsgateway launcher: cannot start %q: %v\n", argv[0], err)
 		logFile.Close()

@@ -33,7 +33,7 @@ type process struct {
 
 // startProcess runs argv (no shell) in a new process group, with proc's
 // environment and stdout and stderr appended to logFile.
-func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, grace time.Duration) (*process, error) {
+func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, grace time.Duration, env proc.Policy) (*process, error) {
 	if grace <= 0 {
 		grace = DefaultStopGrace
 	}
@@ -44,6 +44,7 @@ func startProcess(argv []string, logFile *os.File, sup *services.Supervisor, gra
 		Supervisor:      sup,
 		Grace:           grace,
 		KillGroupOnExit: true,
+		Policy:          env,
 	})
 	if err != nil {
 		return nil, err

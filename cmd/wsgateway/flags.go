@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"wsgateway/proc"
 )
 
 // NoWSPort is Config.WSPort when ws_server_port is not given (allowed with
@@ -33,6 +35,7 @@ type Config struct {
 	AllowedOrigins      []string
 	StartTimeout        time.Duration
 	StopGrace           time.Duration
+	PassEnv             proc.Policy
 	SessionDir          string
 	BindAddress         string
 	LauncherConfig      string
@@ -139,6 +142,15 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseSeconds(a[0], &c.StartTimeout) }},
 		{name: "stop_grace", meta: "seconds", help: "Seconds between SIGTERM and SIGKILL when a service is stopped. Default:5",
 			set: func(c *Config, a []string) error { return parseSeconds(a[0], &c.StopGrace) }},
+		{name: "pass_env", meta: "list", help: "More variables of the gateway's environment that started services, launcher applications and jobs inherit, comma-separated; NAME* is a prefix (PYTHONPATH,PV_*,CUDA_VISIBLE_DEVICES). The security token never passes. Default: none",
+			set: func(c *Config, a []string) error {
+				p, err := proc.ParsePolicy(a[0])
+				if err != nil {
+					return err
+				}
+				c.PassEnv = p
+				return nil
+			}},
 		{name: "session_dir", meta: "directory", help: "Where each launched session gets its working directory and log. Default: $TMPDIR/wsgateway-<uid>/sessions",
 			set: func(c *Config, a []string) error { c.SessionDir = a[0]; return nil }},
 		{name: "bind_address", meta: "address", help: "Address to listen on (e.g. 127.0.0.1). Default: all interfaces",

@@ -96,7 +96,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		jr.close()
 		return nil, err
 	}
-	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace}, log)
+	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv}, log)
 	if err != nil {
 		jr.close()
 		return nil, err

@@ -49,6 +49,7 @@ func loadLauncher(cfg *Config, g *gateway.Config) (*launcherRun, error) {
 		return nil, usage("%v", err)
 	}
 	lc.StopGrace = cfg.StopGrace
+	lc.EnvPolicy = cfg.PassEnv
 	lc.AllowedOrigins = cfg.AllowedOrigins
 	port := lc.Port()
 	mounted := port == cfg.HTTPPort

@@ -145,6 +145,7 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 		Timeout:         cfg.Timeout,
 		StartTimeout:    cfg.StartTimeout,
 		StopGrace:       cfg.StopGrace,
+		EnvPolicy:       cfg.PassEnv,
 		AllowedOrigins:  cfg.AllowedOrigins,
 		SessionRoot:     cfg.SessionDir,
 		MaxMessageBytes: cfg.MaxMessageBytes,
