@@ -107,7 +107,7 @@ func (c *conn) queueView(data json.RawMessage) json.RawMessage {
 		return data
 	}
 	q, ok := d["queue"].([]any)
-	if !ok {
+	if !ok || d["kind"] != "reservations" {
 		return data
 	}
 	me := name(c.id)
