@@ -78,7 +78,7 @@ test: deps fmt-check vet
 FUZZTIME ?= 10s
 FUZZ_TARGETS := services:FuzzParseConfig services:FuzzParseReadyLine services:FuzzReadyOutput \
                 launcher:FuzzStripComments launcher:FuzzParse launcher:FuzzSafeSubstitute launcher:FuzzSanitize \
-                session:FuzzTokens wsframe:FuzzParser wsframe:FuzzMask wsframe:FuzzClose rpc:FuzzDecode
+                session:FuzzTokens wsframe:FuzzParser wsframe:FuzzMask wsframe:FuzzClose rpc:FuzzDecode internal/text:FuzzCut
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ./$$pkg for $(FUZZTIME)"; \
