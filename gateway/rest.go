@@ -473,7 +473,7 @@ func (s *Server) status(id *auth.Identity, crossSite bool) Status {
 		st.Sessions = append(st.Sessions, x)
 	}
 	s.mu.Lock()
-	st.Tunnels = len(s.tunnels) + s.hosted.count()
+	st.Tunnels = len(s.tunnels)
 	s.mu.Unlock()
 	sort.Slice(st.Sessions, func(i, j int) bool {
 		if st.Sessions[i].Service != st.Sessions[j].Service {

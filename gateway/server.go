@@ -28,6 +28,7 @@ import (
 	"wsgateway/reservation"
 	"wsgateway/services"
 	"wsgateway/session"
+	"wsgateway/wsframe"
 )
 
 // Config is everything the gateway needs to run.
@@ -174,8 +175,7 @@ type Server struct {
 	baseCancel context.CancelFunc
 
 	mu      sync.Mutex
-	tunnels map[*tunnel]struct{}
-	hosted  hostedTunnels // tunnels of other packages (tunnels.go)
+	tunnels map[wsframe.Tunnel]struct{} // the gateway's own and the hosted ones (tunnels.go)
 	closing bool
 	servers []*http.Server
 	lns     []net.Listener
@@ -218,7 +218,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		started:    time.Now(),
 		baseCtx:    ctx,
 		baseCancel: cancel,
-		tunnels:    map[*tunnel]struct{}{},
+		tunnels:    map[wsframe.Tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
 	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
@@ -358,10 +358,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	servers := append([]*http.Server(nil), s.servers...)
 	lns := append([]net.Listener(nil), s.lns...)
-	tunnels := make([]*tunnel, 0, len(s.tunnels))
-	for t := range s.tunnels {
-		tunnels = append(tunnels, t)
-	}
+	tunnels := s.tunnelListLocked()
 	s.mu.Unlock()
 	start := time.Now()
 
@@ -371,6 +368,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for _, f := range s.cfg.StopAccepting {
 		f()
+	}
+
+	// Every tunnel, the launcher's too, hears why (closing never blocks:
+	// a client that does not read is cut by its own close timeout).
+	for _, t := range tunnels {
+		t.Close(wsframe.CloseGoingAway, "gateway shutting down")
 	}
 
 	// Then everything stops at once, under the one deadline.
@@ -386,14 +389,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 				_ = srv.Close()
 			}
 		}(srv)
-	}
-	for _, t := range tunnels {
-		// Each on its own: a client that does not read delays no other.
-		wg.Add(1)
-		go func(t *tunnel) {
-			defer wg.Done()
-			t.closeWith(websocket.CloseGoingAway, "gateway shutting down")
-		}(t)
 	}
 	wg.Add(1)
 	go func() {
@@ -452,15 +447,20 @@ func (s *Server) checkTunnels(now time.Time) {
 		s.lastPing = now
 	}
 	s.mu.Lock()
-	ts := make([]*tunnel, 0, len(s.tunnels))
+	ts := s.tunnelListLocked()
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.Check(now, ping)
+	}
+}
+
+// tunnelListLocked returns every open tunnel.
+func (s *Server) tunnelListLocked() []wsframe.Tunnel {
+	ts := make([]wsframe.Tunnel, 0, len(s.tunnels))
 	for t := range s.tunnels {
 		ts = append(ts, t)
 	}
-	s.mu.Unlock()
-	for _, t := range ts {
-		t.checkPolicy(now, s.cfg.Heartbeat, ping)
-	}
-	s.hosted.check(now, ping)
+	return ts
 }
 
 // originAllowed accepts requests without an Origin (non-browser clients),

@@ -100,7 +100,25 @@ type outFrame struct {
 	n  int
 }
 
-var _ wsframe.Handler = (*tunnel)(nil)
+var (
+	_ wsframe.Handler = (*tunnel)(nil)
+	_ wsframe.Tunnel  = (*tunnel)(nil)
+)
+
+// Check is wsframe.Tunnel's policy sweep (checkPolicy with the gateway's
+// heartbeat).
+func (t *tunnel) Check(now time.Time, ping bool) { t.checkPolicy(now, t.s.cfg.Heartbeat, ping) }
+
+// Close is closeWith; code 0 (no code given) is a normal close.
+func (t *tunnel) Close(code int, reason string) {
+	if code == 0 {
+		code = wsframe.CloseNormal
+	}
+	t.closeWith(code, reason)
+}
+
+// Bytes are the payload bytes so far, client to service and back.
+func (t *tunnel) Bytes() (in, out int64) { return t.up.Load(), t.down.Load() }
 
 // newTunnel registers a tunnel, or closes both ends with 1001 when the
 // gateway is shutting down.
@@ -565,8 +583,6 @@ func (t *tunnel) halfCloseService() {
 		_ = t.conn.Close()
 	}
 }
-
-var errCloseSent = errors.New("close frame already sent")
 
 func (t *tunnel) serviceToClient() {
 	var err error

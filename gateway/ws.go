@@ -25,17 +25,6 @@ import (
 	"wsgateway/wsframe"
 )
 
-// sessTunnel is a tunnel as its session sees it.
-type sessTunnel struct{ t *tunnel }
-
-func (st sessTunnel) Close(code int, reason string) {
-	if code == 0 {
-		code = websocket.CloseNormalClosure
-	}
-	st.t.closeWith(code, reason)
-}
-func (st sessTunnel) Bytes() (in, out int64) { return st.t.up.Load(), st.t.down.Load() }
-
 // wsPortHandler serves ws_server_port: websocket upgrades on any path.
 func (s *Server) wsPortHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -255,8 +244,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	t.maxDuration = durationOption(svc, "max_duration")
 	// A session ended by policy does not wait for a reconnect.
 	t.onPolicy = func(reason string) { ss.Stop(websocket.ClosePolicyViolation, reason) }
-	st := sessTunnel{t}
-	if err := ss.Attach(st, r.RemoteAddr); err != nil {
+	if err := ss.Attach(t, r.RemoteAddr); err != nil {
 		t.closeWith(websocket.CloseNormalClosure, "reservation released")
 	}
 	return func() {
@@ -273,7 +261,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		}()
 		t.run()
 		s.dropTunnel(t)
-		ss.Detach(st, grace)
+		ss.Detach(t, grace)
 		if ss.State() == session.Detached {
 			log.Info().Int64("grace_ms", grace.Milliseconds()).Msg("websocket closed; service kept for a reconnect")
 		}

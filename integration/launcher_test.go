@@ -629,7 +629,7 @@ func TestLauncherShutdownStopsSessions(t *testing.T) {
 	if err := e.g.exitErr; err != nil {
 		t.Errorf("gateway exit: %v", err)
 	}
-	lchExpectClose(t, ws, websocket.CloseGoingAway, "launcher shutting down")
+	lchExpectClose(t, ws, websocket.CloseGoingAway, "gateway shutting down")
 	if lchListening(e.lo) {
 		t.Error("session still listening after the gateway stopped")
 	}

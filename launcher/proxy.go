@@ -100,7 +100,7 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	}()
 	var limits wsframe.Limits
 	if host != nil {
-		release, err := host.Admit("proxy")
+		release, err := host.Admit()
 		if err != nil {
 			return httperr.Errorf(http.StatusServiceUnavailable, "%v", err)
 		}

@@ -285,12 +285,9 @@ type fakeHost struct {
 	ended    [][2]int64
 }
 
-func (h *fakeHost) Admit(kind string) (func(), error) {
+func (h *fakeHost) Admit() (func(), error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if kind != "proxy" {
-		return nil, fmt.Errorf("kind %q", kind)
-	}
 	if h.admitted >= h.capacity {
 		return nil, errors.New("the gateway is serving its maximum of websockets")
 	}

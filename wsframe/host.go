@@ -8,11 +8,10 @@ import "time"
 // message limit and heartbeat, one policy sweep, and a place in the
 // status and the metrics.
 type Host interface {
-	// Admit takes one place under the gateway's cap on open tunnels
-	// (kind names the caller, such as "proxy"); release gives it back
-	// (once, however often it is called). The error is a sentence for
-	// the refused client.
-	Admit(kind string) (release func(), err error)
+	// Admit takes one place under the gateway's cap on open tunnels;
+	// release gives it back (once, however often it is called). The
+	// error is a sentence for the refused client.
+	Admit() (release func(), err error)
 	// Limits are the gateway's limits for tunnels.
 	Limits() Limits
 	// Register adds an open tunnel to the gateway's status, metrics and
@@ -30,8 +29,9 @@ type Limits struct {
 	Heartbeat time.Duration
 }
 
-// Tunnel is a tunnel registered with a Host. Neither method may block:
-// the gateway calls them for every tunnel from one goroutine.
+// Tunnel is a tunnel under the gateway's rules: the gateway's own and
+// those registered with a Host. No method may block: the gateway calls
+// them for every tunnel from one goroutine.
 type Tunnel interface {
 	// Check applies the heartbeat: it is called about once a second,
 	// with ping true when a heartbeat is due.
