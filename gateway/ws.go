@@ -189,9 +189,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	}
 
 	var launchStart time.Time
-	if ss.NeedsStart() {
+	inst, _ := ss.Process().(*services.Instance) // set when reattaching
+	if inst == nil {
 		launchStart = time.Now()
-		if err := s.start(ss, svc, log); err != nil {
+		if inst, err = s.start(ss, svc, log); err != nil {
 			if errors.Is(err, session.ErrReleased) {
 				closeWS(ws, websocket.CloseNormalClosure, "reservation released")
 				return nil
@@ -205,13 +206,6 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 			closeWS(ws, websocket.CloseInternalServerErr, err.Error())
 			return nil
 		}
-	}
-	inst, _ := ss.Process().(*services.Instance)
-	if inst == nil {
-		// Released between the start and here.
-		closeWS(ws, websocket.CloseNormalClosure, "reservation released")
-		ss.Detach(nil, 0)
-		return nil
 	}
 	// A release during the dial ends it.
 	c, err := inst.Dial(ss.Context())
@@ -310,15 +304,15 @@ func tokenError(err error, tok string) error {
 // start runs the service script for a claimed session: claimed →
 // starting → started (or ended, when the start fails or the session is
 // released meanwhile: then nothing is left running).
-func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.Logger) error {
+func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.Logger) (*services.Instance, error) {
 	ctx, err := ss.BeginStart()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	opts, err := svc.MergedOptions(ss.Options())
 	if err != nil {
 		ss.StartFailed(err.Error())
-		return err
+		return nil, err
 	}
 	dir := filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(svc.Name), ss.Index(), reservation.TokenPrefix(ss.Token())))
 	spec := services.Spec{
@@ -337,11 +331,11 @@ func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.L
 		released := ctx.Err() != nil
 		ss.StartFailed(err.Error())
 		if released {
-			return session.ErrReleased
+			return nil, session.ErrReleased
 		}
-		return fmt.Errorf("%w (log: %s)", err, filepath.Join(dir, services.LogName))
+		return nil, fmt.Errorf("%w (log: %s)", err, filepath.Join(dir, services.LogName))
 	}
-	return ss.Started(inst)
+	return inst, ss.Started(inst)
 }
 
 // sweep reclaims unused reservations and sessions whose reconnect grace
@@ -390,9 +384,13 @@ func safeName(s string) string {
 
 // closeWS sends a close frame with code and reason, then closes.
 func closeWS(ws *websocket.Conn, code int, reason string) {
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, 123)), time.Now().Add(time.Second))
-	// Give the client a moment to answer the close.
-	_ = ws.SetReadDeadline(time.Now().Add(2 * time.Second))
+	// Before a tunnel exists this goroutine is the socket's only user,
+	// so deadlines are safe here.
+	deadline := time.Now().Add(wsframe.CloseTimeout)
+	_ = ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, wsframe.MaxControlPayload-2)), deadline)
+	// Give the client the close timeout to answer the close.
+	_ = ws.SetReadDeadline(deadline)
 	for {
 		if _, _, err := ws.NextReader(); err != nil {
 			break

@@ -193,19 +193,19 @@ func TestSessionAccessors(t *testing.T) {
 		t.Fatal(err)
 	}
 	ss := mustClaim(t, m, r.Token)
-	if ss.Token() != r.Token || ss.Service() != "viz" || ss.Index() != 1 || ss.Owner() != "ann" || ss.Options()["geometry"] != "800x600" {
-		t.Errorf("accessors: %s %s %d %s %v", ss.Token(), ss.Service(), ss.Index(), ss.Owner(), ss.Options())
+	if ss.Token() != r.Token || ss.Service() != "viz" || ss.Index() != 1 || ss.record().Owner != "ann" || ss.Options()["geometry"] != "800x600" {
+		t.Errorf("accessors: %s %s %d %s %v", ss.Token(), ss.Service(), ss.Index(), ss.record().Owner, ss.Options())
 	}
-	if !ss.NeedsStart() || ss.Process() != nil {
-		t.Errorf("a fresh claim: NeedsStart %v, Process %v", ss.NeedsStart(), ss.Process())
+	if ss.Process() != nil {
+		t.Errorf("a fresh claim: Process %v", ss.Process())
 	}
 	ctx := ss.Context()
 	p := newProc()
 	mustStart(t, ss, p)
-	if ss.NeedsStart() || ss.Process() != p {
-		t.Errorf("after Started: NeedsStart %v, Process %v", ss.NeedsStart(), ss.Process())
+	if ss.Process() != p {
+		t.Errorf("after Started: Process %v", ss.Process())
 	}
-	if rec := ss.Record(); rec.Token != r.Token || rec.State != string(Starting) || rec.Owner != "ann" || rec.Connects != 1 {
+	if rec := ss.record(); rec.Token != r.Token || rec.State != string(Starting) || rec.Owner != "ann" || rec.Connects != 1 {
 		t.Errorf("Record = %+v", rec)
 	}
 	if ctx.Err() != nil {
@@ -219,7 +219,7 @@ func TestSessionAccessors(t *testing.T) {
 
 	// Close cancels every session's context.
 	r2 := mustReserve(t, m, "viz")
-	ss2, err := m.Lookup(r2.Token)
+	ss2, err := m.lookup(r2.Token)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,7 @@ func FuzzTokens(f *testing.F) {
 			if _, err := m.Check(tok); !errors.Is(err, want) {
 				t.Fatalf("Check(%q) = %v, want %v", tok, err, want)
 			}
-			if ss, err := m.Lookup(tok); ss != nil || !errors.Is(err, want) {
+			if ss, err := m.lookup(tok); ss != nil || !errors.Is(err, want) {
 				t.Fatalf("Lookup(%q) = %v, %v, want %v", tok, ss, err, want)
 			}
 			if _, err := m.Claim(tok, 0); !errors.Is(err, want) {
@@ -81,7 +81,7 @@ func FuzzTokens(f *testing.F) {
 		if err != nil || r.State != string(Reserved) || r.Options["k"] != guess || r.Connects != 0 {
 			t.Fatalf("the live reservation changed: %+v %v", r, err)
 		}
-		if toks := m.Tokens(); len(toks) != 1 || toks[0] != live.Token {
+		if toks := m.tokens(); len(toks) != 1 || toks[0] != live.Token {
 			t.Fatalf("Tokens = %v, want only the live token", toks)
 		}
 		if _, err := m.Claim(live.Token, 0); err != nil {

@@ -253,7 +253,7 @@ func (m *Manager) grantLocked(service string) {
 	}
 }
 
-// find looks a token up in constant time with respect to its content:
+// findLocked looks a token up in constant time with respect to its content:
 // tokens are compared with subtle.ConstantTimeCompare after a map lookup
 // keyed by the exact token, so a near miss and a far miss cost the same.
 func (m *Manager) findLocked(tok string) (*Session, error) {
@@ -278,8 +278,8 @@ func (m *Manager) Get(tok string) (reservation.Reservation, error) {
 	return ss.recordLocked(), nil
 }
 
-// Lookup returns the session of tok.
-func (m *Manager) Lookup(tok string) (*Session, error) {
+// lookup returns the session of tok.
+func (m *Manager) lookup(tok string) (*Session, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.findLocked(tok)
@@ -581,8 +581,8 @@ func (m *Manager) Snapshot() ([]ServiceSlots, []Info) {
 	return svcs, out
 }
 
-// Tokens returns every live token.
-func (m *Manager) Tokens() []string {
+// tokens returns every live token.
+func (m *Manager) tokens() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]string, 0, len(m.byToken))
@@ -628,7 +628,6 @@ func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted [
 // setLocked moves ss to st, and queues the record and the event.
 func (m *Manager) setLocked(ss *Session, st State) {
 	ss.st = st
-	ss.rec.State = string(st)
 	if st != Ended {
 		m.saveLocked(ss)
 	}

@@ -150,7 +150,7 @@ func TestReleaseFreesSlotAndIndexIsReused(t *testing.T) {
 	wantErr(t, "Claim after Release", err, reservation.ErrUnknownToken)
 	_, err = m.Get(mid.Token)
 	wantErr(t, "Get after Release", err, reservation.ErrUnknownToken)
-	_, err = m.Lookup(mid.Token)
+	_, err = m.lookup(mid.Token)
 	wantErr(t, "Lookup after Release", err, reservation.ErrUnknownToken)
 
 	again := mustReserve(t, m, "viz")
@@ -170,14 +170,14 @@ func TestClaim(t *testing.T) {
 	clk.Advance(time.Second)
 
 	ss := mustClaim(t, m, r.Token)
-	c := ss.Record()
+	c := ss.record()
 	if c.State != string(Claimed) || c.Connects != 1 || !c.LastClaim.Equal(clk.Now()) {
 		t.Errorf("Claim = %+v, want claimed, 1 connect, last claim %v", c, clk.Now())
 	}
 	if g, err := m.Get(r.Token); err != nil || g.State != string(Claimed) {
 		t.Errorf("Get after Claim = %+v, %v; want claimed", g, err)
 	}
-	if l, err := m.Lookup(r.Token); err != nil || l != ss {
+	if l, err := m.lookup(r.Token); err != nil || l != ss {
 		t.Errorf("Lookup after Claim = %p, %v; want the claimed session %p", l, err, ss)
 	}
 
@@ -317,10 +317,10 @@ func TestDetachGraceThenSweepStops(t *testing.T) {
 	if again != ss {
 		t.Fatalf("reconnect Claim returned another session")
 	}
-	if c := ss.Record(); c.State != string(Claimed) || c.Connects != 2 {
+	if c := ss.record(); c.State != string(Claimed) || c.Connects != 2 {
 		t.Errorf("reconnect Claim = %+v, want claimed with 2 connects", c)
 	}
-	if ss.NeedsStart() {
+	if ss.Process() == nil {
 		t.Errorf("a reconnection needs a start")
 	}
 	tun2 := &fakeTun{}
@@ -478,7 +478,7 @@ func TestSnapshotAndTokens(t *testing.T) {
 		t.Errorf("after Detach(nil): bytes %d/%d, want 105/1007", r.BytesIn, r.BytesOut)
 	}
 
-	toks := m.Tokens()
+	toks := m.tokens()
 	if len(toks) != 3 {
 		t.Fatalf("Tokens = %v, want 3 tokens", toks)
 	}
@@ -492,8 +492,8 @@ func TestSnapshotAndTokens(t *testing.T) {
 	empty := New(Config{})
 	defer empty.Close()
 	svcs, res = empty.Snapshot()
-	if len(svcs) != 0 || len(res) != 0 || len(empty.Tokens()) != 0 {
-		t.Errorf("empty manager: %+v %+v %v", svcs, res, empty.Tokens())
+	if len(svcs) != 0 || len(res) != 0 || len(empty.tokens()) != 0 {
+		t.Errorf("empty manager: %+v %+v %v", svcs, res, empty.tokens())
 	}
 }
 
@@ -664,7 +664,7 @@ func TestConcurrentReserveReleaseNeverCollides(t *testing.T) {
 			for _, r := range res {
 				_, _ = m.Get(r.Token)
 			}
-			_ = m.Tokens()
+			_ = m.tokens()
 			runtime.Gosched()
 		}
 	}()

@@ -103,7 +103,7 @@ func raceRound(t *testing.T, seed uint64, how string, withWaiter bool) string {
 	if err != nil {
 		t.Fatalf("Reserve: %v", err)
 	}
-	ss0, err := m.Lookup(r.Token)
+	ss0, err := m.lookup(r.Token)
 	if err != nil {
 		t.Fatalf("Lookup: %v", err)
 	}

@@ -62,8 +62,8 @@ func TestRestore(t *testing.T) {
 		t.Errorf("a new reservation got index %d, want the free 0", r.Index)
 	}
 	ss := mustClaim(t, m, "keep-viz1")
-	if ss.Index() != 1 || ss.Owner() != "own-keep-viz1" {
-		t.Errorf("restored session: index %d owner %q", ss.Index(), ss.Owner())
+	if ss.Index() != 1 || ss.record().Owner != "own-keep-viz1" {
+		t.Errorf("restored session: index %d owner %q", ss.Index(), ss.record().Owner)
 	}
 
 	// What was not restored is forgotten by the store; what was restored

@@ -117,9 +117,6 @@ func (ss *Session) Service() string { return ss.rec.Service }
 // Index is the session's slot index in its service.
 func (ss *Session) Index() int { return ss.rec.Index }
 
-// Owner is the user who reserved ("" for anonymous).
-func (ss *Session) Owner() string { return ss.rec.Owner }
-
 // Options are the reservation's options.
 func (ss *Session) Options() map[string]string { return ss.rec.Options }
 
@@ -144,8 +141,8 @@ func (ss *Session) Process() Process {
 	return ss.proc
 }
 
-// Record is a copy of the session's reservation record.
-func (ss *Session) Record() reservation.Reservation {
+// record is a copy of the session's reservation record.
+func (ss *Session) record() reservation.Reservation {
 	ss.m.mu.Lock()
 	defer ss.m.mu.Unlock()
 	return ss.recordLocked()
@@ -155,13 +152,6 @@ func (ss *Session) recordLocked() reservation.Reservation {
 	r := ss.rec
 	r.State = string(ss.st)
 	return r
-}
-
-// NeedsStart reports whether the claimed session has no service yet.
-func (ss *Session) NeedsStart() bool {
-	ss.m.mu.Lock()
-	defer ss.m.mu.Unlock()
-	return ss.proc == nil
 }
 
 // BeginStart: claimed → starting. The returned context is cancelled when

@@ -96,7 +96,7 @@ func newFixture(t *testing.T, state string) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{m: m, clk: clk, rec: rec, tok: r.Token}
-	if f.ss, err = m.Lookup(r.Token); err != nil {
+	if f.ss, err = m.lookup(r.Token); err != nil {
 		t.Fatal(err)
 	}
 	setups[state](t, f)
