@@ -1071,7 +1071,7 @@ func supervise(t *testing.T, spec services.Spec) services.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup, err := services.NewSupervisor(exe)
+	sup, err := proc.NewSupervisor(exe)
 	if err != nil {
 		t.Fatal(err)
 	}
