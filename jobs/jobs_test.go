@@ -251,7 +251,7 @@ func TestJobWatchdogMarksVanished(t *testing.T) {
 	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
 	var mu sync.Mutex
 	gone := false
-	m.alive = func(pid int) bool { mu.Lock(); defer mu.Unlock(); return !gone && processAlive(pid) }
+	m.alive = func(pid int) bool { mu.Lock(); defer mu.Unlock(); return !gone && proc.Alive(pid) }
 	m.Start()
 	j, _ := m.Submit(ctx, "s", "", nil)
 	waitState(t, m, j.ID, StateRunning)
@@ -297,7 +297,7 @@ func TestJobStopQueuedAndRunning(t *testing.T) {
 	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("SIGTERM-ignoring job stopped after %s (grace 500ms)", d)
 	}
-	if processAlive(ga.PID) {
+	if proc.Alive(ga.PID) {
 		t.Fatal("job process survived")
 	}
 	if err := m.Close(ctx); err != nil {

@@ -142,7 +142,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 			return nil, fmt.Errorf("job directory: %w", err)
 		}
 	}
-	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: processAlive,
+	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: proc.Alive,
 		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {

@@ -194,7 +194,7 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 func waitGone(t *testing.T, pgid int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for processAlive(pgid) || proc.GroupAlive(pgid) {
+	for proc.Alive(pgid) || proc.GroupAlive(pgid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("process group %d still running", pgid)
 		}
