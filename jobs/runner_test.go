@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"wsgateway/proc"
 	"wsgateway/store"
 )
@@ -77,13 +75,8 @@ func (p gatedPub) Publish(topic, owner string, data any) {
 func TestNoStoreWriteOrEventUnderTheLock(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	prog := writeExe(t, dir, "true.sh", "echo done\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	svc := shService(t, dir, "echo done\n", 1)
+	st := openStore(t, dir)
 	g := newGate()
 	pub := &memPub{}
 	m := newManager(t, dir, gatedStore{st, g}, []*Service{svc}, gatedPub{g, pub})
@@ -154,15 +147,7 @@ func TestNoStoreWriteOrEventUnderTheLock(t *testing.T) {
 // interrupted.
 func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap '' TERM\nsleep 1000 &\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
 	a, _ := m.Submit(ctx, "s", "", nil)
@@ -174,7 +159,7 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	t0 := time.Now()
-	err = m.Close(cctx)
+	err := m.Close(cctx)
 	took := time.Since(t0)
 	if took > deadline+10*time.Second {
 		t.Errorf("Close took %v with a deadline of %v and a grace of a minute", took, deadline)
@@ -187,6 +172,22 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 		}
 		waitGone(t, j.PID)
 	}
+}
+
+// submitReady submits n jobs to service "s" and waits for each to run
+// and print its "ready" line.
+func submitReady(t *testing.T, m *Manager, n int) []Job {
+	t.Helper()
+	var running []Job
+	for range n {
+		j, err := m.Submit(context.Background(), "s", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n")
+	}
+	return running
 }
 
 // waitGone waits for every member of process group pgid (a job's PID),
@@ -268,27 +269,10 @@ func (c *lateCtx) propagate() {
 // whole process group long before the grace of a minute, and records the
 // jobs as interrupted.
 func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
-	var running []Job
-	for range 2 {
-		j, err := m.Submit(ctx, "s", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		running = append(running, waitState(t, m, j.ID, StateRunning))
-		waitLog(t, m, j.ID, "ready\n") // SIGTERM is trapped from now on
-	}
+	running := submitReady(t, m, 2) // SIGTERM is trapped from now on
 
 	cctx := newLateCtx()
 	closed := make(chan error, 1)
@@ -309,6 +293,7 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 		}
 	}
 	cctx.end()
+	var err error
 	select {
 	case err = <-closed:
 	case <-time.After(20 * time.Second):
@@ -330,26 +315,10 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 // every running job's whole group gets SIGKILL, grace or not.
 func TestKillRunningKillsEveryGroup(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
-	var running []Job
-	for range 2 {
-		j, err := m.Submit(ctx, "s", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		running = append(running, waitState(t, m, j.ID, StateRunning))
-		waitLog(t, m, j.ID, "ready\n")
-	}
+	running := submitReady(t, m, 2)
 	m.killRunning()
 	for _, j := range running {
 		waitGone(t, j.PID)
