@@ -384,6 +384,9 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 
 // Remove deletes a finished job's record, log and working directory.
 func (m *Manager) Remove(ctx context.Context, id string) error {
+	// A job is shown finished once its end is decided; its last save may
+	// still be pending, and would bring the record back after the delete.
+	m.flush()
 	j, err := m.Get(ctx, id)
 	if err != nil {
 		return err

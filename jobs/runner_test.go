@@ -330,3 +330,70 @@ func TestKillRunningKillsEveryGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRemoveWaitsForTheLastSave: a job is shown finished as soon as its
+// end is decided, before the store has it; a Remove in that moment waits
+// for the save, so the save cannot bring the removed job back.
+func TestRemoveWaitsForTheLastSave(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	g := newGate()
+	m := newManager(t, dir, gatedStore{st, g}, []*Service{shService(t, dir, "exit 0\n", 1)}, gatedPub{g, &memPub{}})
+	m.Start()
+	go func() { _, _ = m.Submit(ctx, "s", "", nil) }()
+	for {
+		var what string
+		select {
+		case what = <-g.entered:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the job never reached its last save")
+		}
+		if what == "saving job-1 as succeeded" {
+			break
+		}
+		g.release <- struct{}{}
+	}
+	// The last save is held: the job is shown finished, the store does
+	// not have it yet.
+	if j, err := m.Get(ctx, "job-1"); err != nil || j.State != StateSucceeded {
+		t.Fatalf("job-1 while its last save is held: %+v %v", j, err)
+	}
+	removed := make(chan error, 1)
+	go func() { removed <- m.Remove(ctx, "job-1") }()
+	// A Remove that does not wait for the save deletes the record and
+	// announces it at once; give it the time to, then let the save go.
+	select {
+	case err := <-removed:
+		t.Errorf("Remove returned (%v) while the job's last save was held", err)
+	case what := <-g.entered:
+		t.Errorf("%s while the job's last save was held", what)
+		g.release <- struct{}{}
+	case <-time.After(500 * time.Millisecond):
+	}
+	g.openUp()
+	g.release <- struct{}{}
+	go func() {
+		for range g.entered {
+			g.release <- struct{}{}
+		}
+	}()
+	select {
+	case err := <-removed:
+		if err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Remove did not return once the save went through")
+	}
+	m.flush()
+	if _, err := st.GetJob(ctx, "job-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the store still has the removed job: %v", err)
+	}
+	if j, err := m.Get(ctx, "job-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of the removed job: %+v %v", j, err)
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
