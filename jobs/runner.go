@@ -53,13 +53,8 @@ func environ(j *store.Job, dir string) []string {
 // launch starts r's process; an effect, run without m.mu.
 func (m *Manager) launch(r *run) {
 	m.mu.Lock()
-	j := r.rec
-	id, argvJSON, logPath, stopping := j.ID, j.Argv, j.LogPath, r.stopping
-	own := environ(j, filepath.Join(m.cfg.Dir, j.ID))
-	m.mu.Unlock()
-	if stopping != "" {
+	if r.stopping != "" {
 		// Stopped, or the gateway is shutting down, before it started.
-		m.mu.Lock()
 		state := StateStopped
 		if r.shutdown {
 			state = StateInterrupted
@@ -69,6 +64,11 @@ func (m *Manager) launch(r *run) {
 		m.wg.Done()
 		return
 	}
+	j := r.rec
+	id, argvJSON, logPath := j.ID, j.Argv, j.LogPath
+	dir := filepath.Join(m.cfg.Dir, id)
+	own := environ(j, dir)
+	m.mu.Unlock()
 	fail := func(err error) {
 		m.log.Warn().Err(err).Str("job", id).Msg("job did not start")
 		m.mu.Lock()
@@ -81,7 +81,6 @@ func (m *Manager) launch(r *run) {
 		fail(fmt.Errorf("stored command line unreadable: %w", err))
 		return
 	}
-	dir := filepath.Join(m.cfg.Dir, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		fail(fmt.Errorf("working directory: %w", err))
 		return
