@@ -16,7 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"wsgateway/services"
+	"wsgateway/proc"
 )
 
 // rpcClient is a synchronous JSON-RPC 2.0 client: call waits for its
@@ -615,7 +615,7 @@ func TestJobsSIGKILLRestart(t *testing.T) {
 	waitFor(t, "job a's process group to die with the gateway", 15*time.Second, func() bool {
 		// Zombies do not count: PID 1 of a container may never reap the
 		// supervisor once the gateway, its parent, is gone.
-		return !services.GroupAlive(ga.PID)
+		return !proc.GroupAlive(ga.PID)
 	})
 
 	g2 := startJobsGateway(t, dir, db, 1)
@@ -704,7 +704,7 @@ func TestJobsStopEscalates(t *testing.T) {
 	if st.State != "stopped" || time.Since(start) > 15*time.Second {
 		t.Fatalf("stop: %+v after %s", st, time.Since(start))
 	}
-	if services.GroupAlive(gj.PID) {
+	if proc.GroupAlive(gj.PID) {
 		t.Fatalf("process group %d survived jobs.stop", gj.PID)
 	}
 }

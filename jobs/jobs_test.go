@@ -27,6 +27,24 @@ func writeExe(t *testing.T, dir, name, body string) string {
 	return p
 }
 
+// shService is job service "s": the shell script body, count at a time,
+// with no parameters.
+func shService(t *testing.T, dir, body string, count int) *Service {
+	t.Helper()
+	return &Service{Name: "s", Count: count, Cmd: []string{writeExe(t, dir, "job.sh", body)}, Params: map[string]*Param{}}
+}
+
+// openStore opens a store in dir, closed when the test ends.
+func openStore(t *testing.T, dir string) *store.SQLite {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "s.db"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 func TestJobConfigParse(t *testing.T) {
 	dir := t.TempDir()
 	writeExe(t, dir, "run.sh", "exit 0\n")
@@ -142,6 +160,14 @@ func newManager(t *testing.T, dir string, st store.Store, svcs []*Service, pub P
 	return m
 }
 
+// shManager is a manager, not started, of the one job service shService
+// makes, over a store of its own.
+func shManager(t *testing.T, body string, count int) *Manager {
+	t.Helper()
+	dir := t.TempDir()
+	return newManager(t, dir, openStore(t, dir), []*Service{shService(t, dir, body, count)}, &memPub{})
+}
+
 func waitState(t *testing.T, m *Manager, id, state string) Job {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -179,11 +205,7 @@ func TestJobManagerCountQueueAndRestart(t *testing.T) {
 	prog := writeExe(t, dir, "sleep.sh", "echo \"hello $1\"\nexec sleep \"$1\"\n")
 	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog, "${secs}"},
 		Params: map[string]*Param{"secs": {Type: TypeNumber, Default: json.RawMessage("0")}}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openStore(t, dir)
 	pub := &memPub{}
 	m := newManager(t, dir, st, []*Service{svc}, pub)
 	m.Start()
@@ -240,18 +262,10 @@ func TestJobManagerCountQueueAndRestart(t *testing.T) {
 
 func TestJobWatchdogMarksVanished(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "sleep.sh", "exec sleep 30\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "exec sleep 30\n", 1)
 	var mu sync.Mutex
 	gone := false
-	m.alive = func(pid int) bool { mu.Lock(); defer mu.Unlock(); return !gone && processAlive(pid) }
+	m.alive = func(pid int) bool { mu.Lock(); defer mu.Unlock(); return !gone && proc.Alive(pid) }
 	m.Start()
 	j, _ := m.Submit(ctx, "s", "", nil)
 	waitState(t, m, j.ID, StateRunning)
@@ -271,15 +285,7 @@ func TestJobWatchdogMarksVanished(t *testing.T) {
 
 func TestJobStopQueuedAndRunning(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo no' TERM\necho ready\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap 'echo no' TERM\necho ready\nwhile :; do sleep 0.05; done\n", 1)
 	m.Start()
 	a, _ := m.Submit(ctx, "s", "", nil)
 	b, _ := m.Submit(ctx, "s", "", nil)
@@ -297,7 +303,7 @@ func TestJobStopQueuedAndRunning(t *testing.T) {
 	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("SIGTERM-ignoring job stopped after %s (grace 500ms)", d)
 	}
-	if processAlive(ga.PID) {
+	if proc.Alive(ga.PID) {
 		t.Fatal("job process survived")
 	}
 	if err := m.Close(ctx); err != nil {
@@ -308,13 +314,8 @@ func TestJobStopQueuedAndRunning(t *testing.T) {
 func TestJobQueueLimitAndUnknownService(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	prog := writeExe(t, dir, "true.sh", "exit 0\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	svc := shService(t, dir, "exit 0\n", 1)
+	st := openStore(t, dir)
 	m, err := New(ctx, Config{Services: []*Service{svc}, Store: st, Dir: filepath.Join(dir, "jobs"), MaxQueued: 1}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -350,15 +351,7 @@ func TestJobEnvironmentPolicy(t *testing.T) {
 	t.Setenv("WSGWTEST_PV_PLUGIN_PATH", "/opt/pv")
 	t.Setenv("WSGWTEST_OTHER", "not for jobs")
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "env.sh", "echo \"pv=$WSGWTEST_PV_PLUGIN_PATH other=$WSGWTEST_OTHER id=$WSGW_JOB_ID\"\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "echo \"pv=$WSGWTEST_PV_PLUGIN_PATH other=$WSGWTEST_OTHER id=$WSGW_JOB_ID\"\n", 1)
 	m.cfg.EnvPolicy = proc.Policy{Pass: []string{"WSGWTEST_PV_*"}}
 	m.Start()
 	defer m.Close(ctx)

@@ -142,7 +142,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 			return nil, fmt.Errorf("job directory: %w", err)
 		}
 	}
-	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: processAlive,
+	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: proc.Alive,
 		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
@@ -384,6 +384,9 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 
 // Remove deletes a finished job's record, log and working directory.
 func (m *Manager) Remove(ctx context.Context, id string) error {
+	// A job is shown finished once its end is decided; its last save may
+	// still be pending, and would bring the record back after the delete.
+	m.flush()
 	j, err := m.Get(ctx, id)
 	if err != nil {
 		return err

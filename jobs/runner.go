@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -22,9 +21,7 @@ import (
 // run is a job that has left the queue and not yet finished.
 type run struct {
 	rec      *store.Job
-	svc      *Service
 	p        *proc.Process // nil until started
-	pgid     int
 	output   chan struct{} // closed when the output reader is done
 	done     chan struct{} // closed when the job's end is saved and announced
 	lw       *logWriter
@@ -37,7 +34,7 @@ type run struct {
 // launchLater marks j starting and queues its launch; m.mu held.
 func (m *Manager) launchLater(j *store.Job, svc *Service) {
 	j.State, j.QueuePos, j.Started = StateStarting, 0, time.Now().UTC()
-	r := &run{rec: j, svc: svc, output: make(chan struct{}), done: make(chan struct{})}
+	r := &run{rec: j, output: make(chan struct{}), done: make(chan struct{})}
 	r.lw = &logWriter{m: m, id: j.ID, owner: j.Owner, progress: newProgressParser(svc.Progress)}
 	m.running[j.ID] = r
 	m.perSvc[j.Service]++
@@ -56,13 +53,8 @@ func environ(j *store.Job, dir string) []string {
 // launch starts r's process; an effect, run without m.mu.
 func (m *Manager) launch(r *run) {
 	m.mu.Lock()
-	j := r.rec
-	id, argvJSON, logPath, stopping := j.ID, j.Argv, j.LogPath, r.stopping
-	own := environ(j, filepath.Join(m.cfg.Dir, j.ID))
-	m.mu.Unlock()
-	if stopping != "" {
+	if r.stopping != "" {
 		// Stopped, or the gateway is shutting down, before it started.
-		m.mu.Lock()
 		state := StateStopped
 		if r.shutdown {
 			state = StateInterrupted
@@ -72,6 +64,11 @@ func (m *Manager) launch(r *run) {
 		m.wg.Done()
 		return
 	}
+	j := r.rec
+	id, argvJSON, logPath := j.ID, j.Argv, j.LogPath
+	dir := filepath.Join(m.cfg.Dir, id)
+	own := environ(j, dir)
+	m.mu.Unlock()
 	fail := func(err error) {
 		m.log.Warn().Err(err).Str("job", id).Msg("job did not start")
 		m.mu.Lock()
@@ -84,7 +81,6 @@ func (m *Manager) launch(r *run) {
 		fail(fmt.Errorf("stored command line unreadable: %w", err))
 		return
 	}
-	dir := filepath.Join(m.cfg.Dir, id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		fail(fmt.Errorf("working directory: %w", err))
 		return
@@ -124,8 +120,8 @@ func (m *Manager) launch(r *run) {
 	}
 
 	m.mu.Lock()
-	r.p, r.pgid = p, p.PID()
-	j.State, j.PID = StateRunning, r.pgid
+	r.p = p
+	j.State, j.PID = StateRunning, p.PID()
 	m.saveLater(j)
 	m.publishLater(j)
 	stopNow := r.stopping != "" // stopped while it was being started
@@ -134,7 +130,7 @@ func (m *Manager) launch(r *run) {
 	}
 	m.wg.Add(2)
 	m.mu.Unlock()
-	m.log.Info().Str("job", id).Int("pid", r.pgid).Strs("argv", argv).Msg("job running")
+	m.log.Info().Str("job", id).Int("pid", p.PID()).Strs("argv", argv).Msg("job running")
 
 	go func() {
 		defer m.wg.Done()
@@ -293,7 +289,7 @@ func (m *Manager) checkRunning() {
 		case <-r.p.Exited():
 			alive[i] = true // the runner is finishing it
 		default:
-			alive[i] = m.alive(r.pgid)
+			alive[i] = m.alive(r.p.PID())
 		}
 	}
 	var vanished []*run
@@ -308,13 +304,13 @@ func (m *Manager) checkRunning() {
 		}
 		r.missed++
 		if r.missed >= 2 {
-			m.endLocked(r, StateFailed, fmt.Sprintf("vanished: process %d is gone and no exit status came", r.pgid), nil)
+			m.endLocked(r, StateFailed, fmt.Sprintf("vanished: process %d is gone and no exit status came", r.p.PID()), nil)
 			vanished = append(vanished, r)
 		}
 	}
 	m.mu.Unlock()
 	for _, r := range vanished {
-		m.log.Warn().Str("job", r.rec.ID).Int("pid", r.pgid).Msg("watchdog: job process vanished")
+		m.log.Warn().Str("job", r.rec.ID).Int("pid", r.p.PID()).Msg("watchdog: job process vanished")
 		r.p.Kill()
 	}
 	m.flush()
@@ -357,18 +353,4 @@ func (m *Manager) Stop(ctx context.Context, id, who string) (Job, error) {
 	case <-ctx.Done():
 	}
 	return m.Get(ctx, id)
-}
-
-// processAlive reports whether pid exists and is not a zombie.
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return false
-	}
-	return s[i+2] != 'Z' && s[i+2] != 'X'
 }

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"wsgateway/proc"
 	"wsgateway/store"
 )
@@ -77,13 +75,8 @@ func (p gatedPub) Publish(topic, owner string, data any) {
 func TestNoStoreWriteOrEventUnderTheLock(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	prog := writeExe(t, dir, "true.sh", "echo done\n")
-	svc := &Service{Name: "s", Count: 1, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	svc := shService(t, dir, "echo done\n", 1)
+	st := openStore(t, dir)
 	g := newGate()
 	pub := &memPub{}
 	m := newManager(t, dir, gatedStore{st, g}, []*Service{svc}, gatedPub{g, pub})
@@ -154,15 +147,7 @@ func TestNoStoreWriteOrEventUnderTheLock(t *testing.T) {
 // interrupted.
 func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap '' TERM\nsleep 1000 &\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
 	a, _ := m.Submit(ctx, "s", "", nil)
@@ -174,7 +159,7 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	cctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	t0 := time.Now()
-	err = m.Close(cctx)
+	err := m.Close(cctx)
 	took := time.Since(t0)
 	if took > deadline+10*time.Second {
 		t.Errorf("Close took %v with a deadline of %v and a grace of a minute", took, deadline)
@@ -189,12 +174,28 @@ func TestCloseStopsJobsInParallelByTheDeadline(t *testing.T) {
 	}
 }
 
+// submitReady submits n jobs to service "s" and waits for each to run
+// and print its "ready" line.
+func submitReady(t *testing.T, m *Manager, n int) []Job {
+	t.Helper()
+	var running []Job
+	for range n {
+		j, err := m.Submit(context.Background(), "s", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running = append(running, waitState(t, m, j.ID, StateRunning))
+		waitLog(t, m, j.ID, "ready\n")
+	}
+	return running
+}
+
 // waitGone waits for every member of process group pgid (a job's PID),
 // not only its leader, to be gone.
 func waitGone(t *testing.T, pgid int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for processAlive(pgid) || proc.GroupAlive(pgid) {
+	for proc.Alive(pgid) || proc.GroupAlive(pgid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("process group %d still running", pgid)
 		}
@@ -268,27 +269,10 @@ func (c *lateCtx) propagate() {
 // whole process group long before the grace of a minute, and records the
 // jobs as interrupted.
 func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap 'echo TERM >>termed' TERM\n(trap '' TERM; exec sleep 1000) &\necho ready\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
-	var running []Job
-	for range 2 {
-		j, err := m.Submit(ctx, "s", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		running = append(running, waitState(t, m, j.ID, StateRunning))
-		waitLog(t, m, j.ID, "ready\n") // SIGTERM is trapped from now on
-	}
+	running := submitReady(t, m, 2) // SIGTERM is trapped from now on
 
 	cctx := newLateCtx()
 	closed := make(chan error, 1)
@@ -309,6 +293,7 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 		}
 	}
 	cctx.end()
+	var err error
 	select {
 	case err = <-closed:
 	case <-time.After(20 * time.Second):
@@ -330,32 +315,83 @@ func TestCloseKillsJobsWhenItsContextEndsLate(t *testing.T) {
 // every running job's whole group gets SIGKILL, grace or not.
 func TestKillRunningKillsEveryGroup(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	prog := writeExe(t, dir, "stubborn.sh", "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n")
-	svc := &Service{Name: "s", Count: 2, Cmd: []string{prog}, Params: map[string]*Param{}}
-	st, err := store.Open(ctx, filepath.Join(dir, "s.db"), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	m := newManager(t, dir, st, []*Service{svc}, &memPub{})
+	m := shManager(t, "trap '' TERM\nsleep 1000 &\necho ready\nwhile :; do sleep 0.05; done\n", 2)
 	m.cfg.StopGrace = time.Minute
 	m.Start()
-	var running []Job
-	for range 2 {
-		j, err := m.Submit(ctx, "s", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		running = append(running, waitState(t, m, j.ID, StateRunning))
-		waitLog(t, m, j.ID, "ready\n")
-	}
+	running := submitReady(t, m, 2)
 	m.killRunning()
 	for _, j := range running {
 		waitGone(t, j.PID)
 		if got := waitState(t, m, j.ID, StateFailed); got.ExitStatus == nil || *got.ExitStatus != 128+9 {
 			t.Errorf("%s: exit status %v, want %d (SIGKILL)", j.ID, got.ExitStatus, 128+9)
 		}
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRemoveWaitsForTheLastSave: a job is shown finished as soon as its
+// end is decided, before the store has it; a Remove in that moment waits
+// for the save, so the save cannot bring the removed job back.
+func TestRemoveWaitsForTheLastSave(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := openStore(t, dir)
+	g := newGate()
+	m := newManager(t, dir, gatedStore{st, g}, []*Service{shService(t, dir, "exit 0\n", 1)}, gatedPub{g, &memPub{}})
+	m.Start()
+	go func() { _, _ = m.Submit(ctx, "s", "", nil) }()
+	for {
+		var what string
+		select {
+		case what = <-g.entered:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the job never reached its last save")
+		}
+		if what == "saving job-1 as succeeded" {
+			break
+		}
+		g.release <- struct{}{}
+	}
+	// The last save is held: the job is shown finished, the store does
+	// not have it yet.
+	if j, err := m.Get(ctx, "job-1"); err != nil || j.State != StateSucceeded {
+		t.Fatalf("job-1 while its last save is held: %+v %v", j, err)
+	}
+	removed := make(chan error, 1)
+	go func() { removed <- m.Remove(ctx, "job-1") }()
+	// A Remove that does not wait for the save deletes the record and
+	// announces it at once; give it the time to, then let the save go.
+	select {
+	case err := <-removed:
+		t.Errorf("Remove returned (%v) while the job's last save was held", err)
+	case what := <-g.entered:
+		t.Errorf("%s while the job's last save was held", what)
+		g.release <- struct{}{}
+	case <-time.After(500 * time.Millisecond):
+	}
+	g.openUp()
+	g.release <- struct{}{}
+	go func() {
+		for range g.entered {
+			g.release <- struct{}{}
+		}
+	}()
+	select {
+	case err := <-removed:
+		if err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Remove did not return once the save went through")
+	}
+	m.flush()
+	if _, err := st.GetJob(ctx, "job-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the store still has the removed job: %v", err)
+	}
+	if j, err := m.Get(ctx, "job-1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of the removed job: %+v %v", j, err)
 	}
 	if err := m.Close(ctx); err != nil {
 		t.Fatal(err)

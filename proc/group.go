@@ -33,6 +33,12 @@ func GroupAlive(pgid int) bool {
 	return false
 }
 
+// Alive reports whether process pid exists and is not a zombie.
+func Alive(pid int) bool {
+	_, state, ok := procGroup(pid)
+	return ok && live(state)
+}
+
 // live reports whether a /proc state letter is that of a process that
 // still runs (not a zombie, not dead).
 func live(state string) bool { return state != "Z" && state != "X" }

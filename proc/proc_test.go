@@ -129,6 +129,27 @@ func waitExited(t *testing.T, p *proc.Process) {
 	}
 }
 
+// envSeen runs env with spec's Env and Policy, under a supervisor or
+// not, and returns what it printed.
+func envSeen(t *testing.T, spec proc.Spec, supervised bool) string {
+	t.Helper()
+	out, err := os.Create(filepath.Join(t.TempDir(), "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	spec.Argv, spec.Stdout = []string{"env"}, out
+	if supervised {
+		spec.Supervisor = supervisor(t)
+	}
+	waitExited(t, start(t, spec))
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 // --- tests ---
 
 func TestEnviron(t *testing.T) {
@@ -225,20 +246,7 @@ func TestStartEnvironmentReachesTheProcess(t *testing.T) {
 	t.Setenv("WSGWTEST_RANDOM", "not for children")
 	for _, supervised := range []bool{false, true} {
 		t.Run(fmt.Sprintf("supervised=%v", supervised), func(t *testing.T) {
-			dir := t.TempDir()
-			out, err := os.Create(filepath.Join(dir, "env"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer out.Close()
-			spec := proc.Spec{Argv: []string{"env"}, Dir: dir, Env: []string{"WSGW_OWN=yes"}, Stdout: out}
-			if supervised {
-				spec.Supervisor = supervisor(t)
-			}
-			p := start(t, spec)
-			waitExited(t, p)
-			b, _ := os.ReadFile(out.Name())
-			env := string(b)
+			env := envSeen(t, proc.Spec{Env: []string{"WSGW_OWN=yes"}}, supervised)
 			for _, bad := range []string{"the-gateway-secret", "WSGWTEST_RANDOM"} {
 				if strings.Contains(env, bad) {
 					t.Errorf("the process saw %q:\n%s", bad, env)
@@ -264,20 +272,7 @@ func TestStartPassesTheOperatorsVariables(t *testing.T) {
 	}
 	for _, supervised := range []bool{false, true} {
 		t.Run(fmt.Sprintf("supervised=%v", supervised), func(t *testing.T) {
-			dir := t.TempDir()
-			out, err := os.Create(filepath.Join(dir, "env"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer out.Close()
-			spec := proc.Spec{Argv: []string{"env"}, Dir: dir, Policy: pol, Stdout: out}
-			if supervised {
-				spec.Supervisor = supervisor(t)
-			}
-			p := start(t, spec)
-			waitExited(t, p)
-			b, _ := os.ReadFile(out.Name())
-			env := string(b)
+			env := envSeen(t, proc.Spec{Policy: pol}, supervised)
 			for _, want := range []string{"WSGWTEST_PV_PLUGIN_PATH=/opt/pv/plugins\n", "WSGWTEST_PYTHONPATH=/opt/pv/lib\n", "PATH="} {
 				if !strings.Contains(env, want) {
 					t.Errorf("the process lacks %q:\n%s", want, env)

@@ -159,10 +159,11 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 	case r := <-readyCh:
 		if errors.Is(r.err, errNoLine) {
 			// stdout closed without a line: the exit status says more.
+			// The wait is still bounded by the start timeout as a whole.
 			select {
 			case <-p.Exited():
 			case <-ctx.Done():
-			case <-time.After(spec.StartTimeout):
+			case <-timer.C:
 			}
 			fail = inst.exitFailure()
 		} else if r.err != nil {
@@ -238,11 +239,15 @@ func (s Spec) procSpec(verb string, env []string, stdout, stderr *os.File) proc.
 // stopContext bounds a stop that has no deadline of its own: the grace,
 // the supervisor's margin, and time for SIGKILL to be delivered.
 func (inst *Instance) stopContext(parent context.Context) (context.Context, context.CancelFunc) {
-	grace := inst.spec.StopGrace
-	if grace <= 0 {
-		grace = proc.DefaultGrace
+	return context.WithTimeout(parent, inst.spec.grace()+10*time.Second)
+}
+
+// grace is the time between SIGTERM and SIGKILL.
+func (s Spec) grace() time.Duration {
+	if s.StopGrace <= 0 {
+		return proc.DefaultGrace
 	}
-	return context.WithTimeout(parent, grace+10*time.Second)
+	return s.StopGrace
 }
 
 func (inst *Instance) exitFailure() error {
@@ -485,10 +490,7 @@ func (inst *Instance) stop(ctx context.Context) error {
 // environment plus WSGW_START_OUTPUT, for at most twice the grace; what it
 // leaves in its group is killed.
 func (inst *Instance) runStop(ctx context.Context) error {
-	grace := inst.spec.StopGrace
-	if grace <= 0 {
-		grace = proc.DefaultGrace
-	}
+	grace := inst.spec.grace()
 	ctx, cancel := context.WithTimeout(ctx, 2*grace)
 	defer cancel()
 	env := append(append([]string(nil), inst.env...), "WSGW_START_OUTPUT="+string(inst.ready))

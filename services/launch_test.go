@@ -779,51 +779,6 @@ sleep 1000
 	}
 }
 
-func TestStartContextCancelKillsGroup(t *testing.T) {
-	script := writeScript(t, `
-sleep 1000 &
-echo $! > "$WSGW_SESSION_DIR/child.pid"
-echo $$ > "$WSGW_SESSION_DIR/script.pid"
-sleep 1000
-`)
-	spec := newSpec(t, script)
-	spec.StartTimeout = time.Minute
-	spec.StopGrace = time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	type result struct {
-		inst *services.Instance
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		inst, err := services.Start(ctx, spec, zerolog.Nop())
-		done <- result{inst, err}
-	}()
-	pid := readPidFile(t, filepath.Join(spec.SessionDir, "script.pid"))
-	child := readPidFile(t, filepath.Join(spec.SessionDir, "child.pid"))
-	if !alive(pid) || !alive(child) {
-		t.Fatalf("script or child not running before the cancel")
-	}
-	cancel()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("Start did not return after its context was cancelled")
-	}
-	if r.err == nil {
-		stopInst(t, r.inst)
-		t.Fatal("Start succeeded")
-	}
-	if !errors.Is(r.err, services.ErrStartFailed) || !errors.Is(r.err, context.Canceled) {
-		t.Errorf("error = %v, want ErrStartFailed wrapping context.Canceled", r.err)
-	}
-	waitDead(t, "script", pid)
-	waitDead(t, "background child", child)
-	waitGroupDead(t, pid)
-}
-
 func TestDetachedServiceStop(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -1071,7 +1026,7 @@ func supervise(t *testing.T, spec services.Spec) services.Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup, err := services.NewSupervisor(exe)
+	sup, err := proc.NewSupervisor(exe)
 	if err != nil {
 		t.Fatal(err)
 	}
