@@ -529,16 +529,7 @@ func (s *sender) writeControl() (closed bool, err error) {
 	if !closeDue {
 		return false, nil
 	}
-	var msg []byte
-	switch {
-	case code == websocket.CloseNoStatusReceived || code == 0:
-		msg = []byte{} // the peer sent a close frame without a code
-	case !wsframe.ValidCloseCode(code):
-		msg = websocket.FormatCloseMessage(websocket.CloseInternalServerErr, wsframe.TruncateReason(reason, 123))
-	default:
-		msg = websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, 123))
-	}
-	return true, s.c.WriteControl(websocket.CloseMessage, msg, dl)
+	return true, s.c.WriteControl(websocket.CloseMessage, wsframe.ClosePayload(code, reason), dl)
 }
 
 // finish closes the connection once the tunnel is over, and stops the

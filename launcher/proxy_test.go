@@ -181,6 +181,13 @@ func TestProxyPassthrough(t *testing.T) {
 	expectClose(t, c, 4001, "session-bye")
 	expectBackendClose(t, closes, "4001 ") // gorilla answers with the code only
 
+	// A close without a code is forwarded without one, and so is the
+	// answer.
+	c = dial("echo", nil)
+	c.WriteMessage(websocket.TextMessage, []byte("close 1005 x"))
+	expectClose(t, c, websocket.CloseNoStatusReceived, "")
+	expectBackendClose(t, closes, "1005 ")
+
 	// The client closes with a code: the session sees it and its answer
 	// comes back.
 	c = dial("echo", nil)
