@@ -190,7 +190,6 @@ type tunnel struct {
 	back   *sender
 	log    zerolog.Logger
 	opened time.Time
-	done   chan struct{}
 	limits wsframe.Limits
 
 	up, down atomic.Int64 // payload bytes client → session, session → client
@@ -205,7 +204,7 @@ type tunnel struct {
 var _ wsframe.Tunnel = (*tunnel)(nil)
 
 func newTunnel(l *Launcher, client, back *websocket.Conn, limits wsframe.Limits, log zerolog.Logger) *tunnel {
-	t := &tunnel{l: l, log: log, opened: time.Now(), done: make(chan struct{}), limits: limits}
+	t := &tunnel{l: l, log: log, opened: time.Now(), limits: limits}
 	t.client = newSender(client, l)
 	t.back = newSender(back, l)
 	t.lastPong.Store(t.opened.UnixNano())
@@ -241,7 +240,7 @@ func (t *tunnel) run() {
 		t.client.close(code, text)
 		return nil
 	})
-	clientLimit, backLimit := int64(maxMessage), int64(maxMessage)
+	clientLimit := int64(maxMessage)
 	if m := t.limits.MaxMessageBytes; m > 0 && m < clientLimit {
 		clientLimit = m
 	}
@@ -263,14 +262,13 @@ func (t *tunnel) run() {
 	}()
 	go func() {
 		defer pumps.Done()
-		t.pump(t.back, t.client, backLimit, &t.down, "session")
+		t.pump(t.back, t.client, maxMessage, &t.down, "session")
 	}()
 	pumps.Wait()
 	close(stop)
 	senders.Wait()
 	t.client.finish()
 	t.back.finish()
-	close(t.done)
 	t.mu.Lock()
 	cc, bc := t.clientCode, t.backCode
 	t.mu.Unlock()
@@ -363,9 +361,6 @@ func (t *tunnel) Close(code int, reason string) {
 	t.client.close(code, reason)
 	t.back.close(code, reason)
 }
-
-// shutdown is Close, for the launcher's session bookkeeping.
-func (t *tunnel) shutdown(code int, reason string) { t.Close(code, reason) }
 
 // Bytes are the payload bytes so far, client to session and back.
 func (t *tunnel) Bytes() (in, out int64) { return t.up.Load(), t.down.Load() }
