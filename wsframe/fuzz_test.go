@@ -28,11 +28,7 @@ func FuzzParser(f *testing.F) {
 		// Arbitrary bytes.
 		p := Parser{Limit: uint64(limit)}
 		r := &recorder{}
-		in := append([]byte(nil), raw...)
-		var err error
-		for off := 0; off < len(in) && err == nil; off += chunk {
-			err = p.Feed(in[off:min(off+chunk, len(in))], r)
-		}
+		err := feedCopy(&p, raw, chunk, r)
 		if err != nil && !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrTooBig) {
 			t.Fatalf("error %v", err)
 		}
@@ -78,11 +74,7 @@ func FuzzParser(f *testing.F) {
 			}
 			p := Parser{Limit: uint64(lim)}
 			r := &recorder{}
-			in := append([]byte(nil), stream...)
-			var err error
-			for off := 0; off < len(in) && err == nil; off += chunk {
-				err = p.Feed(in[off:min(off+chunk, len(in))], r)
-			}
+			err := feedCopy(&p, stream, chunk, r)
 			if lim > 0 && lim < len(payload) {
 				if !errors.Is(err, ErrTooBig) || len(r.got) > lim {
 					t.Fatalf("limit %d, message of %d: %v after %d bytes", lim, len(payload), err, len(r.got))
