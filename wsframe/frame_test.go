@@ -97,7 +97,7 @@ func TestMaskBytesMatchesBytewise(t *testing.T) {
 		for _, n := range []int{0, 1, 3, 7, 8, 9, 31, 1000} {
 			a := append([]byte(nil), data[:n]...)
 			b := append([]byte(nil), data[:n]...)
-			end := MaskBytes(key, pos, a)
+			end := maskBytes(key, pos, a)
 			for i := range b {
 				b[i] ^= key[(pos+i)%4]
 			}

@@ -99,7 +99,7 @@ func FuzzParser(f *testing.F) {
 	})
 }
 
-// FuzzMask checks MaskBytes against the definition of §5.3 (byte i is
+// FuzzMask checks maskBytes against the definition of §5.3 (byte i is
 // XORed with key[i mod 4]), computed here byte by byte: any data, any
 // key, any starting position, cut anywhere, and masking twice gives the
 // data back.
@@ -120,15 +120,15 @@ func FuzzMask(f *testing.F) {
 		if len(got) > 0 {
 			at = int(cut) % (len(got) + 1)
 		}
-		p := MaskBytes(k, start, got[:at])
-		end := MaskBytes(k, p, got[at:])
+		p := maskBytes(k, start, got[:at])
+		end := maskBytes(k, p, got[at:])
 		if !bytes.Equal(got, want) {
 			t.Fatalf("masked % x, want % x", got, want)
 		}
 		if end != (start+len(data))%4 {
 			t.Fatalf("end position %d, want %d", end, (start+len(data))%4)
 		}
-		MaskBytes(k, start, got)
+		maskBytes(k, start, got)
 		if !bytes.Equal(got, data) {
 			t.Fatal("masking twice did not give the data back")
 		}
