@@ -198,6 +198,15 @@ func TestProxyPassthrough(t *testing.T) {
 	expectBackendClose(t, closes, "4002 client-bye")
 	expectClose(t, c, 4002, "client-bye")
 
+	// A close code that may not be on the wire is answered with 1002, and
+	// the session is told the client went.
+	for _, bad := range [][]byte{{0x03, 0xed}, {0x03, 0xf7}, {0x13, 0x88}} {
+		c = dial("echo", nil)
+		c.WriteControl(websocket.CloseMessage, bad, time.Now().Add(time.Second))
+		expectClose(t, c, websocket.CloseProtocolError, "")
+		expectBackendClose(t, closes, "1001 client went away")
+	}
+
 	// path reaches the session; a missing path is "ws".
 	c = dial("other/p?q=1", nil)
 	expectMsg(t, c, websocket.TextMessage, []byte("path /other/p?q=1"))
