@@ -338,13 +338,11 @@ func (t *tunnel) drain(src *sender) {
 // a ping nor took data for two periods is closed with 1001. It never
 // blocks.
 func (t *tunnel) Check(now time.Time, ping bool) {
-	hb := t.limits.Heartbeat
-	if hb <= 0 || t.ended.Load() {
+	if t.limits.Heartbeat <= 0 || t.ended.Load() {
 		return
 	}
 	alive := max(t.lastPong.Load(), t.client.progress.Load())
-	if now.Sub(time.Unix(0, alive)) > 2*hb+time.Second {
-		reason := fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * hb).Round(time.Second))
+	if reason := t.limits.HeartbeatLost(now, time.Unix(0, alive)); reason != "" {
 		t.log.Info().Int("close_code", websocket.CloseGoingAway).Str("close_reason", reason).Msg("proxy ended by policy")
 		t.Close(websocket.CloseGoingAway, reason)
 		return
