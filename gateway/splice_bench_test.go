@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/binary"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/wsframe"
+	"wsgateway/wsframe/wsframetest"
 )
 
 // spliceBench starts a basic-mode gateway to a backend that runs handle,
@@ -68,7 +68,7 @@ func BenchmarkSpliceUpload(b *testing.B) {
 			}
 		}
 	})
-	frame := clientFrame(true, wsframe.OpBinary, make([]byte, 64<<10), [4]byte{9, 8, 7, 6})
+	frame := wsframetest.ClientFrame(true, wsframe.OpBinary, make([]byte, 64<<10), [4]byte{9, 8, 7, 6})
 	want = int64(b.N) * (64 << 10)
 	b.SetBytes(64 << 10)
 	b.ReportAllocs()
@@ -112,28 +112,4 @@ func BenchmarkSpliceDownload(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// clientFrame builds a masked client frame.
-func clientFrame(fin bool, op byte, payload []byte, key [4]byte) []byte {
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	var b []byte
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, b0, 0x80|byte(n))
-	case n < 1<<16:
-		b = append(b, b0, 0x80|126, 0, 0)
-		binary.BigEndian.PutUint16(b[2:], uint16(n))
-	default:
-		b = append(b, b0, 0x80|127, 0, 0, 0, 0, 0, 0, 0, 0)
-		binary.BigEndian.PutUint64(b[2:], uint64(n))
-	}
-	b = append(b, key[:]...)
-	for i, c := range payload {
-		b = append(b, c^key[i%4])
-	}
-	return b
 }

@@ -550,7 +550,7 @@ func (l *Launcher) endSession(s *session) {
 		}
 	}
 	for _, t := range tunnels {
-		t.shutdown(websocket.CloseGoingAway, reason)
+		t.Close(websocket.CloseGoingAway, reason)
 	}
 	l.note(zerolog.InfoLevel, "session ended", "id", s.id, "application", s.app, "host", s.host, "port", s.port,
 		"status", s.proc.status(), "reason", reason, "duration_s", time.Since(s.started).Seconds())

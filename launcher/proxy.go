@@ -190,7 +190,6 @@ type tunnel struct {
 	back   *sender
 	log    zerolog.Logger
 	opened time.Time
-	done   chan struct{}
 	limits wsframe.Limits
 
 	up, down atomic.Int64 // payload bytes client → session, session → client
@@ -205,7 +204,7 @@ type tunnel struct {
 var _ wsframe.Tunnel = (*tunnel)(nil)
 
 func newTunnel(l *Launcher, client, back *websocket.Conn, limits wsframe.Limits, log zerolog.Logger) *tunnel {
-	t := &tunnel{l: l, log: log, opened: time.Now(), done: make(chan struct{}), limits: limits}
+	t := &tunnel{l: l, log: log, opened: time.Now(), limits: limits}
 	t.client = newSender(client, l)
 	t.back = newSender(back, l)
 	t.lastPong.Store(t.opened.UnixNano())
@@ -241,7 +240,7 @@ func (t *tunnel) run() {
 		t.client.close(code, text)
 		return nil
 	})
-	clientLimit, backLimit := int64(maxMessage), int64(maxMessage)
+	clientLimit := int64(maxMessage)
 	if m := t.limits.MaxMessageBytes; m > 0 && m < clientLimit {
 		clientLimit = m
 	}
@@ -263,14 +262,13 @@ func (t *tunnel) run() {
 	}()
 	go func() {
 		defer pumps.Done()
-		t.pump(t.back, t.client, backLimit, &t.down, "session")
+		t.pump(t.back, t.client, maxMessage, &t.down, "session")
 	}()
 	pumps.Wait()
 	close(stop)
 	senders.Wait()
 	t.client.finish()
 	t.back.finish()
-	close(t.done)
 	t.mu.Lock()
 	cc, bc := t.clientCode, t.backCode
 	t.mu.Unlock()
@@ -340,13 +338,11 @@ func (t *tunnel) drain(src *sender) {
 // a ping nor took data for two periods is closed with 1001. It never
 // blocks.
 func (t *tunnel) Check(now time.Time, ping bool) {
-	hb := t.limits.Heartbeat
-	if hb <= 0 || t.ended.Load() {
+	if t.limits.Heartbeat <= 0 || t.ended.Load() {
 		return
 	}
 	alive := max(t.lastPong.Load(), t.client.progress.Load())
-	if now.Sub(time.Unix(0, alive)) > 2*hb+time.Second {
-		reason := fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * hb).Round(time.Second))
+	if reason := t.limits.HeartbeatLost(now, time.Unix(0, alive)); reason != "" {
 		t.log.Info().Int("close_code", websocket.CloseGoingAway).Str("close_reason", reason).Msg("proxy ended by policy")
 		t.Close(websocket.CloseGoingAway, reason)
 		return
@@ -363,9 +359,6 @@ func (t *tunnel) Close(code int, reason string) {
 	t.client.close(code, reason)
 	t.back.close(code, reason)
 }
-
-// shutdown is Close, for the launcher's session bookkeeping.
-func (t *tunnel) shutdown(code int, reason string) { t.Close(code, reason) }
 
 // Bytes are the payload bytes so far, client to session and back.
 func (t *tunnel) Bytes() (in, out int64) { return t.up.Load(), t.down.Load() }
@@ -529,16 +522,7 @@ func (s *sender) writeControl() (closed bool, err error) {
 	if !closeDue {
 		return false, nil
 	}
-	var msg []byte
-	switch {
-	case code == websocket.CloseNoStatusReceived || code == 0:
-		msg = []byte{} // the peer sent a close frame without a code
-	case !wsframe.ValidCloseCode(code):
-		msg = websocket.FormatCloseMessage(websocket.CloseInternalServerErr, wsframe.TruncateReason(reason, 123))
-	default:
-		msg = websocket.FormatCloseMessage(code, wsframe.TruncateReason(reason, 123))
-	}
-	return true, s.c.WriteControl(websocket.CloseMessage, msg, dl)
+	return true, s.c.WriteControl(websocket.CloseMessage, wsframe.ClosePayload(code, reason), dl)
 }
 
 // finish closes the connection once the tunnel is over, and stops the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -181,6 +182,13 @@ func TestProxyPassthrough(t *testing.T) {
 	expectClose(t, c, 4001, "session-bye")
 	expectBackendClose(t, closes, "4001 ") // gorilla answers with the code only
 
+	// A close without a code is forwarded without one, and so is the
+	// answer.
+	c = dial("echo", nil)
+	c.WriteMessage(websocket.TextMessage, []byte("close 1005 x"))
+	expectClose(t, c, websocket.CloseNoStatusReceived, "")
+	expectBackendClose(t, closes, "1005 ")
+
 	// The client closes with a code: the session sees it and its answer
 	// comes back.
 	c = dial("echo", nil)
@@ -189,6 +197,15 @@ func TestProxyPassthrough(t *testing.T) {
 	c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4002, "client-bye"), time.Now().Add(time.Second))
 	expectBackendClose(t, closes, "4002 client-bye")
 	expectClose(t, c, 4002, "client-bye")
+
+	// A close code that may not be on the wire is answered with 1002, and
+	// the session is told the client went.
+	for _, bad := range [][]byte{{0x03, 0xed}, {0x03, 0xf7}, {0x13, 0x88}} {
+		c = dial("echo", nil)
+		c.WriteControl(websocket.CloseMessage, bad, time.Now().Add(time.Second))
+		expectClose(t, c, websocket.CloseProtocolError, "")
+		expectBackendClose(t, closes, "1001 client went away")
+	}
 
 	// path reaches the session; a missing path is "ws".
 	c = dial("other/p?q=1", nil)
@@ -428,4 +445,38 @@ func TestProxyStalledClient(t *testing.T) {
 		t.Errorf("Close took %s", d)
 	}
 	waitUntil(t, "the stalled tunnel to end", 20*time.Second, func() bool { _, o, n := h.state(); return o == 0 && n == 1 })
+}
+
+// TestProxyOverLimitEndsCleanly: a client still sending a message over
+// the limit gets its 1009, and after its answer the connection ends with
+// a FIN, not a reset: the proxy reads and discards the rest of what the
+// client sent until its close frame.
+func TestProxyOverLimitEndsCleanly(t *testing.T) {
+	port, closes := echoBackend(t)
+	e := newEnv(t, map[string]any{
+		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{port, port}}},
+		"apps":      map[string]any{"hold": map[string]any{"cmd": []string{"sleep", "60"}}},
+	})
+	h := &fakeHost{capacity: 1, open: map[wsframe.Tunnel]bool{}, limits: wsframe.Limits{MaxMessageBytes: 100}}
+	e.l.SetTunnelHost(h)
+	id := e.launch("hold", "")["id"].(string)
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	c, _, err := d.Dial("ws"+strings.TrimPrefix(e.srv.URL, "http")+"/proxy?sessionId="+id+"&path=echo", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sent := make(chan error, 1)
+	go func() {
+		_ = c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		sent <- c.WriteMessage(websocket.BinaryMessage, make([]byte, 4<<20))
+	}()
+	// gorilla answers the close frame as it reads it.
+	expectClose(t, c, websocket.CloseMessageTooBig, "message larger than the limit of 100 bytes")
+	expectBackendClose(t, closes, "1001 client sent a message over the limit")
+	_ = c.NetConn().SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, c.NetConn()); err != nil {
+		t.Errorf("after the close: %v, want a clean end of the connection", err)
+	}
+	<-sent
 }

@@ -57,21 +57,26 @@ func ParseClose(payload []byte) (code int, reason string, err error) {
 	return code, string(payload[2:]), nil
 }
 
-// AppendClose appends an unmasked close frame. A code that may not go on
-// the wire becomes 1011 (so 1005, 1006 and 1015 never leave the gateway),
-// except 0 and 1005, which send a close frame without a code (the answer
-// to a close that had none). The reason is cut to fit on a UTF-8
-// boundary.
+// AppendClose appends an unmasked close frame whose payload is
+// ClosePayload's.
 func AppendClose(dst []byte, code int, reason string) []byte {
+	return AppendControl(dst, OpClose, ClosePayload(code, reason))
+}
+
+// ClosePayload is the payload of a close frame the gateway sends. A code
+// that may not go on the wire becomes 1011 (so 1005, 1006 and 1015 never
+// leave the gateway), except 0 and 1005, which give an empty payload
+// (the answer to a close that had none). The reason is cut to fit on a
+// UTF-8 boundary.
+func ClosePayload(code int, reason string) []byte {
 	if code == 0 || code == CloseNoStatus {
-		return append(dst, 0x80|OpClose, 0)
+		return nil
 	}
 	if !ValidCloseCode(code) {
 		code = CloseInternalError
 	}
 	reason = TruncateReason(reason, MaxControlPayload-2)
-	dst = append(dst, 0x80|OpClose, byte(2+len(reason)), byte(code>>8), byte(code))
-	return append(dst, reason...)
+	return append([]byte{byte(code >> 8), byte(code)}, reason...)
 }
 
 // TruncateReason cuts s to at most n bytes on a UTF-8 boundary (a close

@@ -107,6 +107,9 @@ func TestAppendClose(t *testing.T) {
 		if got := AppendClose(nil, c.code, c.reason); !bytes.Equal(got, c.want) {
 			t.Errorf("%s: % x, want % x", c.name, got, c.want)
 		}
+		if got := ClosePayload(c.code, c.reason); !bytes.Equal(got, c.want[2:]) {
+			t.Errorf("%s: payload % x, want % x", c.name, got, c.want[2:])
+		}
 	}
 	f := AppendClose([]byte("prefix"), 1001, long)
 	f = f[len("prefix"):]

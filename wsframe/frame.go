@@ -134,7 +134,7 @@ func (f *Parser) feed(p []byte, h Handler) (int, error) {
 			n = int(f.remain)
 		}
 		chunk := p[:n]
-		f.maskPos = MaskBytes(f.mask, f.maskPos, chunk)
+		f.maskPos = maskBytes(f.mask, f.maskPos, chunk)
 		f.remain -= uint64(n)
 		p = p[n:]
 		if f.opcode >= OpClose {
@@ -241,9 +241,9 @@ func (f *Parser) endFrame(h Handler) error {
 	return nil
 }
 
-// MaskBytes XORs b with the mask key starting at position pos (0-3) and
+// maskBytes XORs b with the mask key starting at position pos (0-3) and
 // returns the position after b. Eight bytes at a time where it can.
-func MaskBytes(key [4]byte, pos int, b []byte) int {
+func maskBytes(key [4]byte, pos int, b []byte) int {
 	pos &= 3
 	i := 0
 	for ; i < len(b) && pos&3 != 0; i++ {

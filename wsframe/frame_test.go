@@ -7,30 +7,23 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"wsgateway/wsframe/wsframetest"
 )
 
 // clientFrame builds a masked client frame.
-func clientFrame(fin bool, op byte, payload []byte, key [4]byte) []byte {
-	var b []byte
-	b0 := op
-	if fin {
-		b0 |= 0x80
+var clientFrame = wsframetest.ClientFrame
+
+// feedCopy feeds a copy of stream (Feed unmasks in place) to p, step
+// bytes at a time, up to the first error.
+func feedCopy(p *Parser, stream []byte, step int, h Handler) error {
+	in := append([]byte(nil), stream...)
+	for off := 0; off < len(in); off += step {
+		if err := p.Feed(in[off:min(off+step, len(in))], h); err != nil {
+			return err
+		}
 	}
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, b0, 0x80|byte(n))
-	case n < 1<<16:
-		b = append(b, b0, 0x80|126, 0, 0)
-		binary.BigEndian.PutUint16(b[2:], uint16(n))
-	default:
-		b = append(b, b0, 0x80|127, 0, 0, 0, 0, 0, 0, 0, 0)
-		binary.BigEndian.PutUint64(b[2:], uint64(n))
-	}
-	b = append(b, key[:]...)
-	for i, c := range payload {
-		b = append(b, c^key[i%4])
-	}
-	return b
+	return nil
 }
 
 type recorder struct {
@@ -61,15 +54,8 @@ func TestFrameParserAnySplit(t *testing.T) {
 	for _, step := range []int{1, 2, 3, 7, 13, 125, 4096, 65536, len(stream)} {
 		var p Parser
 		r := &recorder{}
-		in := append([]byte(nil), stream...)
-		for off := 0; off < len(in); off += step {
-			end := off + step
-			if end > len(in) {
-				end = len(in)
-			}
-			if err := p.Feed(in[off:end], r); err != nil {
-				t.Fatalf("step %d: %v (%s)", step, err, p.Reason())
-			}
+		if err := feedCopy(&p, stream, step, r); err != nil {
+			t.Fatalf("step %d: %v (%s)", step, err, p.Reason())
 		}
 		if !bytes.Equal(r.got, want) {
 			t.Fatalf("step %d: payload differs (%d bytes, want %d)", step, len(r.got), len(want))
@@ -111,7 +97,7 @@ func TestMaskBytesMatchesBytewise(t *testing.T) {
 		for _, n := range []int{0, 1, 3, 7, 8, 9, 31, 1000} {
 			a := append([]byte(nil), data[:n]...)
 			b := append([]byte(nil), data[:n]...)
-			end := MaskBytes(key, pos, a)
+			end := maskBytes(key, pos, a)
 			for i := range b {
 				b[i] ^= key[(pos+i)%4]
 			}

@@ -28,11 +28,7 @@ func FuzzParser(f *testing.F) {
 		// Arbitrary bytes.
 		p := Parser{Limit: uint64(limit)}
 		r := &recorder{}
-		in := append([]byte(nil), raw...)
-		var err error
-		for off := 0; off < len(in) && err == nil; off += chunk {
-			err = p.Feed(in[off:min(off+chunk, len(in))], r)
-		}
+		err := feedCopy(&p, raw, chunk, r)
 		if err != nil && !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrTooBig) {
 			t.Fatalf("error %v", err)
 		}
@@ -78,11 +74,7 @@ func FuzzParser(f *testing.F) {
 			}
 			p := Parser{Limit: uint64(lim)}
 			r := &recorder{}
-			in := append([]byte(nil), stream...)
-			var err error
-			for off := 0; off < len(in) && err == nil; off += chunk {
-				err = p.Feed(in[off:min(off+chunk, len(in))], r)
-			}
+			err := feedCopy(&p, stream, chunk, r)
 			if lim > 0 && lim < len(payload) {
 				if !errors.Is(err, ErrTooBig) || len(r.got) > lim {
 					t.Fatalf("limit %d, message of %d: %v after %d bytes", lim, len(payload), err, len(r.got))
@@ -107,7 +99,7 @@ func FuzzParser(f *testing.F) {
 	})
 }
 
-// FuzzMask checks MaskBytes against the definition of §5.3 (byte i is
+// FuzzMask checks maskBytes against the definition of §5.3 (byte i is
 // XORed with key[i mod 4]), computed here byte by byte: any data, any
 // key, any starting position, cut anywhere, and masking twice gives the
 // data back.
@@ -128,15 +120,15 @@ func FuzzMask(f *testing.F) {
 		if len(got) > 0 {
 			at = int(cut) % (len(got) + 1)
 		}
-		p := MaskBytes(k, start, got[:at])
-		end := MaskBytes(k, p, got[at:])
+		p := maskBytes(k, start, got[:at])
+		end := maskBytes(k, p, got[at:])
 		if !bytes.Equal(got, want) {
 			t.Fatalf("masked % x, want % x", got, want)
 		}
 		if end != (start+len(data))%4 {
 			t.Fatalf("end position %d, want %d", end, (start+len(data))%4)
 		}
-		MaskBytes(k, start, got)
+		maskBytes(k, start, got)
 		if !bytes.Equal(got, data) {
 			t.Fatal("masking twice did not give the data back")
 		}

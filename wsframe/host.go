@@ -1,6 +1,9 @@
 package wsframe
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Host is what a websocket passthrough that lives outside the gateway
 // (the launcher's /proxy) gets from the gateway so that its tunnels obey
@@ -40,4 +43,16 @@ type Tunnel interface {
 	Close(code int, reason string)
 	// Bytes are the payload bytes so far, client to service and back.
 	Bytes() (in, out int64)
+}
+
+// HeartbeatLost is the reason a client is dropped (with 1001) at now when
+// its last sign of life (a pong, or data it took) was at alive: after
+// two heartbeat periods and a second without one. It is "" while the
+// client is alive or when the heartbeat is off.
+func (l Limits) HeartbeatLost(now, alive time.Time) string {
+	hb := l.Heartbeat
+	if hb <= 0 || now.Sub(alive) <= 2*hb+time.Second {
+		return ""
+	}
+	return fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * hb).Round(time.Second))
 }
