@@ -105,10 +105,6 @@ var (
 	_ wsframe.Tunnel  = (*tunnel)(nil)
 )
 
-// Check is wsframe.Tunnel's policy sweep (checkPolicy with the gateway's
-// heartbeat).
-func (t *tunnel) Check(now time.Time, ping bool) { t.checkPolicy(now, t.s.cfg.Heartbeat, ping) }
-
 // Close is closeWith; code 0 (no code given) is a normal close.
 func (t *tunnel) Close(code int, reason string) {
 	if code == 0 {
@@ -220,7 +216,8 @@ func (t *tunnel) closeWith(code int, reason string) {
 }
 
 // requestClose asks the writer for a close frame (once) and arms the
-// close timeout.
+// close timeout. The code and reason kept (for the log) are those
+// wsframe.ClosePayload will send.
 func (t *tunnel) requestClose(code int, reason string, byGateway bool) {
 	if code != 0 && code != wsframe.CloseNoStatus && !wsframe.ValidCloseCode(code) {
 		code = wsframe.CloseInternalError
@@ -628,15 +625,16 @@ func (t *tunnel) serviceToClient() {
 	}
 }
 
-// checkPolicy ends the tunnel when it has been idle or open too long
-// (1008), or its client neither read nor answered pings for two
-// heartbeats (1001); otherwise it asks for a ping when heartbeats are on.
-// It never blocks: the server calls it for every tunnel about once a
-// second.
-func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) {
+// Check is wsframe.Tunnel's policy sweep: it ends the tunnel when it has
+// been idle or open too long (1008), or its client neither read nor
+// answered pings for two heartbeats (1001); otherwise it asks for a ping
+// when one is due. It never blocks: the server calls it for every tunnel
+// about once a second.
+func (t *tunnel) Check(now time.Time, ping bool) {
 	if t.initiated.Load() {
 		return
 	}
+	limits := wsframe.Limits{Heartbeat: t.s.cfg.Heartbeat}
 	var reason string
 	code := wsframe.ClosePolicy
 	idle := now.Sub(time.Unix(0, t.lastActive.Load()))
@@ -645,9 +643,10 @@ func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) 
 		reason = fmt.Sprintf("the session reached its maximum duration of %s", t.maxDuration)
 	case t.idleTimeout > 0 && idle >= t.idleTimeout:
 		reason = fmt.Sprintf("the session was idle (no data either way) for %s", t.idleTimeout.Round(time.Second))
-	case heartbeat > 0 && now.Sub(time.Unix(0, t.lastAlive.Load())) > 2*heartbeat+time.Second:
-		code = wsframe.CloseGoingAway
-		reason = fmt.Sprintf("the browser did not answer pings nor read for %s", (2 * heartbeat).Round(time.Second))
+	default:
+		if reason = limits.HeartbeatLost(now, time.Unix(0, t.lastAlive.Load())); reason != "" {
+			code = wsframe.CloseGoingAway
+		}
 	}
 	if reason != "" {
 		if t.onPolicy != nil {
@@ -659,14 +658,10 @@ func (t *tunnel) checkPolicy(now time.Time, heartbeat time.Duration, ping bool) 
 		return
 	}
 	if ping {
-		t.tryPing()
+		// The writer sends it; nothing here waits.
+		t.mu.Lock()
+		t.pingDue = true
+		t.mu.Unlock()
+		t.kick()
 	}
-}
-
-// tryPing asks the writer for a ping; it never waits.
-func (t *tunnel) tryPing() {
-	t.mu.Lock()
-	t.pingDue = true
-	t.mu.Unlock()
-	t.kick()
 }

@@ -45,10 +45,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // served as application/json with nosniff
 	enc.SetIndent("", "  ")
-	b := buf.Bytes()
+	b := []byte(`{"error": "internal error encoding the response"}` + "\n")
 	if err := enc.Encode(v); err != nil {
 		status = http.StatusInternalServerError
-		b = []byte(`{"error": "internal error encoding the response"}` + "\n")
 	} else {
 		b = buf.Bytes()
 	}
