@@ -32,11 +32,13 @@ install: build
 deps: deps-apt deps-npm
 	$(GO) mod download
 
-# Installs the missing Debian packages (as root, or through sudo).
+# Installs the missing Debian packages (as root, or through sudo), and npm
+# for deps-npm when there is none (Debian's, unless one came with Node.js).
 deps-apt:
 	@missing=""; for p in $(APT_PKGS); do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

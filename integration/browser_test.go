@@ -119,6 +119,20 @@ func waitRunning(t *testing.T, g *gateway, token string) desktopSession {
 	return s
 }
 
+// viewDesktop reserves a browserDesktop of w x h, opens the viewer on its
+// token in a new tab, and waits until the viewer is connected, the session
+// running and the desktop shown at w x h.
+func viewDesktop(t *testing.T, g *gateway, b *browser, w, h int) (*page, desktopSession) {
+	t.Helper()
+	tok := g.reserve(t, browserDesktop, fmt.Sprintf("geometry=%dx%d", w, h))["token"].(string)
+	v := b.newTab()
+	v.navigate(g.httpURL("/wsgw/viewer.html#token=" + tok + "&service=" + url.PathEscape(browserDesktop)))
+	waitViewerState(t, v, "connected", 60*time.Second)
+	s := waitRunning(t, g, tok)
+	checkDesktop(t, v, "#screen", w, h)
+	return v, s
+}
+
 // checkDesktop asserts the noVNC canvas under root shows the desktop at
 // w×h: the canvas's framebuffer size, then its pixels (the white xterm at
 // +20+20 on the dark root window, read back with getImageData), then a
@@ -464,12 +478,7 @@ func TestBrowserViewerDebianNoVNC(t *testing.T) {
 	}
 	g := desktopGateway(t, "--novnc_directory", debianNoVNC)
 	b := newBrowser(t)
-	tok := g.reserve(t, browserDesktop, "geometry=800x600")["token"].(string)
-	v := b.newTab()
-	v.navigate(g.httpURL("/wsgw/viewer.html#token=" + tok + "&service=" + url.PathEscape(browserDesktop)))
-	waitViewerState(t, v, "connected", 60*time.Second)
-	s := waitRunning(t, g, tok)
-	checkDesktop(t, v, "#screen", 800, 600)
+	v, s := viewDesktop(t, g, b, 800, 600)
 	typeIntoXterm(t, v, "#screen", s)
 	closeAndCheckFreed(t, g, v, s)
 }

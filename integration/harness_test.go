@@ -124,29 +124,15 @@ func startGatewayExact(t *testing.T, args ...string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	full := append([]string{"--session_dir", filepath.Join(dir, "sessions")}, args...)
-	g := &gateway{t: t, log: &syncBuf{}, exited: make(chan struct{}), dir: dir, tls: hasFlag(args, "--cert")}
+	cmd := exec.Command(gwBin, full...)
+	cmd.Env = append(os.Environ(), "WSGW_TEST_LEAK=secret-from-parent")
+	g := spawn(t, cmd, dir)
+	g.tls = hasFlag(args, "--cert")
 	for i, a := range args {
 		if a == "--log_file" && i+1 < len(args) {
 			g.logFile = args[i+1]
 		}
 	}
-	g.cmd = exec.Command(gwBin, full...)
-	g.cmd.Stderr = g.log
-	g.cmd.Stdout = g.log
-	g.cmd.Env = append(os.Environ(), "WSGW_TEST_LEAK=secret-from-parent")
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { g.exitErr = g.cmd.Wait(); close(g.exited) }()
-	t.Cleanup(func() {
-		g.stop()
-		if strings.Contains(g.log.String(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector fired in the gateway")
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", g.log.String())
-		}
-	})
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, l := range g.logLines() {
@@ -170,6 +156,29 @@ func startGatewayExact(t *testing.T, args ...string) *gateway {
 	}
 	t.Fatalf("gateway did not start listening:\n%s", g.log.String())
 	return nil
+}
+
+// spawn starts cmd (the gateway binary) with its output in the gateway's
+// log, and stops it when the test ends, failing the test if the race
+// detector fired in it.
+func spawn(t *testing.T, cmd *exec.Cmd, dir string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, cmd: cmd, log: &syncBuf{}, exited: make(chan struct{}), dir: dir}
+	cmd.Stdout, cmd.Stderr = g.log, g.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { g.exitErr = cmd.Wait(); close(g.exited) }()
+	t.Cleanup(func() {
+		g.stop()
+		if strings.Contains(g.log.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector fired in the gateway")
+		}
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", g.log.String())
+		}
+	})
+	return g
 }
 
 func (g *gateway) wantsHTTP(args []string) bool {

@@ -101,14 +101,25 @@ while :; do sleep 0.1; done
 	if g.exitErr != nil {
 		t.Fatalf("gateway exit after %s: %v (a shutdown over its deadline exits non-zero)", took, g.exitErr)
 	}
-	var complete bool
+	// The job and the launcher application are stopped by the one
+	// shutdown, before it is complete, not after it.
+	var complete, jobStopped, appsStopped bool
 	for _, l := range g.logLines() {
-		if l["message"] == "shutdown complete" {
+		switch {
+		case l["message"] == "shutdown complete":
 			complete = true
+		case complete:
+		case l["message"] == "job finished" && l["state"] == "interrupted":
+			jobStopped = true
+		case l["message"] == "launcher stopped":
+			appsStopped = true
 		}
 	}
 	if !complete {
 		t.Fatalf("no 'shutdown complete' line after %s", took)
+	}
+	if !jobStopped || !appsStopped {
+		t.Errorf("before 'shutdown complete': job interrupted %v, launcher stopped %v; both belong to the one shutdown", jobStopped, appsStopped)
 	}
 	t.Logf("shutdown took %s (bound %s)", took.Round(time.Millisecond), bound)
 	if testing.Verbose() {

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,12 +17,7 @@ import (
 func TestBrowserUxBackgroundClick(t *testing.T) {
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t))
 	b := newBrowser(t)
-	tok := g.reserve(t, browserDesktop, "")["token"].(string)
-	v := b.newTab()
-	v.navigate(g.httpURL("/wsgw/viewer.html#token=" + tok + "&service=" + url.PathEscape(browserDesktop)))
-	waitViewerState(t, v, "connected", 60*time.Second)
-	s := waitRunning(t, g, tok)
-	checkDesktop(t, v, "#screen", 1024, 768)
+	v, s := viewDesktop(t, g, b, 1024, 768)
 
 	// The xterm is at +20+20 and about 600x400: the bottom right corner is
 	// the root window.

@@ -153,15 +153,9 @@ func TestUxBasicModeFirstLines(t *testing.T) {
 			}
 			// The websocket port's answer to a plain request does not
 			// speak of tokens, which basic mode does not need.
-			resp, err := http.Get("http://" + g.wsAddr + "/")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var body bytes.Buffer
-			body.ReadFrom(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusUpgradeRequired || strings.Contains(strings.ToLower(body.String()), "token") || !strings.Contains(body.String(), "websocket") {
-				t.Errorf("plain GET on the websocket port: %d %s", resp.StatusCode, body.String())
+			code, _, body := hbGet(t, g.wsAddr, "/")
+			if code != http.StatusUpgradeRequired || strings.Contains(strings.ToLower(body), "token") || !strings.Contains(body, "websocket") {
+				t.Errorf("plain GET on the websocket port: %d %s", code, body)
 			}
 		})
 	}
@@ -173,15 +167,9 @@ func TestUxWebsocketPortAnswerMentionsTokensOnlyWithReservations(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, map[string]any{"Echo": map[string]any{"script": writeScript(t, dir, "svc.sh", "exit 1\n"), "count": 1, "options": map[string]any{}}})
 	g := startGateway(t, "--remote_session_config", cfg)
-	resp, err := http.Get("http://" + g.wsAddr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var body bytes.Buffer
-	body.ReadFrom(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUpgradeRequired || !strings.Contains(body.String(), "token=") {
-		t.Errorf("plain GET on the websocket port: %d %s", resp.StatusCode, body.String())
+	code, _, body := hbGet(t, g.wsAddr, "/")
+	if code != http.StatusUpgradeRequired || !strings.Contains(body, "token=") {
+		t.Errorf("plain GET on the websocket port: %d %s", code, body)
 	}
 }
 

@@ -20,24 +20,9 @@ import (
 // (no --session_dir, no ports), as a person would type it.
 func startBare(t *testing.T, dir string, args ...string) *gateway {
 	t.Helper()
-	g := &gateway{t: t, log: &syncBuf{}, exited: make(chan struct{}), dir: dir}
-	g.cmd = exec.Command(gwBin, args...)
-	g.cmd.Dir = dir
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { g.exitErr = g.cmd.Wait(); close(g.exited) }()
-	t.Cleanup(func() {
-		g.stop()
-		if strings.Contains(g.log.String(), "WARNING: DATA RACE") {
-			t.Errorf("the race detector fired in the gateway")
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", g.log.String())
-		}
-	})
-	return g
+	cmd := exec.Command(gwBin, args...)
+	cmd.Dir = dir
+	return spawn(t, cmd, dir)
 }
 
 // listenersOf returns the "listening" lines' listener → address.

@@ -122,6 +122,11 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	// The gateway's events go to the same hub as the jobs'.
 	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
 	g.Extensions = append(g.Extensions, gateway.Extension{Name: "rpc", Match: jr.rpc.Match, Handler: jr.rpc})
+	// The gateway's one shutdown stops the control plane and the running
+	// jobs too (marked interrupted; queued jobs stay queued), in parallel
+	// with its own work.
+	g.StopAccepting = append(g.StopAccepting, jr.rpc.StopAccepting)
+	g.Stoppers = append(g.Stoppers, jr.rpc.Close, jr.mgr.Close)
 	jr.mgr.Start()
 	if path != store.Memory {
 		log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")

@@ -84,8 +84,9 @@ func loadLauncher(cfg *Config, g *gateway.Config) (*launcherRun, error) {
 	return &launcherRun{cfg: lc, mounted: mounted}, nil
 }
 
-// start creates the launcher (its log, upload and proxy-file directories)
-// and, when it shares the HTTP port, mounts it as a gateway extension.
+// start creates the launcher (its log, upload and proxy-file directories),
+// mounts it as a gateway extension when it shares the HTTP port, and puts
+// it under the gateway's shutdown.
 func (lr *launcherRun) start(g *gateway.Config, log zerolog.Logger) error {
 	if lr == nil {
 		return nil
@@ -100,7 +101,18 @@ func (lr *launcherRun) start(g *gateway.Config, log zerolog.Logger) error {
 	if lr.mounted {
 		g.Extensions = append(g.Extensions, gateway.Extension{Name: "launcher", Match: l.Match, Handler: l.Handler()})
 	}
+	// The gateway's one shutdown stops the launcher's own listener and its
+	// applications too.
+	g.StopAccepting = append(g.StopAccepting, lr.stopServing)
+	g.Stoppers = append(g.Stoppers, l.Close)
 	return nil
+}
+
+// stopServing stops the launcher's own listener, when it has one.
+func (lr *launcherRun) stopServing() {
+	if lr.cancel != nil {
+		lr.cancel()
+	}
 }
 
 // hostCompatible reports whether a launcher host can be served by a

@@ -118,9 +118,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer jr.close()
-	// One shutdown: the gateway's, which stops these too, in parallel.
-	gcfg.StopAccepting = append(gcfg.StopAccepting, lr.stopAccepting, jr.stopAccepting)
-	gcfg.Stoppers = append(gcfg.Stoppers, lr.stop, jr.stop)
 	srv, err := gateway.New(gcfg, log)
 	if err != nil {
 		return err
