@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -26,7 +27,9 @@ func TestShutdownClosesTunnelsAndReturns(t *testing.T) {
 			if err != nil {
 				return
 			}
-			go func() { defer c.Close(); _, _ = c.Write(make([]byte, 1<<20)) }() // more than the client will read
+			// More than the client will read, then the target stays open (its
+			// own close would race the shutdown's 1001 with a 1000).
+			go func() { defer c.Close(); _, _ = c.Write(make([]byte, 1<<20)); _, _ = io.Copy(io.Discard, c) }()
 		}
 	}()
 	srv, err := New(Config{ClientAddr: target.Addr().String(), SessionRoot: t.TempDir(), StopGrace: time.Second}, zerolog.Nop())
