@@ -33,14 +33,44 @@ const AdminGroup = "admin"
 // CookieName is the dashboard's session cookie.
 const CookieName = "wsgw_session"
 
+// Kinds of identity. Identities of different kinds are never equal (see
+// Identity.Key): a users-file account named "admin" is not the security
+// token's holder, and a proxy's "alice" is not the users file's.
+const (
+	KindUser     = "user"     // the users file: password, API key, cookie
+	KindProxy    = "proxy"    // asserted by a --trusted_proxy
+	KindToken    = "token"    // the --security_token
+	KindLoopback = "loopback" // a local administrator without credentials
+)
+
 // Identity is an authenticated caller.
 type Identity struct {
 	Name   string   `json:"user"`
 	Groups []string `json:"groups"`
 	Admin  bool     `json:"admin"`
+	// Kind is where the identity comes from: user, proxy, token,
+	// loopback.
+	Kind string `json:"kind,omitempty"`
 	// Via says how the caller proved it: basic, api_key, cookie, proxy,
 	// security_token, loopback.
 	Via string `json:"via"`
+}
+
+// Key is the identity as an owner of reservations, sessions and jobs:
+// the user name for users-file users (whose names cannot hold ':'), the
+// kind and the name for the others ("proxy:alice", "token:admin"), and
+// "" (no owner) for nil and loopback administrators.
+func (id *Identity) Key() string {
+	if id == nil {
+		return ""
+	}
+	switch id.Kind {
+	case KindUser:
+		return id.Name
+	case KindLoopback, "":
+		return ""
+	}
+	return id.Kind + ":" + id.Name
 }
 
 // InGroup reports membership (admins are members of every group).
@@ -76,8 +106,9 @@ type Users struct {
 	cur    atomic.Pointer[table]
 	secret [32]byte // signs session cookies
 
-	cacheMu sync.Mutex
-	cache   map[[32]byte]time.Time // sha256(user \0 password) → good until
+	cacheMu   sync.Mutex
+	cache     map[[32]byte]time.Time // sha256(user \0 password) → good until
+	notBefore map[string]int64       // user → cookies issued until then are void (logout)
 }
 
 // MaxUsersFileBytes bounds the users file.
@@ -182,7 +213,7 @@ func (u *Users) identity(name, via string) *Identity {
 	if !ok {
 		return nil
 	}
-	return &Identity{Name: name, Groups: append([]string(nil), usr.Groups...), Admin: slices.Contains(usr.Groups, AdminGroup), Via: via}
+	return &Identity{Name: name, Groups: append([]string(nil), usr.Groups...), Admin: slices.Contains(usr.Groups, AdminGroup), Kind: KindUser, Via: via}
 }
 
 // Lookup returns the current identity of a user (nil if the user is gone).
@@ -236,11 +267,42 @@ func (u *Users) CheckAPIKey(key string) (*Identity, error) {
 	return u.identity(name, "api_key"), nil
 }
 
-// SessionCookie makes a signed cookie value for name, valid for ttl.
+// SessionCookie makes a signed cookie value for name, valid for ttl. It
+// ends earlier when the user's password changes, the user is removed,
+// or EndSessions is called for the user (logout).
 func (u *Users) SessionCookie(name string, ttl time.Duration) string {
-	exp := strconv.FormatInt(time.Now().Add(ttl).Unix(), 10)
-	payload := base64.RawURLEncoding.EncodeToString([]byte(name)) + "." + exp
+	now := time.Now()
+	payload := strings.Join([]string{
+		base64.RawURLEncoding.EncodeToString([]byte(name)),
+		strconv.FormatInt(now.Add(ttl).Unix(), 10),
+		strconv.FormatInt(now.UnixNano(), 10),
+		u.generation(name),
+	}, ".")
 	return payload + "." + u.sign(payload)
+}
+
+// generation changes when the user's password changes: a digest of the
+// stored hash (and nothing for a user without a password).
+func (u *Users) generation(name string) string {
+	usr, ok := u.cur.Load().users[name]
+	if !ok {
+		return "-"
+	}
+	h := sha256.Sum256([]byte("wsgateway-cookie\x00" + usr.PasswordBcrypt))
+	return base64.RawURLEncoding.EncodeToString(h[:9])
+}
+
+// EndSessions ends every session cookie of name issued until now (the
+// dashboard's logout: it logs the user out in every browser).
+func (u *Users) EndSessions(name string) {
+	u.cacheMu.Lock()
+	defer u.cacheMu.Unlock()
+	if u.notBefore == nil {
+		u.notBefore = map[string]int64{}
+	}
+	if _, known := u.cur.Load().users[name]; known || len(u.notBefore) < 10000 {
+		u.notBefore[name] = time.Now().UnixNano()
+	}
 }
 
 func (u *Users) sign(payload string) string {
@@ -249,7 +311,8 @@ func (u *Users) sign(payload string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// CheckCookie verifies a session cookie value.
+// CheckCookie verifies a session cookie value: its signature, expiry,
+// the user's current password generation and the user's last logout.
 func (u *Users) CheckCookie(v string) (*Identity, error) {
 	i := strings.LastIndexByte(v, '.')
 	if i < 0 {
@@ -259,16 +322,29 @@ func (u *Users) CheckCookie(v string) (*Identity, error) {
 	if subtle.ConstantTimeCompare([]byte(sig), []byte(u.sign(payload))) != 1 {
 		return nil, ErrBadCredentials
 	}
-	enc, exp, ok := strings.Cut(payload, ".")
-	if !ok {
+	parts := strings.Split(payload, ".")
+	if len(parts) != 4 {
 		return nil, ErrBadCredentials
 	}
-	unix, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || time.Now().Unix() > unix {
+	exp, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || time.Now().Unix() > exp {
 		return nil, ErrBadCredentials
 	}
-	name, err := base64.RawURLEncoding.DecodeString(enc)
+	issued, err := strconv.ParseInt(parts[2], 10, 64)
 	if err != nil {
+		return nil, ErrBadCredentials
+	}
+	name, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return nil, ErrBadCredentials
+	}
+	if parts[3] != u.generation(string(name)) {
+		return nil, ErrBadCredentials // the password changed
+	}
+	u.cacheMu.Lock()
+	nb, loggedOut := u.notBefore[string(name)]
+	u.cacheMu.Unlock()
+	if loggedOut && issued <= nb {
 		return nil, ErrBadCredentials
 	}
 	id := u.identity(string(name), "cookie")
@@ -324,36 +400,60 @@ func ParseCIDRs(list []string) (TrustedProxies, error) {
 	return out, nil
 }
 
-// Identity returns the identity a trusted proxy asserts for r, or nil.
-func (t TrustedProxies) Identity(r *http.Request) *Identity {
-	if len(t) == 0 {
-		return nil
-	}
-	user := strings.TrimSpace(r.Header.Get("X-Forwarded-User"))
-	if user == "" || len(user) > 128 {
-		return nil
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	ip := net.ParseIP(host)
+// contains reports whether ip is in one of the networks.
+func (t TrustedProxies) contains(ip net.IP) bool {
 	if ip == nil {
-		return nil
+		return false
 	}
 	for _, n := range t {
 		if n.Contains(ip) {
-			var groups []string
-			for _, g := range strings.Split(r.Header.Get("X-Forwarded-Groups"), ",") {
-				if g = strings.TrimSpace(g); g != "" {
-					groups = append(groups, g)
-				}
-			}
-			return &Identity{Name: user, Groups: groups, Admin: slices.Contains(groups, AdminGroup), Via: "proxy"}
+			return true
 		}
 	}
-	return nil
+	return false
 }
+
+// clientFor is the client behind a trusted proxy: the rightmost address
+// of X-Forwarded-For that is not itself a trusted proxy (the hops to its
+// left were written by whoever sent the request, and can be anything).
+// With no usable header it is the proxy's own address, peer.
+func (t TrustedProxies) clientFor(r *http.Request, peer string) string {
+	var hops []string
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(v, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		ip := net.ParseIP(strings.TrimSpace(hops[i]))
+		if ip == nil {
+			return peer // a hop we cannot read: stop at what we know
+		}
+		if !t.contains(ip) {
+			return ip.String()
+		}
+	}
+	return peer
+}
+
+// Identity returns the identity a trusted proxy asserts for r, or nil
+// (r's peer is not a trusted proxy, or it asserts no user).
+func (t TrustedProxies) Identity(r *http.Request) *Identity {
+	if !t.contains(remoteIP(r.RemoteAddr)) {
+		return nil
+	}
+	user := strings.TrimSpace(r.Header.Get("X-Forwarded-User"))
+	if user == "" || len(user) > 128 || strings.ContainsFunc(user, isControl) {
+		return nil
+	}
+	var groups []string
+	for _, g := range strings.Split(r.Header.Get("X-Forwarded-Groups"), ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			groups = append(groups, g)
+		}
+	}
+	return &Identity{Name: user, Groups: groups, Admin: slices.Contains(groups, AdminGroup), Kind: KindProxy, Via: "proxy"}
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // HashPassword returns a bcrypt hash of password.
 func HashPassword(password string) (string, error) {

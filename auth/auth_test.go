@@ -121,3 +121,7 @@ func TestTrustedProxies(t *testing.T) {
 		t.Error("bad CIDR accepted")
 	}
 }
+
+func jsonUsers(users map[string]any) ([]byte, error) {
+	return json.Marshal(map[string]any{"users": users})
+}

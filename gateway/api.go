@@ -13,11 +13,11 @@ import (
 
 // The gateway's own API for other front ends in the same process (the
 // JSON-RPC control plane): the same rules as the REST API, with the
-// caller's identity given rather than read from a request.
+// caller (auth.Policy's answer) given rather than read from a request.
 
-// Reserve reserves a slot of service for id (nil: anonymous), waiting up
-// to wait (at most 240 s) for a free one.
-func (s *Server) Reserve(ctx context.Context, id *auth.Identity, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+// Reserve reserves a slot of service for c, waiting up to wait (at most
+// 240 s) for a free one.
+func (s *Server) Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	if wait > maxWait {
 		wait = maxWait
 	}
@@ -29,17 +29,17 @@ func (s *Server) Reserve(ctx context.Context, id *auth.Identity, service string,
 			return reservation.Reservation{}, httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
 		}
 	}
-	return s.reserveAs(ctx, id, false, service, opts, wait)
+	return s.reserveAs(ctx, c, service, opts, wait)
 }
 
-// Release releases a reservation (stopping its service) for id:
+// Release releases a reservation (stopping its service) for c:
 // administrators release anything, users their own.
-func (s *Server) Release(ctx context.Context, id *auth.Identity, token string) (reservation.Reservation, error) {
-	return s.releaseAs(ctx, id, false, token)
+func (s *Server) Release(ctx context.Context, c auth.Caller, token string) (reservation.Reservation, error) {
+	return s.releaseAs(ctx, c, token)
 }
 
-// StatusFor is /v1/status as id sees it.
-func (s *Server) StatusFor(id *auth.Identity) Status { return s.status(id, false) }
+// StatusFor is /v1/status as c sees it.
+func (s *Server) StatusFor(c auth.Caller) Status { return s.status(c) }
 
 // HTTPStatus is the HTTP status the REST API answers err with (500 when
 // it has none).

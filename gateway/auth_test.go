@@ -1,8 +1,14 @@
 package gateway
 
 import (
+	"context"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"os"
 	"testing"
+
+	"wsgateway/internal/httperr"
 
 	"github.com/rs/zerolog"
 )
@@ -17,43 +23,13 @@ func newTestServer(t *testing.T, cfg Config) *Server {
 	return s
 }
 
-func TestOriginAllowed(t *testing.T) {
-	s := newTestServer(t, Config{AllowedOrigins: []string{"https://app.example.org"}})
-	cases := []struct {
-		host, origin string
-		want         bool
-	}{
-		{"gw.example.org:9091", "", true},
-		{"gw.example.org:9091", "http://gw.example.org:9090", true},
-		{"gw.example.org:9091", "https://GW.example.org", true},
-		{"gw.example.org", "https://gw.example.org.evil.com", false},
-		{"gw.example.org:9091", "https://app.example.org", true},
-		{"gw.example.org:9091", "https://app.example.org:8443", false},
-		{"gw.example.org:9091", "null", false},
-		{"[::1]:9091", "http://[::1]:9090", true},
-		{"127.0.0.1:9091", "http://localhost:9090", false},
-	}
-	for _, c := range cases {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.Host = c.host
-		if c.origin != "" {
-			r.Header.Set("Origin", c.origin)
-		}
-		if got := s.originAllowed(r); got != c.want {
-			t.Errorf("host %s origin %q: %v, want %v", c.host, c.origin, got, c.want)
-		}
-	}
-	star := newTestServer(t, Config{AllowedOrigins: []string{"*"}})
-	r := httptest.NewRequest("GET", "/", nil)
-	r.Header.Set("Origin", "https://anything.example")
-	if !star.originAllowed(r) {
-		t.Error("* does not allow every origin")
-	}
-}
-
+// TestAdminAndAuth goes through the handlers' own checks (requireAuth,
+// requireAdmin); the policy's cases are in package auth.
 func TestAdminAndAuth(t *testing.T) {
 	open := newTestServer(t, Config{})
 	tok := newTestServer(t, Config{SecurityToken: "tok"})
+	me := os.Getuid()
+	open.policy.PeerUID = func(net.Addr, net.Addr) (int, error) { return me, nil }
 	cases := []struct {
 		name          string
 		s             *Server
@@ -61,20 +37,23 @@ func TestAdminAndAuth(t *testing.T) {
 		remote, query string
 		header        map[string]string
 		auth, admin   bool
+		status        int
 	}{
-		{"loopback v4", open, "", "127.0.0.1:5000", "", nil, true, true},
-		{"loopback v6", open, "", "[::1]:5000", "", nil, true, true},
-		{"loopback, IP Host", open, "127.0.0.1:9090", "127.0.0.1:5000", "", nil, true, true},
-		{"loopback, rebound DNS name", open, "rebind.evil.example:9090", "127.0.0.1:5000", "", map[string]string{"Origin": "http://rebind.evil.example:9090"}, true, false},
-		{"remote", open, "", "10.1.2.3:5000", "", nil, true, false},
-		{"loopback cross-site", open, "", "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, false},
-		{"loopback foreign origin", open, "", "127.0.0.1:5000", "", map[string]string{"Origin": "https://evil.example"}, true, false},
-		{"token missing", tok, "", "127.0.0.1:5000", "", nil, false, false},
-		{"token in query", tok, "", "10.1.2.3:5000", "security_token=tok", nil, true, true},
-		{"token wrong", tok, "", "10.1.2.3:5000", "security_token=tok2", nil, false, false},
-		{"token prefix", tok, "", "10.1.2.3:5000", "security_token=to", nil, false, false},
-		{"bearer", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Bearer tok"}, true, true},
-		{"bearer wrong scheme", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Basic tok"}, false, false},
+		{"loopback v4", open, "", "127.0.0.1:5000", "", nil, true, true, 0},
+		{"loopback v6", open, "", "[::1]:5000", "", nil, true, true, 0},
+		{"loopback, IP Host", open, "127.0.0.1:9090", "127.0.0.1:5000", "", nil, true, true, 0},
+		{"loopback, rebound DNS name", open, "rebind.evil.example:9090", "127.0.0.1:5000", "", map[string]string{"Origin": "http://rebind.evil.example:9090"}, true, false, 403},
+		{"remote", open, "", "10.1.2.3:5000", "", nil, true, false, 403},
+		{"loopback cross-site", open, "", "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "cross-site"}, true, false, 403},
+		{"loopback same-site", open, "", "127.0.0.1:5000", "", map[string]string{"Sec-Fetch-Site": "same-site"}, true, false, 403},
+		{"loopback foreign origin", open, "", "127.0.0.1:5000", "", map[string]string{"Origin": "https://evil.example"}, true, false, 403},
+		{"loopback through a proxy", open, "", "127.0.0.1:5000", "", map[string]string{"X-Forwarded-For": "203.0.113.1"}, true, false, 403},
+		{"token missing", tok, "", "127.0.0.1:5000", "", nil, false, false, 401},
+		{"token in query", tok, "", "10.1.2.3:5000", "security_token=tok", nil, true, true, 0},
+		{"token wrong", tok, "", "10.1.2.3:5000", "security_token=tok2", nil, false, false, 401},
+		{"token prefix", tok, "", "10.1.2.3:5000", "security_token=to", nil, false, false, 401},
+		{"bearer", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Bearer tok"}, true, true, 0},
+		{"bearer wrong scheme", tok, "", "10.1.2.3:5000", "", map[string]string{"Authorization": "Basic tok"}, false, false, 401},
 	}
 	for _, c := range cases {
 		r := httptest.NewRequest("GET", "/v1/status?"+c.query, nil)
@@ -86,12 +65,17 @@ func TestAdminAndAuth(t *testing.T) {
 		for k, v := range c.header {
 			r.Header.Set(k, v)
 		}
+		r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9090}))
 		_, err := c.s.requireAuth(r)
 		if got := err == nil; got != c.auth {
-			t.Errorf("%s: authorized %v, want %v", c.name, got, c.auth)
+			t.Errorf("%s: authorized %v (%v), want %v", c.name, got, err, c.auth)
 		}
-		if got := c.s.isAdmin(r); got != c.admin {
+		_, err = c.s.requireAdmin(r)
+		if got := err == nil; got != c.admin {
 			t.Errorf("%s: admin %v, want %v", c.name, got, c.admin)
+		}
+		if err != nil && httperr.Status(err) != c.status {
+			t.Errorf("%s: status %d, want %d (%v)", c.name, httperr.Status(err), c.status, err)
 		}
 	}
 }

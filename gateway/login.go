@@ -18,10 +18,11 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Users == nil {
 		return httperr.Errorf(http.StatusNotFound, "this gateway has no users (--users); use its security token")
 	}
-	if s.crossSite(r) {
-		return httperr.Errorf(http.StatusForbidden, "cross-site login refused")
+	client := s.clientOf(r)
+	if !s.policy.Site(r).Ambient() {
+		return httperr.Errorf(http.StatusForbidden, "login from a page on another site or port refused: log in on the gateway's own page %slogin.html", PagesPrefix)
 	}
-	if s.authLimit.exhausted(r.RemoteAddr) {
+	if s.authLimit.exhausted(client) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		return httperr.Errorf(http.StatusTooManyRequests, "too many failed logins from your address; wait a minute")
 	}
@@ -34,7 +35,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	}
 	id, err := s.cfg.Users.CheckPassword(body.User, body.Password)
 	if err != nil {
-		s.authLimit.allow(r.RemoteAddr)
+		s.authLimit.allow(client)
 		s.log.Info().Str("user", text.Cut(body.User, 64)).Str("remote", r.RemoteAddr).Msg("login failed")
 		return httperr.Errorf(http.StatusUnauthorized, "wrong user name or password")
 	}
@@ -45,7 +46,20 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleLogout ends the caller's session cookies (in every browser: a
+// cookie issued before a logout is refused) and clears the cookie.
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) error {
+	if !s.policy.Site(r).Ambient() {
+		return httperr.Errorf(http.StatusForbidden, "logout from a page on another site or port refused")
+	}
+	if s.cfg.Users != nil {
+		if ck, err := r.Cookie(auth.CookieName); err == nil {
+			if id, err := s.cfg.Users.CheckCookie(ck.Value); err == nil {
+				s.cfg.Users.EndSessions(id.Name)
+				s.log.Info().Str("user", id.Name).Str("remote", r.RemoteAddr).Msg("logged out")
+			}
+		}
+	}
 	http.SetCookie(w, &http.Cookie{Name: auth.CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
 		Secure: s.cfg.TLS != nil, SameSite: http.SameSiteStrictMode})
 	writeJSON(w, http.StatusOK, map[string]bool{"logged_out": true})
@@ -53,10 +67,11 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleWhoami(w http.ResponseWriter, r *http.Request) error {
-	id, err := s.requireAuth(r)
+	c, err := s.requireAuth(r)
 	if err != nil {
 		return err
 	}
+	id := c.ID
 	if id == nil {
 		id = &auth.Identity{Via: "anonymous"}
 	}

@@ -30,11 +30,11 @@ const (
 )
 
 func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
-	id, err := s.requireAuth(r)
+	c, err := s.requireAuth(r)
 	if err != nil {
 		return err
 	}
-	if !s.reserveLimit.allow(r.RemoteAddr) {
+	if !s.reserveLimit.allow(c.Client) {
 		s.metrics.limited.WithLabelValues("rate_reserve").Inc()
 		return httperr.Errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
 	}
@@ -68,7 +68,7 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(opts) == 0 {
 		opts = nil
 	}
-	res, err := s.reserveAs(r.Context(), id, s.crossSite(r), name, opts, wait)
+	res, err := s.reserveAs(r.Context(), c, name, opts, wait)
 	if err != nil {
 		return err
 	}
@@ -86,24 +86,23 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// reserveAs reserves a slot of service for id (nil: anonymous), waiting
-// up to wait for one; crossSite callers are never group members.
-func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite bool, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+// reserveAs reserves a slot of service for c, waiting up to wait for
+// one.
+func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	svc, ok := s.svcs[name]
 	if !ok {
 		return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound, "unknown service %q; known services: %s", text.Cut(name, 128), strings.Join(s.serviceNames(), ", "))
 	}
-	if g := svc.StringOption("group"); g != "" && (!id.InGroup(g) || crossSite) {
+	if g := svc.StringOption("group"); g != "" && !c.InGroup(g) {
 		who := "you are not signed in"
-		if id != nil && id.Name != "" {
-			who = id.Name + " is not a member"
+		if c.Name() != "" {
+			who = c.Name() + " is not a member"
+		} else if !c.Site.Ambient() {
+			who = "a page on another site or port is not signed in by its cookies"
 		}
 		return reservation.Reservation{}, httperr.Errorf(http.StatusForbidden, "service %q is restricted to group %q (%s); ask an administrator for access", name, g, who)
 	}
-	owner := ""
-	if id != nil {
-		owner = id.Name
-	}
+	owner := c.Owner()
 	var res reservation.Reservation
 	var err error
 	if wait > 0 {
@@ -131,7 +130,7 @@ func (s *Server) reserveAs(ctx context.Context, id *auth.Identity, crossSite boo
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
-	id, err := s.requireAuth(r)
+	c, err := s.requireAuth(r)
 	if err != nil {
 		return err
 	}
@@ -139,7 +138,7 @@ func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
-	res, err := s.releaseAs(r.Context(), id, s.crossSite(r), tok)
+	res, err := s.releaseAs(r.Context(), c, tok)
 	if err != nil {
 		return err
 	}
@@ -157,13 +156,14 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 	if tok == "" {
 		return httperr.Errorf(http.StatusBadRequest, "send the token in the X-Wsgw-Token header")
 	}
-	if s.authLimit.exhausted(r.RemoteAddr) {
+	client := s.clientOf(r)
+	if s.authLimit.exhausted(client) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		return httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
 	}
 	res, err := s.sessions.Check(tok)
 	if errors.Is(err, reservation.ErrUnknownToken) {
-		s.authLimit.allow(r.RemoteAddr) // a guess counts as a failed authentication
+		s.authLimit.allow(client) // a guess counts as a failed authentication
 	}
 	if err != nil {
 		return tokenError(err, tok)
@@ -172,20 +172,17 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-// releaseAs releases tok for id: administrators release anything, a
-// user their own reservations. It returns once the service has stopped.
-func (s *Server) releaseAs(ctx context.Context, id *auth.Identity, crossSite bool, tok string) (reservation.Reservation, error) {
-	admin := id != nil && id.Admin && !crossSite
+// releaseAs releases tok for c: administrators release anything, a user
+// their own reservations. It returns once the service has stopped.
+func (s *Server) releaseAs(ctx context.Context, c auth.Caller, tok string) (reservation.Reservation, error) {
 	res, err := s.sessions.Get(tok)
 	if err != nil {
-		if !admin {
+		if !c.Admin() {
 			return res, httperr.Errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
 		}
 		return res, httperr.Errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
 	}
-	// Administrators release anything; a user releases their own.
-	own := id != nil && id.Name != "" && id.Name == res.Owner && !crossSite
-	if !own && !admin {
+	if !c.MayManage(res.Owner) {
 		return res, httperr.Errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.StopGrace+15*time.Second)

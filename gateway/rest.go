@@ -62,45 +62,50 @@ func (s *Server) httpPortHandler() http.Handler {
 	})
 }
 
-// requireAuth returns the caller, or 401 when credentials are needed and
-// missing or wrong (429 after too many failures from the address).
-func (s *Server) requireAuth(r *http.Request) (*auth.Identity, error) {
-	if s.authRequired() && s.authLimit.exhausted(r.RemoteAddr) {
+// requireAuth returns the caller (see auth.Policy), or 401 when
+// credentials are needed and missing or wrong (429 after too many
+// failures from the client's address).
+func (s *Server) requireAuth(r *http.Request) (auth.Caller, error) {
+	c, err := s.policy.Caller(r)
+	if s.authRequired() && s.authLimit.exhausted(c.Client) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return nil, httperr.Errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
+		return c, httperr.Errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
 	}
-	id, err := s.caller(r)
 	if err != nil {
-		s.authLimit.allow(r.RemoteAddr)
-		return nil, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
+		s.authLimit.allow(c.Client)
+		return c, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key, security token or session; log in again")
 	}
-	if id == nil && s.authRequired() {
-		if r.URL.Query().Get("security_token") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-			s.authLimit.allow(r.RemoteAddr)
-		}
+	if c.ID == nil && s.authRequired() {
 		if s.cfg.Users != nil {
-			return nil, httperr.Errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
+			return c, httperr.Errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
 		}
-		return nil, httperr.Errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+		return c, httperr.Errorf(http.StatusUnauthorized, "missing security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
 	}
-	return id, nil
+	return c, nil
 }
 
-func (s *Server) requireAdmin(r *http.Request) (*auth.Identity, error) {
-	id, err := s.requireAuth(r)
+func (s *Server) requireAdmin(r *http.Request) (auth.Caller, error) {
+	c, err := s.requireAuth(r)
 	if err != nil {
-		return nil, err
+		return c, err
 	}
-	if s.crossSite(r) {
-		return nil, httperr.Errorf(http.StatusForbidden, "cross-site requests may not call this")
+	if !c.Admin() {
+		return c, s.notAdmin(c)
 	}
-	if id == nil || !id.Admin {
-		if !s.authRequired() {
-			return nil, httperr.Errorf(http.StatusForbidden, "this call answers only to clients on this machine (loopback) unless the gateway has a --security_token or --users")
-		}
-		return nil, httperr.Errorf(http.StatusForbidden, "this call is for administrators (group %q or the security token)", auth.AdminGroup)
+	return c, nil
+}
+
+// notAdmin says why c is not an administrator.
+func (s *Server) notAdmin(c auth.Caller) error {
+	switch {
+	case !c.Site.Ambient():
+		return httperr.Errorf(http.StatusForbidden, "a page on another site or port (%s) is never an administrator by its cookies, HTTP Basic or address; send the security token or an API key", c.Site)
+	case s.authRequired():
+		return httperr.Errorf(http.StatusForbidden, "this call is for administrators (group %q or the security token)", auth.AdminGroup)
+	case c.Proxied:
+		return httperr.Errorf(http.StatusForbidden, "a request through a proxy is never a loopback administrator; give the gateway a --security_token or --users")
 	}
-	return id, nil
+	return httperr.Errorf(http.StatusForbidden, "this call answers only to the gateway's own user on this machine (loopback, by IP address or localhost) unless the gateway has a --security_token or --users")
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) error {

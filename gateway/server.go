@@ -23,7 +23,6 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/internal/httperr"
-	"wsgateway/internal/origin"
 	"wsgateway/proc"
 	"wsgateway/reservation"
 	"wsgateway/services"
@@ -223,7 +222,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	}
 	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
 		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish})
-	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies}
+	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, AllowedOrigins: cfg.AllowedOrigins}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
@@ -463,33 +462,13 @@ func (s *Server) tunnelListLocked() []wsframe.Tunnel {
 	return ts
 }
 
-// originAllowed accepts requests without an Origin (non-browser clients),
-// an Origin on the same host as the request, and the allow-list.
-func (s *Server) originAllowed(r *http.Request) bool {
-	return origin.Allowed(r, s.cfg.AllowedOrigins)
-}
-
-// caller is who made r (see auth.Policy).
-func (s *Server) caller(r *http.Request) (*auth.Identity, error) { return s.policy.Caller(r) }
-
 // authRequired: with a security token or users, every REST call needs
 // credentials.
 func (s *Server) authRequired() bool { return s.policy.Required() }
 
-// crossSite reports a browser request from another site: it is never
-// trusted with administration.
-func (s *Server) crossSite(r *http.Request) bool {
-	return r.Header.Get("Sec-Fetch-Site") == "cross-site" || !s.originAllowed(r)
-}
-
-// isAdmin: an administrator's identity, not from another site.
-func (s *Server) isAdmin(r *http.Request) bool {
-	if s.crossSite(r) {
-		return false
-	}
-	id, err := s.caller(r)
-	return err == nil && id != nil && id.Admin
-}
+// clientOf is r's client address as the limits key it (behind a trusted
+// proxy, the client's, not the proxy's).
+func (s *Server) clientOf(r *http.Request) string { return s.policy.Client(r) }
 
 // pruneSessionDirs keeps the newest keep session directories.
 func pruneSessionDirs(root string, keep int, log zerolog.Logger) {

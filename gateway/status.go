@@ -64,15 +64,12 @@ type SessionStatus struct {
 	Log         string  `json:"log,omitempty"`
 }
 
-// status builds /v1/status for id (nil: anonymous). Administrators see
-// every token; a user sees the tokens of their own reservations.
-func (s *Server) status(id *auth.Identity, crossSite bool) Status {
-	admin := id != nil && id.Admin && !crossSite
-	user := ""
-	if id != nil && !crossSite {
-		user = id.Name
-	}
-	sees := func(owner string) bool { return admin || (user != "" && owner == user) }
+// status builds /v1/status for c. Administrators see every token; a
+// user sees the tokens of their own reservations.
+func (s *Server) status(c auth.Caller) Status {
+	admin := c.Admin()
+	user := c.Name()
+	sees := c.MayManage
 	now := time.Now()
 	svcs, infos := s.sessions.Snapshot()
 	st := Status{Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
@@ -127,11 +124,11 @@ func (s *Server) status(id *auth.Identity, crossSite bool) Status {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	id, err := s.requireAuth(r)
+	c, err := s.requireAuth(r)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.status(id, s.crossSite(r)))
+	writeJSON(w, http.StatusOK, s.status(c))
 	return nil
 }
 
@@ -171,5 +168,5 @@ func (s *Server) handleStatusView(w http.ResponseWriter, r *http.Request) error 
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-	return statusTmpl.Execute(w, s.status(nil, true))
+	return statusTmpl.Execute(w, s.status(auth.Caller{}))
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/internal/httperr"
+	"wsgateway/internal/origin"
 	"wsgateway/internal/text"
 	"wsgateway/reservation"
 	"wsgateway/services"
@@ -53,7 +54,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !s.originAllowed(r) {
+	if s.policy.Site(r) == origin.Foreign {
 		s.refuse(w, r, httperr.Errorf(http.StatusForbidden,
 			"websocket Origin %q is not allowed; start the gateway with --allowed_origins %s to allow it",
 			text.Cut(r.Header.Get("Origin"), 100), text.Cut(r.Header.Get("Origin"), 100)))
@@ -146,16 +147,16 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 // the splice to run (nil when it is done already).
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
-		s.authLimit.allow(r.RemoteAddr)
+		s.authLimit.allow(s.clientOf(r))
 		s.refuse(w, r, httperr.Errorf(http.StatusForbidden, "unknown token"))
 		return nil
 	}
-	if s.authLimit.exhausted(r.RemoteAddr) {
+	if s.authLimit.exhausted(s.clientOf(r)) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
 		return nil
 	}
-	if !s.launchLimit.allow(r.RemoteAddr) {
+	if !s.launchLimit.allow(s.clientOf(r)) {
 		s.metrics.limited.WithLabelValues("rate_launch").Inc()
 		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return nil
@@ -169,7 +170,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	ss, err := s.sessions.Claim(tok, s.cfg.MaxUserTunnels)
 	if err != nil {
 		if errors.Is(err, reservation.ErrUnknownToken) {
-			s.authLimit.allow(r.RemoteAddr)
+			s.authLimit.allow(s.clientOf(r))
 		}
 		if errors.Is(err, session.ErrUserTunnels) {
 			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
@@ -267,14 +268,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 // any, the user who reserved must still be one (so removing a user from a
 // group takes effect at once).
 func (s *Server) launchAllowed(r *http.Request, res reservation.Reservation, group string) bool {
-	id, err := s.caller(r)
+	c, err := s.policy.Caller(r)
 	if err != nil {
 		return false
 	}
-	if id != nil {
-		return id.InGroup(group)
+	if c.ID != nil {
+		return c.InGroup(group)
 	}
-	if s.cfg.Users != nil && res.Owner != "" {
+	if s.cfg.Users != nil && res.Owner != "" && !strings.Contains(res.Owner, ":") {
 		if u := s.cfg.Users.Lookup(res.Owner); u != nil {
 			return u.InGroup(group)
 		}

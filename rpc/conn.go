@@ -75,7 +75,8 @@ type notification struct {
 type conn struct {
 	s      *Server
 	ws     *websocket.Conn
-	id     *auth.Identity
+	id     *auth.Identity // caller.ID
+	caller auth.Caller
 	remote string
 	out    chan []byte
 	ctx    context.Context
@@ -91,9 +92,9 @@ type conn struct {
 	sub *events.Subscription
 }
 
-func newConn(s *Server, ws *websocket.Conn, id *auth.Identity, remote string) *conn {
+func newConn(s *Server, ws *websocket.Conn, caller auth.Caller, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{s: s, ws: ws, id: id, remote: remote, out: make(chan []byte, s.cfg.OutQueue), ctx: ctx, cancel: cancel,
+	return &conn{s: s, ws: ws, id: caller.ID, caller: caller, remote: remote, out: make(chan []byte, s.cfg.OutQueue), ctx: ctx, cancel: cancel,
 		sem: make(chan struct{}, s.cfg.MaxInFlight), closeCode: websocket.CloseNormalClosure}
 }
 

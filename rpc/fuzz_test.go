@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"testing"
 
+	"wsgateway/auth"
+
 	"github.com/rs/zerolog"
 )
 
@@ -24,7 +26,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	s := New(Config{}, zerolog.Nop())
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		c := newConn(s, nil, nil, "fuzz")
+		c := newConn(s, nil, auth.Caller{}, "fuzz")
 		defer c.cancel()
 		c.handleMessage(msg)
 		close(c.out)

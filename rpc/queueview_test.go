@@ -20,15 +20,15 @@ func TestQueueView(t *testing.T) {
 		in   string
 		want map[string]any
 	}{
-		{"alice sees her place", &auth.Identity{Name: "alice"}, ev,
+		{"alice sees her place", &auth.Identity{Kind: auth.KindUser, Name: "alice"}, ev,
 			map[string]any{"kind": "reservations", "service": "S", "waiting": 3.0, "position": 2.0}},
-		{"bob sees his first place", &auth.Identity{Name: "bob"}, ev,
+		{"bob sees his first place", &auth.Identity{Kind: auth.KindUser, Name: "bob"}, ev,
 			map[string]any{"kind": "reservations", "service": "S", "waiting": 3.0, "position": 1.0}},
-		{"carol does not wait", &auth.Identity{Name: "carol"}, ev,
+		{"carol does not wait", &auth.Identity{Kind: auth.KindUser, Name: "carol"}, ev,
 			map[string]any{"kind": "reservations", "service": "S", "waiting": 3.0}},
-		{"an administrator sees the owners", &auth.Identity{Name: "root", Admin: true}, ev,
+		{"an administrator sees the owners", &auth.Identity{Kind: auth.KindUser, Name: "root", Admin: true}, ev,
 			map[string]any{"kind": "reservations", "service": "S", "waiting": 3.0, "queue": []any{"bob", "alice", "bob"}}},
-		{"a job queue is left alone", &auth.Identity{Name: "carol"}, jobs,
+		{"a job queue is left alone", &auth.Identity{Kind: auth.KindUser, Name: "carol"}, jobs,
 			map[string]any{"queue": []any{"job-2", "job-1"}}},
 	}
 	for _, tt := range tests {

@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -13,59 +12,10 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
-	"wsgateway/auth"
 	"wsgateway/events"
 	"wsgateway/jobs"
 	"wsgateway/store"
 )
-
-func TestRPCAccessMirrorsGateway(t *testing.T) {
-	req := func(remote, query string, hdr ...string) *http.Request {
-		r := httptest.NewRequest(http.MethodGet, "/v1/rpc"+query, nil)
-		r.RemoteAddr = remote
-		r.Host = "127.0.0.1:9090"
-		for i := 0; i+1 < len(hdr); i += 2 {
-			r.Header.Set(hdr[i], hdr[i+1])
-		}
-		return r
-	}
-	open := Access{}
-	if id, _ := open.Caller(req("127.0.0.1:5", "")); id == nil || !id.Admin || id.Via != "loopback" {
-		t.Fatalf("loopback without auth: %+v", id)
-	}
-	rebound := req("127.0.0.1:5", "")
-	rebound.Host = "rebind.evil.example:9090"
-	if id, _ := open.Caller(rebound); id != nil {
-		t.Fatalf("loopback under a DNS name (rebinding) is an administrator: %+v", id)
-	}
-	if id, _ := open.Caller(req("10.0.0.1:5", "")); id != nil {
-		t.Fatalf("remote without auth: %+v", id)
-	}
-	tok := Access{Policy: auth.Policy{SecurityToken: "t"}}
-	if id, _ := tok.Caller(req("127.0.0.1:5", "")); id != nil {
-		t.Fatalf("loopback with a token configured is anonymous: %+v", id)
-	}
-	if id, _ := tok.Caller(req("10.0.0.1:5", "?security_token=t")); id == nil || !id.Admin {
-		t.Fatalf("token in query: %+v", id)
-	}
-	if id, _ := tok.Caller(req("10.0.0.1:5", "", "Authorization", "Bearer t")); id == nil || !id.Admin {
-		t.Fatalf("bearer: %+v", id)
-	}
-	if id, _ := tok.Caller(req("10.0.0.1:5", "?security_token=x")); id != nil {
-		t.Fatalf("wrong token: %+v", id)
-	}
-	o := Access{AllowedOrigins: []string{"https://app.example"}}
-	for origin, want := range map[string]bool{"": true, "http://gw.example:1": true, "https://app.example": true, "https://evil.example": false} {
-		r := req("10.0.0.1:5", "")
-		r.Host = "gw.example:9090"
-		if origin != "" {
-			r.Header.Set("Origin", origin)
-		}
-		if got := o.OriginAllowed(r); got != want {
-			t.Errorf("origin %q: %v", origin, got)
-		}
-	}
-}
 
 func newTestServer(t *testing.T, maxMsg int64) string {
 	t.Helper()

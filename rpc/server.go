@@ -18,6 +18,8 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/events"
+	"wsgateway/internal/origin"
+	"wsgateway/internal/text"
 	"wsgateway/jobs"
 	"wsgateway/services"
 )
@@ -27,7 +29,8 @@ const Path = "/v1/rpc"
 
 // Config configures a Server.
 type Config struct {
-	Access   Access
+	// Access is the gateway's trust policy (the same as the REST API's).
+	Access   auth.Policy
 	Jobs     *jobs.Manager
 	Hub      *events.Hub
 	Services []*services.Service // the gateway's websocket services (listed only)
@@ -101,16 +104,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, "this is the JSON-RPC 2.0 websocket API; open a websocket to "+Path)
 		return
 	}
-	if !s.cfg.Access.OriginAllowed(r) {
-		writeJSONError(w, http.StatusForbidden, "websocket Origin "+r.Header.Get("Origin")+" is not allowed; serve the page from the gateway or add it to --allowed_origins")
+	caller, err := s.cfg.Access.Caller(r)
+	if caller.Site == origin.Foreign {
+		writeJSONError(w, http.StatusForbidden, "websocket Origin "+text.Cut(r.Header.Get("Origin"), 100)+" is not allowed; serve the page from the gateway or add it to --allowed_origins")
 		return
 	}
-	id, err := s.cfg.Access.Caller(r)
 	if err != nil {
-		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
+		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key, security token or session; log in again")
 		return
 	}
-	if id == nil && s.cfg.Access.Required() {
+	if caller.ID == nil && s.cfg.Access.Required() {
 		if s.cfg.Access.Users != nil {
 			writeJSONError(w, http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or a session cookie")
 			return
@@ -131,7 +134,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader answered
 	}
-	c := newConn(s, ws, id, r.RemoteAddr)
+	c := newConn(s, ws, caller, r.RemoteAddr)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -173,11 +176,8 @@ func (s *Server) Close(ctx context.Context) error {
 
 // caller helpers
 
-func name(id *auth.Identity) string {
-	if id == nil {
-		return ""
-	}
-	return id.Name
-}
+// name is what the caller owns things as (auth.Identity.Key): identities
+// of different kinds never share it.
+func name(id *auth.Identity) string { return id.Key() }
 
 func isAdmin(id *auth.Identity) bool { return id != nil && id.Admin }

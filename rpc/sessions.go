@@ -14,9 +14,9 @@ import (
 // GatewayAPI is what the JSON-RPC reservations.* and sessions.* methods
 // need from the gateway (gateway.Server implements it).
 type GatewayAPI interface {
-	Reserve(ctx context.Context, id *auth.Identity, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error)
-	Release(ctx context.Context, id *auth.Identity, token string) (reservation.Reservation, error)
-	StatusFor(id *auth.Identity) gateway.Status
+	Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error)
+	Release(ctx context.Context, c auth.Caller, token string) (reservation.Reservation, error)
+	StatusFor(c auth.Caller) gateway.Status
 }
 
 // LateGateway is a GatewayAPI bound after the RPC server is built (the
@@ -37,30 +37,30 @@ func (l *LateGateway) get() (*gateway.Server, error) {
 }
 
 // Reserve implements GatewayAPI.
-func (l *LateGateway) Reserve(ctx context.Context, id *auth.Identity, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+func (l *LateGateway) Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	g, err := l.get()
 	if err != nil {
 		return reservation.Reservation{}, err
 	}
-	return g.Reserve(ctx, id, service, opts, wait)
+	return g.Reserve(ctx, c, service, opts, wait)
 }
 
 // Release implements GatewayAPI.
-func (l *LateGateway) Release(ctx context.Context, id *auth.Identity, token string) (reservation.Reservation, error) {
+func (l *LateGateway) Release(ctx context.Context, c auth.Caller, token string) (reservation.Reservation, error) {
 	g, err := l.get()
 	if err != nil {
 		return reservation.Reservation{}, err
 	}
-	return g.Release(ctx, id, token)
+	return g.Release(ctx, c, token)
 }
 
 // StatusFor implements GatewayAPI.
-func (l *LateGateway) StatusFor(id *auth.Identity) gateway.Status {
+func (l *LateGateway) StatusFor(c auth.Caller) gateway.Status {
 	g := l.g.Load()
 	if g == nil {
 		return gateway.Status{}
 	}
-	return g.StatusFor(id)
+	return g.StatusFor(c)
 }
 
 // gatewayErr maps a gateway error (an HTTP status underneath) to JSON-RPC.
@@ -111,7 +111,7 @@ func (s *Server) reservationsCreate(ctx context.Context, c *conn, p reserveParam
 	if err := need(p.Wait >= 0 && p.Wait <= 240, "wait must be 0 to 240 seconds"); err != nil {
 		return nil, err
 	}
-	res, err := s.cfg.Gateway.Reserve(ctx, c.id, p.Service, p.Options, time.Duration(p.Wait*float64(time.Second)))
+	res, err := s.cfg.Gateway.Reserve(ctx, c.caller, p.Service, p.Options, time.Duration(p.Wait*float64(time.Second)))
 	if err != nil {
 		return nil, gatewayErr(err)
 	}
@@ -133,7 +133,7 @@ func (s *Server) reservationsRelease(ctx context.Context, c *conn, p tokenParams
 	if err := need(p.Token != "", "token is required"); err != nil {
 		return nil, err
 	}
-	res, err := s.cfg.Gateway.Release(ctx, c.id, p.Token)
+	res, err := s.cfg.Gateway.Release(ctx, c.caller, p.Token)
 	if err != nil {
 		return nil, gatewayErr(err)
 	}
@@ -144,7 +144,7 @@ func (s *Server) sessionsList(_ context.Context, c *conn, _ struct{}) (any, erro
 	if err := s.needGateway(); err != nil {
 		return nil, err
 	}
-	st := s.cfg.Gateway.StatusFor(c.id)
+	st := s.cfg.Gateway.StatusFor(c.caller)
 	return map[string]any{"sessions": st.Sessions, "reservations": st.Reservations}, nil
 }
 

@@ -1,5 +1,10 @@
-// Package origin decides whether a browser request's Origin may use the
-// gateway: the same host as the request (any port), or an allow-list.
+// Package origin says which site a request comes from: no web page at all
+// (curl, a script, a server back end, a typed URL), a page of the
+// gateway's own origin, a page the operator lists (or one on this host at
+// another port), or any other page. The trust policy (package auth) uses
+// the answer to decide whether a request's ambient credentials (a
+// loopback address, a cookie, HTTP Basic, a proxy's assertion) count, and
+// every websocket upgrade uses it to refuse foreign pages.
 package origin
 
 import (
@@ -9,37 +14,145 @@ import (
 	"strings"
 )
 
-// Allowed accepts a request without an Origin (a non-browser client), an
-// Origin on the request's own host, and the origins in allow ("*" allows
-// any). "null" and unparsable origins are refused. For a peer on this
-// machine, "the request's own host" counts only when the Host is an IP
-// literal or localhost: a DNS name there may be an attacker's, re-pointed
-// at 127.0.0.1 (DNS rebinding) to reach a gateway the attacker cannot
-// reach itself.
-func Allowed(r *http.Request, allow []string) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
+// Site is where a request comes from, as far as the gateway can tell.
+type Site int
+
+const (
+	// Direct: not sent by a web page: no Origin and no Sec-Fetch-Site, or
+	// Sec-Fetch-Site "none" (a URL the user typed or a bookmark).
+	Direct Site = iota
+	// Own: a page of the gateway's own origin (Sec-Fetch-Site
+	// "same-origin", or an Origin equal to the request's scheme-less
+	// host and port).
+	Own
+	// Listed: a page on an origin in --allowed_origins, or on this host
+	// at another port. It may use the gateway with what it carries
+	// explicitly (a reservation token, a bearer credential), never with
+	// ambient credentials.
+	Listed
+	// Foreign: any other page, and every page that reached a loopback
+	// listener under a DNS name (DNS rebinding).
+	Foreign
+)
+
+func (s Site) String() string {
+	switch s {
+	case Direct:
+		return "direct"
+	case Own:
+		return "own"
+	case Listed:
+		return "listed"
 	}
+	return "foreign"
+}
+
+// Ambient reports whether a request from s may use ambient credentials:
+// only requests that no other page made (Direct) and the gateway's own
+// pages (Own).
+func (s Site) Ambient() bool { return s == Direct || s == Own }
+
+// Classify says where r comes from. host is the name the client used to
+// reach the gateway: r.Host, or the X-Forwarded-Host a trusted proxy
+// passed on. allow is --allowed_origins ("*" lists every origin).
+//
+// Sec-Fetch-Site, which a page cannot set, decides first: "same-origin"
+// is Own, "none" is Direct, "same-site" and "cross-site" are Listed or
+// Foreign by the Origin (Foreign when there is none, as for an <img>).
+// Without it, no Origin is Direct and the Origin decides.
+func Classify(r *http.Request, host string, allow []string) Site {
+	fetchSite := strings.ToLower(r.Header.Get("Sec-Fetch-Site"))
+	o := r.Header.Get("Origin")
+	page := o != "" || (fetchSite != "" && fetchSite != "none")
+	hostName, hostPort := splitHost(host)
+	if page && loopbackPeer(r) && !unrebindable(hostName) {
+		return Foreign
+	}
+	switch fetchSite {
+	case "same-origin":
+		return Own
+	case "none":
+		if o == "" {
+			return Direct
+		}
+	case "same-site", "cross-site":
+		if o == "" {
+			return Foreign
+		}
+		if listed(o, hostName, allow) {
+			return Listed
+		}
+		return Foreign
+	}
+	if o == "" {
+		return Direct
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		if listed(o, hostName, allow) {
+			return Listed
+		}
+		return Foreign
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if strings.EqualFold(u.Hostname(), hostName) && originPort(u) == defaultPort(hostPort, scheme) {
+		return Own
+	}
+	if listed(o, hostName, allow) {
+		return Listed
+	}
+	return Foreign
+}
+
+// Allowed reports whether a page from r's site may use the gateway at
+// all (open a websocket, call the launcher): everything but Foreign.
+func Allowed(r *http.Request, allow []string) bool {
+	return Classify(r, r.Host, allow) != Foreign
+}
+
+// listed: in allow, or on the request's own host at another port.
+func listed(o, hostName string, allow []string) bool {
 	for _, a := range allow {
 		if a == "*" || strings.EqualFold(strings.TrimRight(a, "/"), o) {
 			return true
 		}
 	}
 	u, err := url.Parse(o)
-	if err != nil || u.Host == "" {
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return false
 	}
-	host := r.Host
-	if h, _, err := net.SplitHostPort(r.Host); err == nil {
-		host = h
-	}
-	host = strings.Trim(host, "[]")
-	if loopbackPeer(r) && !unrebindable(host) {
-		return false
-	}
-	return strings.EqualFold(u.Hostname(), host)
+	return strings.EqualFold(u.Hostname(), hostName)
 }
+
+func splitHost(host string) (name, port string) {
+	if h, p, err := net.SplitHostPort(host); err == nil {
+		return strings.Trim(h, "[]"), p
+	}
+	return strings.Trim(host, "[]"), ""
+}
+
+func originPort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	return defaultPort("", u.Scheme)
+}
+
+func defaultPort(port, scheme string) string {
+	if port != "" {
+		return port
+	}
+	if scheme == "https" {
+		return "443"
+	}
+	return "80"
+}
+
+// LoopbackPeer reports whether r's peer address is a loopback address.
+func LoopbackPeer(r *http.Request) bool { return loopbackPeer(r) }
 
 func loopbackPeer(r *http.Request) bool {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -55,22 +168,14 @@ func unrebindable(host string) bool {
 	return host == "" || strings.EqualFold(host, "localhost") || net.ParseIP(host) != nil
 }
 
-// LocalAdmin reports whether r comes from this machine under a name that
-// cannot be rebound: a loopback peer that asked for an IP literal or
-// "localhost" in its Host header. A page served from a DNS name that an
-// attacker re-points at 127.0.0.1 (DNS rebinding) sends that name, and is
-// not trusted as a local administrator.
-func LocalAdmin(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+// LocalName reports whether r comes from a loopback address under a name
+// that cannot be rebound: an IP literal or "localhost" in its Host
+// header. A page served from a DNS name that an attacker re-points at
+// 127.0.0.1 (DNS rebinding) sends that name.
+func LocalName(r *http.Request) bool {
+	if !loopbackPeer(r) {
 		return false
 	}
-	name := r.Host
-	if h, _, err := net.SplitHostPort(name); err == nil {
-		name = h
-	}
-	return unrebindable(strings.Trim(name, "[]"))
+	name, _ := splitHost(r.Host)
+	return unrebindable(name)
 }

@@ -1,0 +1,286 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"wsgateway/internal/origin"
+)
+
+// request builds r as the gateway would see it: from remote, to
+// 127.0.0.1:9090, with the listener's address in its context.
+func request(remote, target string, hdr ...string) *http.Request {
+	r := httptest.NewRequest("GET", "http://127.0.0.1:9090"+target, nil)
+	r.RemoteAddr = remote
+	for i := 0; i+1 < len(hdr); i += 2 {
+		r.Header.Set(hdr[i], hdr[i+1])
+	}
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9090}
+	return r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, local))
+}
+
+func uidIs(uid int, err error) func(net.Addr, net.Addr) (int, error) {
+	return func(net.Addr, net.Addr) (int, error) { return uid, err }
+}
+
+func TestLoopbackAdministrator(t *testing.T) {
+	me := os.Getuid()
+	cases := []struct {
+		name   string
+		p      Policy
+		r      *http.Request
+		admin  bool
+		proxed bool
+	}{
+		{"own user, direct", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/"), true, false},
+		{"own user over ::1", Policy{PeerUID: uidIs(me, nil)}, request("[::1]:5000", "/"), true, false},
+		{"root", Policy{PeerUID: uidIs(0, nil)}, request("127.0.0.1:5000", "/"), true, false},
+		{"another local user", Policy{PeerUID: uidIs(me + 4242, nil)}, request("127.0.0.1:5000", "/"), false, false},
+		{"owner unknown", Policy{PeerUID: uidIs(0, errors.New("gone"))}, request("127.0.0.1:5000", "/"), false, false},
+		{"remote", Policy{PeerUID: uidIs(me, nil)}, request("10.1.2.3:5000", "/"), false, false},
+		{"the gateway's own page", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Sec-Fetch-Site", "same-origin"), true, false},
+		{"<img> on another port", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Sec-Fetch-Site", "same-site"), false, false},
+		{"fetch from another port", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Origin", "http://127.0.0.1:8000"), false, false},
+		{"listed page", Policy{PeerUID: uidIs(me, nil), AllowedOrigins: []string{"*"}}, request("127.0.0.1:5000", "/", "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"), false, false},
+		{"a proxy's forwarding header", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "X-Forwarded-For", "203.0.113.9"), false, true},
+		{"a proxy's Via", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Via", "1.1 nginx"), false, true},
+		{"a trusted proxy without a user", Policy{PeerUID: uidIs(me, nil), TrustedProxies: mustCIDRs("127.0.0.1")}, request("127.0.0.1:5000", "/"), false, true},
+		{"a token is configured", Policy{PeerUID: uidIs(me, nil), SecurityToken: "t"}, request("127.0.0.1:5000", "/"), false, false},
+	}
+	for _, c := range cases {
+		got, err := c.p.Caller(c.r)
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if got.Admin() != c.admin || got.Proxied != c.proxed {
+			t.Errorf("%s: admin %v proxied %v, want %v %v (%+v)", c.name, got.Admin(), got.Proxied, c.admin, c.proxed, got.ID)
+		}
+		if got.Admin() && (got.ID.Kind != KindLoopback || got.Owner() != "") {
+			t.Errorf("%s: %+v owner %q", c.name, got.ID, got.Owner())
+		}
+	}
+	// Without the listener's address (no connection) nobody is a
+	// loopback administrator.
+	r := httptest.NewRequest("GET", "/", nil)
+	r.RemoteAddr = "127.0.0.1:5000"
+	r.Host = "127.0.0.1:9090"
+	if c, _ := (&Policy{PeerUID: uidIs(me, nil)}).Caller(r); c.Admin() {
+		t.Error("admin without a local address")
+	}
+}
+
+func mustCIDRs(s ...string) TrustedProxies {
+	t, err := ParseCIDRs(s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+func TestSecurityTokenIsExplicit(t *testing.T) {
+	p := Policy{SecurityToken: "sekret-token"}
+	cases := []struct {
+		name  string
+		r     *http.Request
+		admin bool
+		bad   bool
+	}{
+		{"query", request("10.0.0.1:5", "/?security_token=sekret-token"), true, false},
+		{"bearer", request("10.0.0.1:5", "/", "Authorization", "Bearer sekret-token"), true, false},
+		{"from a listed page it is still the token", request("10.0.0.1:5", "/?security_token=sekret-token", "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"), true, false},
+		{"wrong", request("10.0.0.1:5", "/?security_token=sekret-tokeN"), false, true},
+		{"prefix", request("10.0.0.1:5", "/?security_token=sekret"), false, true},
+		{"wrong from a foreign page", request("10.0.0.1:5", "/?security_token=x", "Sec-Fetch-Site", "cross-site"), false, true},
+		{"Basic is not bearer", request("10.0.0.1:5", "/", "Authorization", "Basic sekret-token"), false, false},
+		{"none", request("10.0.0.1:5", "/"), false, false},
+	}
+	for _, c := range cases {
+		got, err := p.Caller(c.r)
+		if (err != nil) != c.bad || got.Admin() != c.admin {
+			t.Errorf("%s: admin %v err %v", c.name, got.Admin(), err)
+		}
+		if c.admin && (got.ID.Kind != KindToken || got.Owner() != "token:admin") {
+			t.Errorf("%s: %+v", c.name, got.ID)
+		}
+	}
+}
+
+func TestIdentitiesOfDifferentKindsNeverMeet(t *testing.T) {
+	h, err := HashPassword("correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := LoadUsers(writeFile(t, map[string]any{"users": map[string]any{
+		"admin": map[string]any{"password_bcrypt": h, "api_keys": []string{"0123456789abcdef-adm"}},
+		"alice": map[string]any{"password_bcrypt": h},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Policy{SecurityToken: "tok", Users: u, TrustedProxies: mustCIDRs("10.9.0.0/16")}
+	token, _ := p.Caller(request("10.0.0.1:5", "/?security_token=tok"))
+	user, _ := p.Caller(request("10.0.0.1:5", "/", "Authorization", "Bearer 0123456789abcdef-adm"))
+	proxied, _ := p.Caller(request("10.9.0.1:5", "/", "X-Forwarded-User", "admin"))
+	proxiedToken, _ := p.Caller(request("10.9.0.1:5", "/", "X-Forwarded-User", "token:admin"))
+	if user.Admin() || proxied.Admin() {
+		t.Fatalf("a user or proxy identity named admin is an administrator: %+v %+v", user.ID, proxied.ID)
+	}
+	owners := map[string]string{"token": token.Owner(), "user": user.Owner(), "proxy": proxied.Owner(), "proxy token": proxiedToken.Owner()}
+	seen := map[string]string{}
+	for kind, o := range owners {
+		if o == "" {
+			t.Errorf("%s has no owner key", kind)
+		}
+		if other, dup := seen[o]; dup {
+			t.Errorf("%s and %s share the owner %q", kind, other, o)
+		}
+		seen[o] = kind
+	}
+	for _, c := range []Caller{user, proxied, proxiedToken} {
+		if c.MayManage(token.Owner()) {
+			t.Errorf("%+v may manage the token holder's things", c.ID)
+		}
+	}
+	if !token.MayManage(user.Owner()) || !user.MayManage(user.Owner()) || user.MayManage("") || (Caller{}).Owns("") {
+		t.Error("MayManage")
+	}
+}
+
+func TestAmbientCredentialsNeedOurOwnSite(t *testing.T) {
+	h, err := HashPassword("correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := LoadUsers(writeFile(t, map[string]any{"users": map[string]any{
+		"alice": map[string]any{"password_bcrypt": h, "api_keys": []string{"0123456789abcdef-ali"}, "groups": []string{"admin"}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Policy{Users: u, TrustedProxies: mustCIDRs("10.9.0.1"), AllowedOrigins: []string{"https://app.example"}}
+	cookie := "wsgw_session=" + u.SessionCookie("alice", time.Hour)
+	basic := func(r *http.Request) *http.Request { r.SetBasicAuth("alice", "correct horse"); return r }
+	cases := []struct {
+		name string
+		r    *http.Request
+		user string
+		bad  bool
+	}{
+		{"cookie from our page", request("10.0.0.1:5", "/", "Cookie", cookie, "Sec-Fetch-Site", "same-origin"), "alice", false},
+		{"cookie, no page", request("10.0.0.1:5", "/", "Cookie", cookie), "alice", false},
+		{"cookie from another port", request("10.0.0.1:5", "/", "Cookie", cookie, "Sec-Fetch-Site", "same-site"), "", false},
+		{"cookie from a listed site", request("10.0.0.1:5", "/", "Cookie", cookie, "Origin", "https://app.example", "Sec-Fetch-Site", "cross-site"), "", false},
+		{"basic from our page", basic(request("10.0.0.1:5", "/", "Sec-Fetch-Site", "same-origin")), "alice", false},
+		{"basic from another site", basic(request("10.0.0.1:5", "/", "Origin", "https://evil.example")), "", false},
+		{"API key from a listed site", request("10.0.0.1:5", "/", "Authorization", "Bearer 0123456789abcdef-ali", "Origin", "https://app.example"), "alice", false},
+		{"proxy user, own page", request("10.9.0.1:5", "/", "X-Forwarded-User", "bob", "Sec-Fetch-Site", "same-origin"), "bob", false},
+		{"proxy user from another site", request("10.9.0.1:5", "/", "X-Forwarded-User", "bob", "Sec-Fetch-Site", "cross-site"), "", false},
+		{"X-Forwarded-User from an untrusted peer", request("10.9.0.2:5", "/", "X-Forwarded-User", "bob"), "", false},
+		{"wrong cookie", request("10.0.0.1:5", "/", "Cookie", "wsgw_session=x.y"), "", true},
+		{"wrong API key", request("10.0.0.1:5", "/", "Authorization", "Bearer 0123456789abcdef-xxx"), "", true},
+	}
+	for _, c := range cases {
+		got, err := p.Caller(c.r)
+		if got.Name() != c.user || (err != nil) != c.bad {
+			t.Errorf("%s: %q, %v", c.name, got.Name(), err)
+		}
+	}
+}
+
+func TestClientBehindATrustedProxy(t *testing.T) {
+	p := Policy{TrustedProxies: mustCIDRs("10.9.0.0/24", "::1")}
+	cases := []struct {
+		remote, xff, want string
+	}{
+		{"10.9.0.1:5", "203.0.113.7", "203.0.113.7"},
+		{"10.9.0.1:5", "198.51.100.1, 203.0.113.7", "203.0.113.7"},
+		{"10.9.0.1:5", "203.0.113.7, 10.9.0.2", "203.0.113.7"},
+		{"10.9.0.1:5", "10.9.0.3, 10.9.0.2", "10.9.0.1"},
+		{"10.9.0.1:5", "garbage, 203.0.113.7", "203.0.113.7"},
+		{"10.9.0.1:5", "203.0.113.7, garbage", "10.9.0.1"},
+		{"10.9.0.1:5", "", "10.9.0.1"},
+		{"[::1]:5", "2001:db8::1", "2001:db8::1"},
+		{"203.0.113.50:5", "1.2.3.4", "203.0.113.50"},
+	}
+	for _, c := range cases {
+		r := request(c.remote, "/")
+		if c.xff != "" {
+			r.Header.Set("X-Forwarded-For", c.xff)
+		}
+		got, _ := p.Caller(r)
+		if got.Client != c.want || p.Client(r) != c.want {
+			t.Errorf("peer %s XFF %q: %s / %s, want %s", c.remote, c.xff, got.Client, p.Client(r), c.want)
+		}
+	}
+	r := request("10.9.0.1:5", "/", "X-Forwarded-Host", "viz.example.org", "Origin", "http://viz.example.org")
+	if s := p.Site(r); s != origin.Own {
+		t.Errorf("a trusted proxy's X-Forwarded-Host is our name: %s", s)
+	}
+	r = request("10.9.9.9:5", "/", "X-Forwarded-Host", "viz.example.org", "Origin", "http://viz.example.org")
+	if s := p.Site(r); s == origin.Own {
+		t.Error("an untrusted peer's X-Forwarded-Host was believed")
+	}
+}
+
+func TestCookiesEnd(t *testing.T) {
+	h1, _ := HashPassword("first password")
+	path := writeFile(t, map[string]any{"users": map[string]any{
+		"alice": map[string]any{"password_bcrypt": h1},
+		"bob":   map[string]any{"password_bcrypt": h1},
+	}})
+	u, err := LoadUsers(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := u.SessionCookie("alice", time.Hour), u.SessionCookie("bob", time.Hour)
+	if _, err := u.CheckCookie(alice); err != nil {
+		t.Fatal(err)
+	}
+	u.EndSessions("alice") // logout
+	if _, err := u.CheckCookie(alice); err == nil {
+		t.Error("a cookie outlived its user's logout")
+	}
+	if _, err := u.CheckCookie(bob); err != nil {
+		t.Errorf("alice's logout ended bob's cookie: %v", err)
+	}
+	again := u.SessionCookie("alice", time.Hour)
+	if _, err := u.CheckCookie(again); err != nil {
+		t.Errorf("a new login after the logout: %v", err)
+	}
+	// Bob's password changes: his cookie ends, alice's does not.
+	h2, _ := HashPassword("second password")
+	b, _ := jsonUsers(map[string]any{"alice": map[string]any{"password_bcrypt": h1}, "bob": map[string]any{"password_bcrypt": h2}})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.CheckCookie(bob); err == nil {
+		t.Error("a cookie outlived its user's password change")
+	}
+	if _, err := u.CheckCookie(again); err != nil {
+		t.Errorf("bob's password change ended alice's cookie: %v", err)
+	}
+	// Alice is removed.
+	b, _ = jsonUsers(map[string]any{"bob": map[string]any{"password_bcrypt": h2}})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.CheckCookie(again); err == nil {
+		t.Error("a cookie outlived its user")
+	}
+	if _, err := u.CheckCookie(u.SessionCookie("bob", -time.Second)); err == nil {
+		t.Error("an expired cookie")
+	}
+}
