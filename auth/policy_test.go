@@ -41,7 +41,7 @@ func TestLoopbackAdministrator(t *testing.T) {
 		{"own user, direct", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/"), true, false},
 		{"own user over ::1", Policy{PeerUID: uidIs(me, nil)}, request("[::1]:5000", "/"), true, false},
 		{"root", Policy{PeerUID: uidIs(0, nil)}, request("127.0.0.1:5000", "/"), true, false},
-		{"another local user", Policy{PeerUID: uidIs(me + 4242, nil)}, request("127.0.0.1:5000", "/"), false, false},
+		{"another local user", Policy{PeerUID: uidIs(me+4242, nil)}, request("127.0.0.1:5000", "/"), false, false},
 		{"owner unknown", Policy{PeerUID: uidIs(0, errors.New("gone"))}, request("127.0.0.1:5000", "/"), false, false},
 		{"remote", Policy{PeerUID: uidIs(me, nil)}, request("10.1.2.3:5000", "/"), false, false},
 		{"the gateway's own page", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Sec-Fetch-Site", "same-origin"), true, false},
