@@ -80,7 +80,8 @@ test: deps fmt-check vet
 FUZZTIME ?= 10s
 FUZZ_TARGETS := services:FuzzParseConfig services:FuzzParseReadyLine services:FuzzReadyOutput \
                 launcher:FuzzStripComments launcher:FuzzParse launcher:FuzzSafeSubstitute launcher:FuzzSanitize \
-                session:FuzzTokens wsframe:FuzzParser wsframe:FuzzMask wsframe:FuzzClose rpc:FuzzDecode internal/text:FuzzCut
+                session:FuzzTokens wsframe:FuzzParser wsframe:FuzzMask wsframe:FuzzClose rpc:FuzzDecode internal/text:FuzzCut \
+                internal/origin:FuzzClassify internal/peer:FuzzParseHexAddr
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ./$$pkg for $(FUZZTIME)"; \
