@@ -14,6 +14,8 @@ func TestClassify(t *testing.T) {
 	}{
 		{"curl", "10.0.0.1:5", "gw.example.org:9090", "", "", allow, Direct},
 		{"typed URL", "10.0.0.1:5", "gw.example.org:9090", "", "none", allow, Direct},
+		{"none with a foreign Origin", "10.0.0.1:5", "gw.example.org:9090", "https://evil.example", "none", allow, Foreign},
+		{"none with our Origin", "10.0.0.1:5", "gw.example.org:9090", "http://gw.example.org:9090", "none", allow, Own},
 		{"own page by fetch metadata", "10.0.0.1:5", "gw.example.org:9090", "https://elsewhere.example", "same-origin", allow, Own},
 		{"own page by Origin", "10.0.0.1:5", "gw.example.org:9090", "http://gw.example.org:9090", "", allow, Own},
 		{"own page, host case", "10.0.0.1:5", "GW.example.org:9090", "http://gw.EXAMPLE.org:9090", "", allow, Own},
