@@ -22,8 +22,8 @@ import (
 
 // PrepareSessionRoot creates root (mode 0700, with any missing parents)
 // and checks it is the gateway's own: root and every level created for it
-// are real directories (no symbolic link) owned by this user with no
-// access for group or others, and nothing above it can be changed by
+// are real directories (no symbolic link) owned by this user that group
+// and others cannot write in, and nothing above it can be changed by
 // another user (see privateDir). The error names the path and the fix.
 func PrepareSessionRoot(root string) error {
 	abs, err := filepath.Abs(root)
@@ -73,7 +73,9 @@ func rootRefused(root string, err error) error {
 }
 
 // ownDir checks that dir is a real directory (not a symbolic link) owned
-// by this user with no permissions for group or others.
+// by this user that neither group nor others may write in. (The gateway
+// makes its levels 0700; one made by hand may stay readable, as the
+// session directories inside are 0700 themselves.)
 func ownDir(dir string) error {
 	st, err := os.Lstat(dir)
 	if err != nil {
@@ -92,8 +94,8 @@ func ownDirInfo(dir string, st fs.FileInfo) error {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Getuid() {
 		return fmt.Errorf("%s belongs to another user (uid %d)", dir, sys.Uid)
 	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 {
-		return fmt.Errorf("%s has mode %04o (chmod 700 it)", dir, perm)
+	if perm := st.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%s has mode %04o: others may write in it (chmod 700 it)", dir, perm)
 	}
 	return nil
 }

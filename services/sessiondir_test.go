@@ -116,14 +116,14 @@ func TestPrepareSessionRootRefusesAnotherUsersPath(t *testing.T) {
 			os.Mkdir(p, 0o777)
 			os.Chmod(p, 0o777)
 		}, "writable by everyone"},
-		{"root readable by others", func(t *testing.T, tmp, target string) {
+		{"root writable by others", func(t *testing.T, tmp, target string) {
 			os.MkdirAll(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o700)
-			os.Chmod(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o704)
-		}, "mode 0704"},
-		{"root open to the group", func(t *testing.T, tmp, target string) {
+			os.Chmod(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o702)
+		}, "writable by everyone"},
+		{"root writable by the group", func(t *testing.T, tmp, target string) {
 			os.MkdirAll(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o700)
-			os.Chmod(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o710)
-		}, "mode 0710"},
+			os.Chmod(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o720)
+		}, "mode 0720"},
 		{"root is a file", func(t *testing.T, tmp, target string) {
 			os.Mkdir(filepath.Join(tmp, "wsgateway-0"), 0o700)
 			os.WriteFile(filepath.Join(tmp, "wsgateway-0", "sessions"), nil, 0o600)
@@ -181,11 +181,13 @@ func TestPrepareSessionRootAccepts(t *testing.T) {
 			t.Errorf("second start: %v", err)
 		}
 	})
-	t.Run("an existing private directory", func(t *testing.T) {
-		root := t.TempDir()
-		os.Chmod(root, 0o700)
-		if err := services.PrepareSessionRoot(root); err != nil {
-			t.Fatal(err)
+	t.Run("an existing directory of ours", func(t *testing.T) {
+		for _, perm := range []os.FileMode{0o700, 0o755, 0o750} {
+			root := t.TempDir()
+			os.Chmod(root, perm)
+			if err := services.PrepareSessionRoot(root); err != nil {
+				t.Errorf("mode %04o: %v", perm, err)
+			}
 		}
 	})
 	t.Run("a relative path", func(t *testing.T) {
@@ -319,7 +321,7 @@ func TestPruneSessionDirsRootNotOurs(t *testing.T) {
 	})
 	t.Run("open to others", func(t *testing.T) {
 		root := t.TempDir()
-		os.Chmod(root, 0o755)
+		os.Chmod(root, 0o757)
 		os.Mkdir(filepath.Join(root, "old"), 0o700)
 		services.PruneSessionDirs(root, 0, zerolog.Nop())
 		if _, err := os.Stat(filepath.Join(root, "old")); err != nil {
