@@ -27,10 +27,10 @@ func TestJobParamPathUnder(t *testing.T) {
 	for _, f := range []string{filepath.Join(base, "deck.k"), filepath.Join(base, "sub", "deck.k"), filepath.Join(outside, "x.k")} {
 		os.WriteFile(f, []byte("*KEYWORD\n"), 0o644)
 	}
-	os.Symlink(outside, filepath.Join(base, "out"))                          // a directory outside
+	os.Symlink(outside, filepath.Join(base, "out"))                           // a directory outside
 	os.Symlink(filepath.Join(base, "deck.k"), filepath.Join(base, "alias.k")) // a file inside
-	os.Symlink("/nonexistent-dir/x.k", filepath.Join(base, "dangling.k"))    // nothing, outside
-	os.Symlink("../decks-evil", filepath.Join(base, "sub", "up"))            // relative, outside
+	os.Symlink("/nonexistent-dir/x.k", filepath.Join(base, "dangling.k"))     // nothing, outside
+	os.Symlink("../decks-evil", filepath.Join(base, "sub", "up"))             // relative, outside
 	real, err := filepath.EvalSymlinks(base)
 	if err != nil {
 		t.Fatal(err)
