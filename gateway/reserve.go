@@ -34,6 +34,7 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	// Only GET reserves: a HEAD's answer has no body, so its token would
 	// be lost with the slot it holds.
 	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
 		return httperr.Errorf(http.StatusMethodNotAllowed, "method %s does not reserve; use GET /v1/reserve/<service>", r.Method)
 	}
 	id, err := s.requireAuth(r)
