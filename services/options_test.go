@@ -177,3 +177,19 @@ func TestBuiltInDesktopClientOptions(t *testing.T) {
 		t.Error("a client set the desktop's reconnect_grace")
 	}
 }
+
+// TestShippedConfigDeclaresItsClientOptions: the example config (make
+// run) takes the geometry the README's curl example passes, and nothing
+// else.
+func TestShippedConfigDeclaresItsClientOptions(t *testing.T) {
+	svcs, err := services.LoadConfig(filepath.Join("..", "scripts", "services.json"))
+	if err != nil || len(svcs) != 1 {
+		t.Fatalf("%v %v", svcs, err)
+	}
+	if err := svcs[0].CheckClientOptions(map[string]string{"geometry": "1280x720"}); err != nil {
+		t.Errorf("geometry=1280x720: %v", err)
+	}
+	if err := svcs[0].CheckClientOptions(map[string]string{"reconnect_grace": "0"}); err == nil {
+		t.Error("a client may set reconnect_grace")
+	}
+}
