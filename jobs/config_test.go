@@ -162,3 +162,53 @@ func TestJobParamExamplesAreSafe(t *testing.T) {
 		t.Fatal("no example patterns found: the test reads the wrong files")
 	}
 }
+
+// FuzzParamPathUnder: whatever the value, an accepted path parameter is a
+// clean absolute path strictly inside the directory, with no link left to
+// resolve in it, and never reads as an option; a plain file name is always
+// accepted. (Invariants stated without the code under test.)
+//
+//	go test -run='^$' -fuzz='^FuzzParamPathUnder$' -fuzztime=30s ./jobs
+func FuzzParamPathUnder(f *testing.F) {
+	top := f.TempDir()
+	base := filepath.Join(top, "decks")
+	os.MkdirAll(filepath.Join(base, "sub"), 0o755)
+	os.MkdirAll(filepath.Join(top, "decks-evil"), 0o755)
+	os.WriteFile(filepath.Join(base, "deck.k"), nil, 0o644)
+	os.Symlink(filepath.Join(top, "decks-evil"), filepath.Join(base, "out"))
+	os.Symlink("../..", filepath.Join(base, "sub", "up"))
+	os.Symlink("/nonexistent/x", filepath.Join(base, "dangling"))
+	os.Symlink("deck.k", filepath.Join(base, "alias.k"))
+	real, err := filepath.EvalSymlinks(base)
+	if err != nil {
+		f.Fatal(err)
+	}
+	p := &Param{Type: TypeString, PathUnder: base}
+	if err := p.check("input"); err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"deck.k", "../x", "out/x", "sub/up/decks-evil/x", "dangling", "-rf.k", "/etc/passwd", base + "/deck.k", "alias.k", "sub/../sub/./n.k", ""} {
+		f.Add(s)
+	}
+	plain := regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.]{0,40}$`)
+	links := map[string]bool{"out": true, "dangling": true, "alias.k": true}
+	f.Fuzz(func(t *testing.T, v string) {
+		raw, _ := json.Marshal(v)
+		got, err := p.value("input", raw)
+		if err != nil {
+			if plain.MatchString(v) && !links[v] && strings.Trim(v, ".") != "" && !strings.HasPrefix(v, "..") {
+				t.Fatalf("plain name %q refused: %v", v, err)
+			}
+			return
+		}
+		if !strings.HasPrefix(got, real+"/") || filepath.Clean(got) != got {
+			t.Fatalf("%q accepted as %q, not a clean path inside %s", v, got, real)
+		}
+		if strings.HasPrefix(v, "-") {
+			t.Fatalf("%q, which reads as an option, accepted", v)
+		}
+		if r, err := filepath.EvalSymlinks(got); err == nil && r != got {
+			t.Fatalf("%q accepted as %q, which still resolves to %q", v, got, r)
+		}
+	})
+}

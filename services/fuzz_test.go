@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -234,3 +236,38 @@ func FuzzReadyOutput(f *testing.F) {
 type nopCloser struct{ *bytes.Reader }
 
 func (nopCloser) Close() error { return nil }
+
+// FuzzClientOption: a declared type accepts exactly what strconv says is
+// one (for int: up to 18 digits after an optional sign), and a pattern
+// accepts a value only when the pattern, anchored by hand here, matches
+// it whole.
+//
+//	go test -run='^$' -fuzz='^FuzzClientOption$' -fuzztime=30s ./services
+func FuzzClientOption(f *testing.F) {
+	for _, s := range []string{"0", "-1", "+18", "1e3", "0x10", "1_000", "Inf", "NaN", "true", "1280x800", "1280x800;x", "", " 1", "123456789012345678", "1234567890123456789"} {
+		f.Add(s)
+	}
+	geometry, _ := ParseClientOption("[0-9]{3,4}x[0-9]{3,4}")
+	ints, _ := ParseClientOption(OptionInt)
+	nums, _ := ParseClientOption(OptionNumber)
+	bools, _ := ParseClientOption(OptionBool)
+	anchored := regexp.MustCompile(`\A[0-9]{3,4}x[0-9]{3,4}\z`)
+	f.Fuzz(func(t *testing.T, v string) {
+		_, perr := strconv.ParseInt(v, 10, 64)
+		digits := strings.TrimPrefix(strings.TrimPrefix(v, "+"), "-")
+		if want := perr == nil && len(digits) <= 18 && len(v)-len(digits) <= 1; (ints.Check(v) == nil) != want {
+			t.Fatalf("int %q: %v, want ok=%v", v, ints.Check(v), want)
+		}
+		if nums.Check(v) == nil {
+			if x, err := strconv.ParseFloat(v, 64); err != nil || math.IsInf(x, 0) || math.IsNaN(x) {
+				t.Fatalf("number %q accepted: %v %v", v, x, err)
+			}
+		}
+		if (bools.Check(v) == nil) != (v == "true" || v == "false") {
+			t.Fatalf("bool %q: %v", v, bools.Check(v))
+		}
+		if (geometry.Check(v) == nil) != anchored.MatchString(v) {
+			t.Fatalf("pattern on %q: %v", v, geometry.Check(v))
+		}
+	})
+}
