@@ -2,12 +2,10 @@ package gateway
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"wsgateway/auth"
 	"wsgateway/internal/httperr"
-	"wsgateway/internal/text"
 	"wsgateway/reservation"
 )
 
@@ -20,14 +18,6 @@ import (
 func (s *Server) Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	if wait > maxWait {
 		wait = maxWait
-	}
-	if len(opts) > maxOptions {
-		return reservation.Reservation{}, httperr.Errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
-	}
-	for k, v := range opts {
-		if len(k) > maxOptionKeyLen || len(v) > maxOptionValueLen {
-			return reservation.Reservation{}, httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
-		}
 	}
 	return s.reserveAs(ctx, c, service, opts, wait)
 }

@@ -17,6 +17,7 @@ import (
 	"wsgateway/internal/httperr"
 	"wsgateway/internal/text"
 	"wsgateway/reservation"
+	"wsgateway/services"
 )
 
 // Limits on what a reserve query may carry, and on waiting for a slot
@@ -30,6 +31,12 @@ const (
 )
 
 func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
+	// Only GET reserves: a HEAD's answer has no body, so its token would
+	// be lost with the slot it holds.
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		return httperr.Errorf(http.StatusMethodNotAllowed, "method %s does not reserve; use GET /v1/reserve/<service>", r.Method)
+	}
 	c, err := s.requireAuth(r)
 	if err != nil {
 		return err
@@ -60,9 +67,6 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 			wait = time.Duration(f * float64(time.Second))
 			continue
 		}
-		if len(k) > maxOptionKeyLen || len(v[0]) > maxOptionValueLen {
-			return httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
-		}
 		opts[k] = v[0]
 	}
 	if len(opts) == 0 {
@@ -87,11 +91,17 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // reserveAs reserves a slot of service for c, waiting up to wait for
-// one.
+// one. Both the REST API and the gateway's own API (JSON-RPC) come here,
+// so the options are checked here: the operator's options win, and a
+// client sets only those the service declares
+// (services.Service.CheckClientOptions).
 func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	svc, ok := s.svcs[name]
 	if !ok {
 		return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound, "unknown service %q; known services: %s", text.Cut(name, 128), strings.Join(s.serviceNames(), ", "))
+	}
+	if err := checkOptions(svc, opts); err != nil {
+		return reservation.Reservation{}, err
 	}
 	if g := svc.StringOption("group"); g != "" && !c.InGroup(g) {
 		who := "you are not signed in"
@@ -127,6 +137,23 @@ func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts
 		return reservation.Reservation{}, err
 	}
 	return res, nil
+}
+
+// checkOptions applies the size limits and the service's client options
+// to a reservation's options (400 naming the option when refused).
+func checkOptions(svc *services.Service, opts map[string]string) error {
+	if len(opts) > maxOptions {
+		return httperr.Errorf(http.StatusBadRequest, "too many options: at most %d", maxOptions)
+	}
+	for k, v := range opts {
+		if len(k) > maxOptionKeyLen || len(v) > maxOptionValueLen {
+			return httperr.Errorf(http.StatusBadRequest, "option %q is too long: keys at most %d bytes, values at most %d", text.Cut(k, 64), maxOptionKeyLen, maxOptionValueLen)
+		}
+	}
+	if err := svc.CheckClientOptions(opts); err != nil {
+		return &httperr.Error{Status: http.StatusBadRequest, Msg: err.Error(), Err: err}
+	}
+	return nil
 }
 
 func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {

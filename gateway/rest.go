@@ -18,7 +18,9 @@ func (s *Server) httpPortHandler() http.Handler {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
 	v1 := r.PathPrefix("/v1/").Subrouter()
-	v1.Handle("/reserve/{service}", s.handle(s.handleReserve)).Methods(http.MethodGet, http.MethodHead)
+	// Every method reaches handleReserve, which reserves on GET only and
+	// answers anything else (HEAD included) with 405.
+	v1.Handle("/reserve/{service}", s.handle(s.handleReserve))
 	v1.Handle("/release/{token}", s.handle(s.handleRelease)).Methods(http.MethodGet)
 	v1.Handle("/status", s.handle(s.handleStatus)).Methods(http.MethodGet, http.MethodHead)
 	v1.Handle("/status_view", s.handle(s.handleStatusView)).Methods(http.MethodGet, http.MethodHead)

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,8 +195,8 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("http directory %s is not a directory", cfg.HTTPDirectory)
 		}
 	}
-	if err := os.MkdirAll(cfg.SessionRoot, 0o700); err != nil {
-		return nil, fmt.Errorf("session directory root: %w", err)
+	if err := services.PrepareSessionRoot(cfg.SessionRoot); err != nil {
+		return nil, fmt.Errorf("--session_dir: %w", err)
 	}
 	counts := map[string]int{}
 	svcs := map[string]*services.Service{}
@@ -242,7 +241,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 			s.writeError(w, r, &httperr.Error{Status: status, Msg: "websocket handshake failed: " + reason.Error()})
 		},
 	}
-	pruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)
+	services.PruneSessionDirs(cfg.SessionRoot, cfg.KeepSessions, log)
 	if len(cfg.Restored) > 0 {
 		restored, interrupted := s.sessions.Restore(cfg.Restored)
 		log.Info().Int("restored", len(restored)).Int("interrupted", len(interrupted)).
@@ -469,35 +468,3 @@ func (s *Server) authRequired() bool { return s.policy.Required() }
 // clientOf is r's client address as the limits key it (behind a trusted
 // proxy, the client's, not the proxy's).
 func (s *Server) clientOf(r *http.Request) string { return s.policy.Client(r) }
-
-// pruneSessionDirs keeps the newest keep session directories.
-func pruneSessionDirs(root string, keep int, log zerolog.Logger) {
-	ents, err := os.ReadDir(root)
-	if err != nil {
-		return
-	}
-	type d struct {
-		name string
-		mod  time.Time
-	}
-	var dirs []d
-	for _, e := range ents {
-		if !e.IsDir() {
-			continue
-		}
-		info, err := e.Info()
-		if err != nil {
-			continue
-		}
-		dirs = append(dirs, d{e.Name(), info.ModTime()})
-	}
-	if len(dirs) <= keep {
-		return
-	}
-	sort.Slice(dirs, func(i, j int) bool { return dirs[i].mod.Before(dirs[j].mod) })
-	for _, x := range dirs[:len(dirs)-keep] {
-		if err := os.RemoveAll(filepath.Join(root, x.name)); err != nil {
-			log.Warn().Err(err).Str("dir", x.name).Msg("cannot prune old session directory")
-		}
-	}
-}

@@ -47,6 +47,7 @@ func desktopGateway(t *testing.T, args ...string) *gateway {
 				"reconnect_grace": 1,
 				"file_ext":        []string{".vtk"},
 			},
+			"client_options": map[string]any{"geometry": "^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"},
 		},
 	}
 	p := writeConfig(t, dir, cfg)

@@ -807,9 +807,6 @@ start)
 	exec %s serve ;;
 esac
 `, svcBin))
-	cfg := writeConfig(t, dir, map[string]any{"Inject": map[string]any{"script": "inject.sh", "count": 4, "options": map[string]any{"geometry": "1024x768"}}})
-	g := startGateway(t, "--remote_session_config", cfg)
-
 	p := func(n int) string { return filepath.Join(pwned, fmt.Sprint(n)) }
 	opts := map[string]string{
 		"a":                         "$(touch " + p(1) + ")",
@@ -837,6 +834,15 @@ esac
 		strings.Repeat("K", 64):     "longest key",
 		"<script>alert(1)</script>": "</script>",
 	}
+	// The service offers every one of them to clients, as any text: what
+	// is tested here is that a value is data, whatever it holds.
+	anyText := map[string]any{"x": "(?s).*", "v": "(?s).*"}
+	for k := range opts {
+		anyText[k] = "(?s).*"
+	}
+	cfg := writeConfig(t, dir, map[string]any{"Inject": map[string]any{"script": "inject.sh", "count": 4,
+		"options": map[string]any{"geometry": "1024x768"}, "client_options": anyText}})
+	g := startGateway(t, "--remote_session_config", cfg)
 	q := url.Values{}
 	for k, v := range opts {
 		q.Set(k, v)

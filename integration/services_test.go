@@ -33,7 +33,8 @@ esac
 `, svcBin))
 	cfg := map[string]any{
 		"Echo Service": map[string]any{"script": "echo.sh", "count": count,
-			"options": map[string]any{"geometry": "1024x768", "file_ext": []string{".vtk", ".txt"}}},
+			"options":        map[string]any{"geometry": "1024x768", "file_ext": []string{".vtk", ".txt"}},
+			"client_options": map[string]any{"geometry": "^[0-9]{3,4}x[0-9]{3,4}$", "user": "string", "who": "string"}},
 	}
 	for k, v := range extra {
 		cfg[k] = v

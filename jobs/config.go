@@ -44,7 +44,13 @@ type Param struct {
 	Pattern  string          `json:"pattern,omitempty"`
 	Values   []string        `json:"values,omitempty"`
 	Help     string          `json:"help,omitempty"`
-	re       *regexp.Regexp
+	// PathUnder confines a string parameter to a directory: the value (a
+	// path relative to it, or an absolute one) is cleaned, its symbolic
+	// links are resolved, and it must lie inside; the program gets the
+	// resolved absolute path. A value starting with '-' is refused.
+	PathUnder string `json:"path_under,omitempty"`
+	re        *regexp.Regexp
+	base      string // PathUnder, resolved
 }
 
 // ProgressRule turns output lines into progress: Regex has named groups
@@ -219,6 +225,22 @@ func (p *Param) check(name string) error {
 	default:
 		return fmt.Errorf("type %q is not string, int, number, bool or enum", p.Type)
 	}
+	if p.PathUnder != "" {
+		if p.Type != TypeString {
+			return fmt.Errorf(`"path_under" is for parameters of type "string"`)
+		}
+		if !filepath.IsAbs(p.PathUnder) {
+			return fmt.Errorf("path_under %q must be an absolute path", p.PathUnder)
+		}
+		base, err := filepath.EvalSymlinks(p.PathUnder)
+		if err != nil {
+			return fmt.Errorf("path_under: %w", err)
+		}
+		if st, err := os.Stat(base); err != nil || !st.IsDir() {
+			return fmt.Errorf("path_under %s is not a directory", p.PathUnder)
+		}
+		p.base = base
+	}
 	if p.Pattern != "" {
 		re, err := regexp.Compile(p.Pattern)
 		if err != nil {
@@ -261,6 +283,9 @@ func (p *Param) value(name string, raw json.RawMessage) (string, error) {
 		}
 		if p.re != nil && !p.re.MatchString(s) {
 			return "", fmt.Errorf("parameter %q does not match %s", name, p.Pattern)
+		}
+		if p.base != "" {
+			return p.confine(name, s)
 		}
 		return s, nil
 	case TypeBool:
@@ -337,4 +362,56 @@ func (s *Service) Argv(params map[string]json.RawMessage) ([]string, map[string]
 		})
 	}
 	return argv, full, nil
+}
+
+// confine resolves a path_under parameter's value and checks it lies
+// inside the directory: relative values start there, ".." and symbolic
+// links are followed as the program would follow them, and the answer is
+// the resolved absolute path (so it can never read as an option).
+func (p *Param) confine(name, v string) (string, error) {
+	if v == "" {
+		return "", fmt.Errorf("parameter %q must name a path under %s", name, p.PathUnder)
+	}
+	if v[0] == '-' {
+		return "", fmt.Errorf("parameter %q may not start with '-'", name)
+	}
+	full := v
+	if !filepath.IsAbs(full) {
+		full = filepath.Join(p.base, full)
+	}
+	real, err := resolvePath(filepath.Clean(full))
+	if err != nil {
+		return "", fmt.Errorf("parameter %q: %w", name, err)
+	}
+	if !strings.HasPrefix(real, p.base+string(filepath.Separator)) {
+		return "", fmt.Errorf("parameter %q must lie inside %s", name, p.PathUnder)
+	}
+	return real, nil
+}
+
+// resolvePath resolves the symbolic links of a clean absolute path whose
+// last components may not exist yet (an output file): the longest
+// existing prefix is resolved and the rest appended.
+func resolvePath(p string) (string, error) {
+	rest := ""
+	for {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return "", err
+		}
+		if _, lerr := os.Lstat(p); lerr == nil {
+			// It exists but leads nowhere: a link whose target would be
+			// created where it points, wherever that is.
+			return "", fmt.Errorf("%s is a symbolic link to nothing", p)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
 }

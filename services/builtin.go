@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 
 	"wsgateway/scripts"
 )
@@ -15,7 +14,9 @@ import (
 type builtin struct {
 	script  string // file in scripts.FS
 	options map[string]json.RawMessage
-	about   string
+	// clientOptions are what a reservation may set (see ParseClientOption).
+	clientOptions map[string]string
+	about         string
 }
 
 var builtins = map[string]builtin{
@@ -25,7 +26,9 @@ var builtins = map[string]builtin{
 			"geometry":        json.RawMessage(`"1280x800"`),
 			"reconnect_grace": json.RawMessage(`30`),
 		},
-		about: "a TigerVNC Xvnc desktop with a window manager and a terminal",
+		// The pattern desktop.sh itself checks.
+		clientOptions: map[string]string{"geometry": `^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$`},
+		about:         "a TigerVNC Xvnc desktop with a window manager and a terminal",
 	},
 }
 
@@ -92,39 +95,13 @@ func BuiltIn(name string, count int, dir string) (*Service, error) {
 	for k, v := range b.options {
 		opts[k] = v
 	}
-	return &Service{Name: name, Script: path, Count: count, Options: opts, BuiltIn: true}, nil
-}
-
-// privateDir checks that only this user (or root) can change what dir
-// holds: dir and every directory above it is owned by this user or root,
-// and none is writable by everyone unless it is sticky (as /tmp is).
-func privateDir(dir string) error {
-	p, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return err
-	}
-	p, err = filepath.Abs(p)
-	if err != nil {
-		return err
-	}
-	uid := uint32(os.Getuid())
-	for d := p; ; d = filepath.Dir(d) {
-		st, err := os.Lstat(d)
+	copts := make(map[string]*ClientOption, len(b.clientOptions))
+	for k, spec := range b.clientOptions {
+		o, err := ParseClientOption(spec)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("built-in service %q: client option %q: %w", name, k, err)
 		}
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if !ok {
-			return nil
-		}
-		if sys.Uid != uid && sys.Uid != 0 {
-			return fmt.Errorf("%s belongs to another user (uid %d)", d, sys.Uid)
-		}
-		if st.Mode().Perm()&0o002 != 0 && st.Mode()&os.ModeSticky == 0 {
-			return fmt.Errorf("%s is writable by everyone", d)
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
+		copts[k] = o
 	}
+	return &Service{Name: name, Script: path, Count: count, Options: opts, ClientOptions: copts, BuiltIn: true}, nil
 }

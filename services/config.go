@@ -24,8 +24,12 @@ type Service struct {
 	Script string
 	Count  int
 	// Options are passed to the script as JSON (merged with the
-	// reservation's query options). Values are kept as raw JSON.
+	// reservation's client options). Values are kept as raw JSON.
 	Options map[string]json.RawMessage
+	// ClientOptions are the options a client may set on a reservation
+	// (the config's "client_options"): nil means none. Only these may
+	// replace one of Options.
+	ClientOptions map[string]*ClientOption
 	// BuiltIn is true for services compiled into the binary.
 	BuiltIn bool
 }
@@ -82,10 +86,11 @@ func LoadConfig(path string) ([]*Service, error) {
 }
 
 type rawService struct {
-	Kind    *string                    `json:"kind"`
-	Script  *string                    `json:"script"`
-	Count   *json.Number               `json:"count"`
-	Options map[string]json.RawMessage `json:"options"`
+	Kind          *string                    `json:"kind"`
+	Script        *string                    `json:"script"`
+	Count         *json.Number               `json:"count"`
+	Options       map[string]json.RawMessage `json:"options"`
+	ClientOptions map[string]json.RawMessage `json:"client_options"`
 }
 
 // ParseConfig parses config bytes; file names the source in errors and dir
@@ -127,7 +132,7 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err := d.Decode(&rs); err != nil {
 			msg := err.Error()
 			if strings.Contains(msg, "unknown field") {
-				msg += `; a service has exactly "script", "count" and "options" (put anything else inside "options"), and a job has "kind": "job", "cmd", "count" and "options"`
+				msg += `; a service has "script", "count", "options" and optionally "client_options" (put anything else inside "options"), and a job has "kind": "job", "cmd", "count" and "options"`
 			}
 			return nil, &ConfigError{File: file, Service: name, Msg: msg}
 		}
@@ -158,7 +163,11 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err := checkOptions(rs.Options); err != nil {
 			return nil, &ConfigError{File: file, Service: name, Key: "options", Msg: err.Error()}
 		}
-		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options})
+		copts, err := parseClientOptions(rs.ClientOptions)
+		if err != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "client_options", Msg: err.Error()}
+		}
+		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options, ClientOptions: copts})
 	}
 	return out, nil
 }
@@ -265,8 +274,15 @@ func (s *Service) FileExt() []string {
 }
 
 // MergedOptions returns the service options merged with the reservation's
-// query options (the latter win) as a JSON object.
+// client options as a JSON object. The client options pass
+// CheckClientOptions first (the same rule as at reservation time, so a
+// reservation recorded under an older config cannot smuggle one in): a
+// client's value replaces a service option only where the service
+// declares it in "client_options".
 func (s *Service) MergedOptions(query map[string]string) ([]byte, error) {
+	if err := s.CheckClientOptions(query); err != nil {
+		return nil, fmt.Errorf("reservation options: %w", err)
+	}
 	m := make(map[string]json.RawMessage, len(s.Options)+len(query))
 	for k, v := range s.Options {
 		m[k] = v

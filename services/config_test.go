@@ -332,7 +332,7 @@ func TestMergedOptions(t *testing.T) {
 		"reconnect_grace": json.RawMessage(`30`),
 		"file_ext":        json.RawMessage(`[".vtk"]`),
 		"nested":          json.RawMessage(`{"a": [1, 2]}`),
-	}}
+	}, ClientOptions: clientOptions(t, map[string]string{"geometry": "[0-9]+x[0-9]+", "user": "(?s).*", "empty": "string"})}
 	tests := []struct {
 		name  string
 		query map[string]string
@@ -342,13 +342,12 @@ func TestMergedOptions(t *testing.T) {
 			"geometry": "1600x1200", "reconnect_grace": 30.0, "file_ext": []any{".vtk"},
 			"nested": map[string]any{"a": []any{1.0, 2.0}},
 		}},
-		{"query overrides and adds", map[string]string{
-			"geometry":        "800x600",
-			"reconnect_grace": "5",
-			"user":            `ann "the admin" \ <b>`,
-			"empty":           "",
+		{"declared options override and add", map[string]string{
+			"geometry": "800x600",
+			"user":     `ann "the admin" \ <b>`,
+			"empty":    "",
 		}, map[string]any{
-			"geometry": "800x600", "reconnect_grace": "5", "file_ext": []any{".vtk"},
+			"geometry": "800x600", "reconnect_grace": 30.0, "file_ext": []any{".vtk"},
 			"nested": map[string]any{"a": []any{1.0, 2.0}},
 			"user":   `ann "the admin" \ <b>`, "empty": "",
 		}},
@@ -384,6 +383,37 @@ func TestMergedOptions(t *testing.T) {
 	if err != nil || string(out) != "{}" {
 		t.Errorf("empty MergedOptions = %s, %v; want {}", out, err)
 	}
+
+	// Operator options win: an option the client may not set (the
+	// gateway's own, or any the service does not declare) is an error,
+	// never merged, so a reservation recorded before the config changed
+	// cannot bring one in either.
+	for _, q := range []map[string]string{
+		{"reconnect_grace": "5"},
+		{"datadir": "/etc"},
+		{"geometry": "800x600; touch x"},
+		{"geometry": "800x600", "datadir": "/etc"},
+	} {
+		out, err := s.MergedOptions(q)
+		var oe *services.OptionError
+		if err == nil || !errors.As(err, &oe) || out != nil {
+			t.Errorf("MergedOptions(%v) = %s, %v; want an *OptionError and nothing", q, out, err)
+		}
+	}
+}
+
+// clientOptions parses declarations for a test.
+func clientOptions(t *testing.T, specs map[string]string) map[string]*services.ClientOption {
+	t.Helper()
+	out := map[string]*services.ClientOption{}
+	for k, spec := range specs {
+		o, err := services.ParseClientOption(spec)
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		out[k] = o
+	}
+	return out
 }
 
 func TestStringOptionAndFileExt(t *testing.T) {

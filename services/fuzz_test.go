@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,6 +49,9 @@ func fuzzScriptDir(f *testing.F) string {
 func FuzzParseConfig(f *testing.F) {
 	dir := fuzzScriptDir(f)
 	f.Add([]byte(`{"Echo": {"script": "s.sh", "count": 2, "options": {"geometry": "1024x768"}}}`), "geometry", "800x600")
+	f.Add([]byte(`{"Echo": {"script": "s.sh", "count": 2, "options": {"geometry": "1024x768", "datadir": "/srv"}, "client_options": {"geometry": "^[0-9]{3,4}x[0-9]{3,4}$", "depth": "int"}}}`), "geometry", "800x600")
+	f.Add([]byte(`{"Echo": {"script": "s.sh", "count": 2, "options": {"datadir": "/srv"}, "client_options": {"depth": "int"}}}`), "datadir", "/etc")
+	f.Add([]byte(`{"Echo": {"script": "s.sh", "count": 2, "options": {}, "client_options": {"note": "string", "any": "(?s).*"}}}`), "any", "a\x00b")
 	f.Fuzz(func(t *testing.T, data []byte, key, value string) {
 		svcs, err := ParseConfig("fuzz.json", dir, data)
 		if err != nil {
@@ -86,19 +92,46 @@ func FuzzParseConfig(f *testing.F) {
 				q = map[string]string{key: value}
 			}
 			out, err := s.MergedOptions(q)
+			_, declared := s.ClientOptions[key]
+			if key != "" && !declared {
+				// Not offered to clients: refused, whatever the value.
+				var oe *OptionError
+				if err == nil || !errors.As(err, &oe) || oe.Key != key {
+					t.Fatalf("service %q: undeclared option %q: %s, %v; want an *OptionError naming it", s.Name, key, out, err)
+				}
+				continue
+			}
 			if err != nil {
-				t.Fatalf("service %q: MergedOptions: %v", s.Name, err)
+				var oe *OptionError
+				if key == "" || !errors.As(err, &oe) {
+					t.Fatalf("service %q: MergedOptions(%q=%q): %v", s.Name, key, value, err)
+				}
+				continue
 			}
 			if bytes.IndexByte(out, 0) >= 0 {
 				t.Fatalf("WSGW_OPTIONS holds a NUL byte: %q", out)
 			}
-			var m map[string]any
+			var m map[string]json.RawMessage
 			if err := json.Unmarshal(out, &m); err != nil {
 				t.Fatalf("WSGW_OPTIONS %q is not a JSON object: %v", out, err)
 			}
+			// The operator's options are all there, unchanged, except one
+			// the service lets a client set.
+			for k, v := range s.Options {
+				if k == key {
+					continue
+				}
+				var want, got any
+				_ = json.Unmarshal(v, &want)
+				_ = json.Unmarshal(m[k], &got)
+				if !reflect.DeepEqual(got, want) {
+					t.Fatalf("service option %q = %s became %s", k, v, m[k])
+				}
+			}
 			if key != "" && utf8.ValidString(key) && utf8.ValidString(value) {
-				if got, ok := m[key].(string); !ok || got != value {
-					t.Fatalf("option %q = %q reads back as %#v from %s", key, value, m[key], out)
+				var got string
+				if json.Unmarshal(m[key], &got) != nil || got != value {
+					t.Fatalf("option %q = %q reads back as %s from %s", key, value, m[key], out)
 				}
 			}
 		}
@@ -203,3 +236,38 @@ func FuzzReadyOutput(f *testing.F) {
 type nopCloser struct{ *bytes.Reader }
 
 func (nopCloser) Close() error { return nil }
+
+// FuzzClientOption: a declared type accepts exactly what strconv says is
+// one (for int: up to 18 digits after an optional sign), and a pattern
+// accepts a value only when the pattern, anchored by hand here, matches
+// it whole.
+//
+//	go test -run='^$' -fuzz='^FuzzClientOption$' -fuzztime=30s ./services
+func FuzzClientOption(f *testing.F) {
+	for _, s := range []string{"0", "-1", "+18", "1e3", "0x10", "1_000", "Inf", "NaN", "true", "1280x800", "1280x800;x", "", " 1", "123456789012345678", "1234567890123456789"} {
+		f.Add(s)
+	}
+	geometry, _ := ParseClientOption("[0-9]{3,4}x[0-9]{3,4}")
+	ints, _ := ParseClientOption(OptionInt)
+	nums, _ := ParseClientOption(OptionNumber)
+	bools, _ := ParseClientOption(OptionBool)
+	anchored := regexp.MustCompile(`\A[0-9]{3,4}x[0-9]{3,4}\z`)
+	f.Fuzz(func(t *testing.T, v string) {
+		_, perr := strconv.ParseInt(v, 10, 64)
+		digits := strings.TrimPrefix(strings.TrimPrefix(v, "+"), "-")
+		if want := perr == nil && len(digits) <= 18 && len(v)-len(digits) <= 1; (ints.Check(v) == nil) != want {
+			t.Fatalf("int %q: %v, want ok=%v", v, ints.Check(v), want)
+		}
+		if nums.Check(v) == nil {
+			if x, err := strconv.ParseFloat(v, 64); err != nil || math.IsInf(x, 0) || math.IsNaN(x) {
+				t.Fatalf("number %q accepted: %v %v", v, x, err)
+			}
+		}
+		if (bools.Check(v) == nil) != (v == "true" || v == "false") {
+			t.Fatalf("bool %q: %v", v, bools.Check(v))
+		}
+		if (geometry.Check(v) == nil) != anchored.MatchString(v) {
+			t.Fatalf("pattern on %q: %v", v, geometry.Check(v))
+		}
+	})
+}

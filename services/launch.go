@@ -43,7 +43,9 @@ type Spec struct {
 	Token   string
 	// Options is the merged options JSON object (WSGW_OPTIONS).
 	Options []byte
-	// SessionDir is the private working and log directory; it is created.
+	// SessionDir is the private working and log directory, inside the
+	// session root; it is created (its parent must exist), and refused if
+	// something else than a directory of this user's is in its place.
 	SessionDir string
 	// StartTimeout bounds the wait for the ready line and the first dial.
 	StartTimeout time.Duration
@@ -116,7 +118,7 @@ type Instance struct {
 // stopped before Start returns (the error then wraps ctx.Err()), and the
 // error says what a person can do about it.
 func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error) {
-	if err := os.MkdirAll(spec.SessionDir, 0o700); err != nil {
+	if err := MakeSessionDir(spec.SessionDir); err != nil {
 		return nil, fmt.Errorf("%w: creating session directory: %w", ErrStartFailed, err)
 	}
 	lf, err := os.OpenFile(filepath.Join(spec.SessionDir, LogName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
