@@ -1,6 +1,13 @@
 package launcher
 
 import (
+	"context"
+	"errors"
+	"time"
+
+	"wsgateway/reservation"
+	"wsgateway/session"
+
 	"encoding/json"
 	"testing"
 )
@@ -105,36 +112,68 @@ func TestJSONEqual(t *testing.T) {
 	}
 }
 
+// TestPool: the resources as the Manager's services, and the order in
+// which a launch takes ports: the host with the most free ports (the
+// first in config order on a tie), its lowest free port; a released port
+// is the next one taken; with every port held the answer is ErrNoSlot.
 func TestPool(t *testing.T) {
-	p := newPool([]Resource{{Host: "a", PortRange: []int{1, 2}}, {Host: "b", PortRange: []int{10, 12}}, {Host: "a", PortRange: []int{5, 5}}})
-	if free, total := p.counts(); free != 6 || total != 6 {
-		t.Fatalf("counts %d %d", free, total)
+	p := newPool([]Resource{{Host: "a", PortRange: []int{5, 5}}, {Host: "b", PortRange: []int{10, 12}}, {Host: "a", PortRange: []int{1, 2}}})
+	if total := p.total(); total != 6 {
+		t.Fatalf("total %d", total)
 	}
+	if c := p.counts(); len(c) != 2 || c["a"] != 3 || c["b"] != 3 {
+		t.Fatalf("counts %v", c)
+	}
+	for _, c := range []struct {
+		host string
+		idx  int
+		port int
+		ok   bool
+	}{{"a", 0, 1, true}, {"a", 2, 5, true}, {"a", 3, 0, false}, {"a", -1, 0, false}, {"b", 2, 12, true}, {"c", 0, 0, false}} {
+		if port, ok := p.port(c.host, c.idx); port != c.port || ok != c.ok {
+			t.Errorf("port(%s, %d) = %d %v, want %d %v", c.host, c.idx, port, ok, c.port, c.ok)
+		}
+	}
+	if got := join(p.order(map[string]int{"a": 1, "b": 2})); got != "b a" {
+		t.Errorf("order with b freer: %q", got)
+	}
+	if got := join(p.order(map[string]int{"a": 0, "b": 1})); got != "b" {
+		t.Errorf("order with a full: %q", got)
+	}
+	mgr := session.New(session.Config{Counts: p.counts(), Timeout: time.Minute})
+	defer mgr.Close()
+	l := &Launcher{mgr: mgr, pool: p}
 	var got []string
+	tokens := map[string]string{}
 	for {
-		h, port, ok := p.take()
-		if !ok {
+		r, err := l.reserve()
+		if err != nil {
+			if !errors.Is(err, reservation.ErrNoSlot) {
+				t.Fatalf("reserve: %v", err)
+			}
 			break
 		}
-		got = append(got, h+":"+itoa(port))
+		port, _ := p.port(r.Service, r.Index)
+		hp := r.Service + ":" + itoa(port)
+		got = append(got, hp)
+		tokens[hp] = r.Token
 	}
-	// Most free ports first; a tie goes to the first host in config order;
-	// the lowest free port of that host.
 	want := "a:1 b:10 a:2 b:11 a:5 b:12"
 	if s := join(got); s != want {
 		t.Errorf("order %q, want %q", s, want)
 	}
-	if err := p.put("b", 11); err != nil {
+	if l.freePorts() != 0 {
+		t.Errorf("free ports %d with all taken", l.freePorts())
+	}
+	if _, err := mgr.Release(context.Background(), tokens["b:11"], 1001, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.put("b", 11); err == nil {
-		t.Error("double put accepted")
+	if l.freePorts() != 1 {
+		t.Errorf("free ports %d after a release", l.freePorts())
 	}
-	if err := p.put("c", 1); err == nil {
-		t.Error("unknown host accepted")
-	}
-	if h, port, ok := p.take(); !ok || h != "b" || port != 11 {
-		t.Errorf("after put: %s %d %v", h, port, ok)
+	r, err := l.reserve()
+	if port, _ := p.port(r.Service, r.Index); err != nil || r.Service != "b" || port != 11 {
+		t.Errorf("after release: %s %d %v", r.Service, port, err)
 	}
 }
 
