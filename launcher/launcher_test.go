@@ -37,7 +37,7 @@ func newEnv(t *testing.T, conf map[string]any) *env {
 	c := map[string]any{
 		"configuration": map[string]any{
 			"host": "127.0.0.1", "port": 0, "endpoint": "paraview",
-			"sessionURL": "ws://${host}:${port}/ws", "timeout": 2,
+			"sessionURL": "ws://${host}:${port}/ws", "timeout": 2, "connect_timeout": 120,
 			"log_dir": filepath.Join(dir, "logs"), "proxy_file": filepath.Join(dir, "proxy", "proxy.txt"),
 		},
 		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{9301, 9302}}},

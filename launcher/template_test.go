@@ -2,14 +2,13 @@ package launcher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"testing"
 	"time"
 
 	"wsgateway/reservation"
 	"wsgateway/session"
-
-	"encoding/json"
-	"testing"
 )
 
 // The expectations were produced by Python 3's
