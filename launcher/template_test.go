@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -187,4 +190,82 @@ func join(s []string) string {
 		out += x
 	}
 	return out
+}
+
+// TestSubstituteValuesAreData is finding 9: a value put in by a pass is
+// never read by a later pass, while the template's own text still goes
+// through every pass as Python's replaceVariables does.
+func TestSubstituteValuesAreData(t *testing.T) {
+	props := map[string]any{"licenseKey": "LICENSE-VALUE", "python_exec": "/usr/bin/pvpython", "dir": "/data"}
+	cases := []struct {
+		tmpl string
+		vars map[string]any
+		want string
+	}{
+		// The attack: a client value naming a property comes out as sent.
+		{"${user}", map[string]any{"user": "${licenseKey}"}, "${licenseKey}"},
+		{"$user", map[string]any{"user": "$licenseKey"}, "$licenseKey"},
+		{"--u=${user}", map[string]any{"user": "$${licenseKey}"}, "--u=$${licenseKey}"},
+		{"${a}${b}", map[string]any{"a": "$", "b": "{licenseKey}"}, "${licenseKey}"},
+		{"$${a}", map[string]any{"a": "licenseKey"}, "${a}"},
+		{"$$$a", map[string]any{"a": "licenseKey"}, "$licenseKey"},
+		{"$${$a}", map[string]any{"a": "licenseKey"}, "${licenseKey}"},
+		// The template's own text: two passes, as in Python.
+		{"${python_exec} --data ${dir}/${file}", map[string]any{"file": "can.ex2"}, "/usr/bin/pvpython --data /data/can.ex2"},
+		{"$$licenseKey", nil, "LICENSE-VALUE"},
+		{"$${licenseKey}", nil, "LICENSE-VALUE"},
+		{"$$$$literal", nil, "$literal"},
+		{"$$$$$$$$", nil, "$$"},
+		{"${unknown} $", nil, "${unknown} $"},
+		{"", nil, ""},
+		{"${file}", map[string]any{"file": ""}, ""},
+		{"a${file}b$$dir", map[string]any{"file": ""}, "a" + "b/data"},
+	}
+	for _, c := range cases {
+		if got := Substitute(c.tmpl, c.vars, props); got != c.want {
+			t.Errorf("Substitute(%q, %v) = %q, want %q", c.tmpl, c.vars, got, c.want)
+		}
+	}
+	// substituteValue: the same inside lists and objects.
+	v := substituteValue(map[string]any{"who": []any{"${user}"}}, map[string]any{"user": "${licenseKey}"}, props)
+	if got := v.(map[string]any)["who"].([]any)[0]; got != "${licenseKey}" {
+		t.Errorf("substituteValue: %v", got)
+	}
+	// One pass alone is Python's safe_substitute.
+	if got := SafeSubstitute("$$x ${y}$z $", map[string]any{"y": "$z", "z": "Z"}); got != "$x $zZ $" {
+		t.Errorf("SafeSubstitute: %q", got)
+	}
+}
+
+// TestLaunchNeverLeaksProperties is finding 9 end to end: a client value
+// naming a property reaches neither argv, nor sessionData, nor the answer.
+func TestLaunchNeverLeaksProperties(t *testing.T) {
+	e := newEnv(t, map[string]any{
+		"configuration": map[string]any{"sessionURL": "ws://h/${id}?u=${user}"},
+		"properties":    map[string]any{"licenseKey": "LICENSE-VALUE-42"},
+		"sessionData":   map[string]any{"who": "${user}", "nested": map[string]any{"l": []any{"$user"}}},
+		"apps": map[string]any{
+			"args": map[string]any{"cmd": []string{"/bin/sh", "-c", `for a in "$@"; do echo "ARG $a"; done; echo READY; exec sleep 60`, "sh",
+				"${user}", "$user", "--key=$${user}"},
+				"ready_line": "READY"},
+		},
+	})
+	for _, v := range []string{"${licenseKey}", "$licenseKey", "$${licenseKey}", "$$$licenseKey"} {
+		js, _ := json.Marshal(v)
+		m := e.launch("args", `, "user": `+string(js))
+		id := m["id"].(string)
+		b, _ := os.ReadFile(filepath.Join(e.cfg.Configuration.LogDir, id+".txt"))
+		ans, _ := json.Marshal(m)
+		_, g := e.call("GET", "/paraview/"+id, "")
+		again, _ := json.Marshal(g)
+		for what, s := range map[string]string{"argv": string(b), "answer": string(ans), "GET": string(again)} {
+			if strings.Contains(s, "LICENSE-VALUE") {
+				t.Errorf("user %q: the property's value is in the %s: %s", v, what, s)
+			}
+		}
+		if !strings.Contains(string(b), "ARG "+v+"\n") || m["who"] != v {
+			t.Errorf("user %q not passed as sent: argv %q, who %v", v, b, m["who"])
+		}
+		e.call("DELETE", "/paraview/"+id, "")
+	}
 }
