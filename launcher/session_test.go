@@ -175,7 +175,7 @@ func TestSessionDeleteAndExitThroughManager(t *testing.T) {
 	port, _ := echoBackend(t)
 	e := newEnv(t, map[string]any{
 		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{port, port}}},
-		"apps": map[string]any{"hold": map[string]any{"cmd": []string{"sleep", "60"}}},
+		"apps":      map[string]any{"hold": map[string]any{"cmd": []string{"sleep", "60"}}},
 	})
 	id := e.launch("hold", "")["id"].(string)
 	c, err := e.dialProxy(id, "echo")
