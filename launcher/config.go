@@ -74,6 +74,13 @@ type Configuration struct {
 	// UploadMaxSize bounds one upload request in bytes (a wsgateway
 	// addition; default 1 GiB).
 	UploadMaxSize *int64 `json:"upload_max_size"`
+	// UploadReplace lets an upload replace an existing file (a wsgateway
+	// addition; default false: 409).
+	UploadReplace bool `json:"upload_replace"`
+	// ConnectTimeout is how long, in seconds, a ready session waits for
+	// its first /proxy websocket before it is stopped (a wsgateway
+	// addition; default timeout; 0: no limit).
+	ConnectTimeout *float64 `json:"connect_timeout"`
 	// Fields filters the answer to a launch; nil means no filter.
 	Fields []string `json:"fields"`
 	// Sanitize is where the Python launcher reads the rules; a top-level
@@ -121,6 +128,20 @@ func (c *Config) Timeout() time.Duration {
 		return DefaultTimeout
 	}
 	return time.Duration(*c.Configuration.Timeout * float64(time.Second))
+}
+
+// ConnectTimeout is configuration.connect_timeout as a duration: how long
+// a ready session waits for its first /proxy websocket (Timeout when the
+// key is missing, no limit when it is 0).
+func (c *Config) ConnectTimeout() time.Duration {
+	ct := c.Configuration.ConnectTimeout
+	switch {
+	case ct == nil:
+		return c.Timeout()
+	case *ct == 0:
+		return forever
+	}
+	return time.Duration(*ct * float64(time.Second))
 }
 
 // ConfigError is a config that cannot be used; its message names the file
@@ -266,7 +287,7 @@ func lineCol(src []byte, off int64) (int, int) {
 
 var knownKeys = map[string][]string{
 	"":              {"configuration", "resources", "properties", "apps", "sessionData", "sanitize"},
-	"configuration": {"host", "port", "endpoint", "content", "proxy_file", "sessionURL", "timeout", "log_dir", "upload_dir", "upload_max_size", "fields", "sanitize"},
+	"configuration": {"host", "port", "endpoint", "content", "proxy_file", "sessionURL", "timeout", "log_dir", "upload_dir", "upload_max_size", "upload_replace", "connect_timeout", "fields", "sanitize"},
 	"app":           {"cmd", "ready_line"},
 	"resource":      {"host", "port_range"},
 	"sanitize":      {"type", "list", "regexp", "default"},
@@ -360,6 +381,9 @@ func (c *Config) check(name string) error {
 	}
 	if cf.Timeout != nil && (*cf.Timeout <= 0 || *cf.Timeout > 24*3600) {
 		return bad("configuration.timeout", "%v is not a number of seconds from 0 to 86400", *cf.Timeout)
+	}
+	if ct := cf.ConnectTimeout; ct != nil && (*ct < 0 || *ct > 24*3600) {
+		return bad("configuration.connect_timeout", "%v is not a number of seconds from 0 (no limit) to 86400", *ct)
 	}
 	if cf.UploadMaxSize != nil && *cf.UploadMaxSize <= 0 {
 		return bad("configuration.upload_max_size", "must be a positive number of bytes")

@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,9 @@ func TestConfigErrors(t *testing.T) {
 		{"empty cmd", `["prog", "--port", "${port}"]`, `[]`, []string{"key apps.a.cmd"}},
 		{"no apps", `{"a": {"cmd": ["prog", "--port", "${port}"]}}`, `{}`, []string{"key apps"}},
 		{"timeout", `"log_dir": "logs"`, `"log_dir": "logs", "timeout": -1`, []string{"key configuration.timeout"}},
+		{"connect_timeout negative", `"log_dir": "logs"`, `"log_dir": "logs", "connect_timeout": -0.5`, []string{"key configuration.connect_timeout"}},
+		{"connect_timeout too long", `"log_dir": "logs"`, `"log_dir": "logs", "connect_timeout": 86401`, []string{"key configuration.connect_timeout"}},
+		{"upload_replace type", `"log_dir": "logs"`, `"log_dir": "logs", "upload_replace": "yes"`, []string{"configuration.upload_replace"}},
 		{"sanitize type", `"log_dir": "logs"`, `"log_dir": "logs", "sanitize": {"file": {"type": "glob", "default": "x"}}`, []string{"key configuration.sanitize.file.type"}},
 		{"sanitize regexp", `"log_dir": "logs"`, `"log_dir": "logs", "sanitize": {"file": {"type": "regexp", "regexp": "(?=x)", "default": "x"}}`, []string{"key configuration.sanitize.file.regexp"}},
 		{"sanitize default", `"log_dir": "logs"`, `"log_dir": "logs", "sanitize": {"file": {"type": "inList", "list": []}}`, []string{"key configuration.sanitize.file.default"}},
@@ -186,5 +190,32 @@ func TestSanitizeSections(t *testing.T) {
 	dup := strings.Replace(src, `"n": {`, `"file": {`, 1)
 	if _, err := Parse([]byte(dup), "x"); err == nil || !strings.Contains(err.Error(), "sanitize.file") {
 		t.Errorf("duplicate rule: %v", err)
+	}
+}
+
+// TestConnectTimeout: connect_timeout defaults to timeout, 0 is no limit,
+// and its bounds (0 and 86400) are accepted.
+func TestConnectTimeout(t *testing.T) {
+	base := `{"configuration": {"port": 1, "endpoint": "pv", "sessionURL": "ws://x/${id}", "log_dir": "l", "timeout": 7%s},
+ "resources": [{"host": "h", "port_range": [1, 1]}], "apps": {"a": {"cmd": ["p"]}}}`
+	for _, c := range []struct {
+		extra string
+		want  time.Duration
+	}{
+		{"", 7 * time.Second},
+		{`, "connect_timeout": 0`, forever},
+		{`, "connect_timeout": 0.25`, 250 * time.Millisecond},
+		{`, "connect_timeout": 86400`, 24 * time.Hour},
+	} {
+		cfg, err := Parse([]byte(fmt.Sprintf(base, c.extra)), "t.config")
+		if err != nil {
+			t.Fatalf("%q: %v", c.extra, err)
+		}
+		if got := cfg.ConnectTimeout(); got != c.want {
+			t.Errorf("%q: connect timeout %v, want %v", c.extra, got, c.want)
+		}
+		if len(cfg.Warnings) != 0 {
+			t.Errorf("%q: warnings %v", c.extra, cfg.Warnings)
+		}
 	}
 }

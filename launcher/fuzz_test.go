@@ -80,8 +80,8 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("accepted without resources or apps")
 		}
 		p := newPool(c.Resources)
-		if free, total := p.counts(); free != total || total < 1 || total > maxPorts {
-			t.Fatalf("pool %d/%d", free, total)
+		if total := p.total(); total < 1 || total > maxPorts {
+			t.Fatalf("pool of %d ports", total)
 		}
 		for name, a := range c.Apps {
 			if name == "" || len(a.Cmd) == 0 || strings.TrimSpace(a.Cmd[0]) == "" {
@@ -200,5 +200,39 @@ func FuzzSanitize(f *testing.F) {
 		}
 		// Whatever survives sanitizing is substituted as a plain string.
 		_ = Substitute("${file} ${mode}", payload)
+	})
+}
+
+// FuzzSubstituteNoLeak: whatever the template and the client's values, a
+// property's value comes out of Substitute only if the template itself
+// names that property. The oracle does not run the substitution: a
+// template in which the property's name does not occur cannot name it,
+// so the value (a marker found in no input) must not be in the output.
+// When the template does hold "${secretProp}" on its own, the value must
+// be there (the template's text still reaches the property pass).
+func FuzzSubstituteNoLeak(f *testing.F) {
+	f.Add("--user=${user} ${file}", "${secretProp}", "$secretProp")
+	f.Add("$${user}", "secretProp", "$")
+	f.Add("${a}${b}", "$", "{secretProp}")
+	f.Fuzz(func(t *testing.T, tmpl, user, file string) {
+		const marker = "\x00MARKER-7f3a\x00"
+		if strings.Contains(tmpl+user+file, "MARKER-7f3a") {
+			return
+		}
+		vars := map[string]any{"user": user, "file": file, "a": user, "b": file}
+		props := map[string]any{"secretProp": marker, "other": "x"}
+		got := Substitute(tmpl, vars, props)
+		names := strings.Contains(tmpl, "secretProp")
+		if !names && strings.Contains(got, marker) {
+			t.Fatalf("template %q with user %q, file %q: the property's value leaked: %q", tmpl, user, file, got)
+		}
+		if tmpl == "${secretProp}" && got != marker {
+			t.Fatalf("the template's own ${secretProp} became %q", got)
+		}
+		// substituteValue obeys the same rule inside JSON values.
+		out := substituteValue([]any{tmpl, map[string]any{"k": tmpl}}, vars, props)
+		if b, _ := json.Marshal(out); !names && bytes.Contains(b, []byte("MARKER-7f3a")) {
+			t.Fatalf("substituteValue leaked the property: %s", b)
+		}
 	})
 }

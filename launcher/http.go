@@ -16,6 +16,8 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"wsgateway/internal/httperr"
 	"wsgateway/internal/text"
@@ -43,10 +45,16 @@ func (l *Launcher) Match(r *http.Request) bool {
 // Serve answers HTTP on ln until ctx ends, then shuts the listener down
 // (bounded). It does not stop the sessions: call Close for that.
 func (l *Launcher) Serve(ctx context.Context, ln net.Listener) error {
+	// The gateway's timeouts: a request's header within 10 s, the whole
+	// request (body included) within 60 s, the answer within 5 minutes
+	// (a launch extends it to its timeout). A websocket clears them once
+	// upgraded.
 	srv := &http.Server{
 		Handler:           l.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: l.timeouts.readHeader,
+		ReadTimeout:       l.timeouts.read,
+		WriteTimeout:      l.timeouts.write,
+		IdleTimeout:       l.timeouts.idle,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.New(zerologWriter{l.log}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return l.baseCtx },
@@ -116,6 +124,23 @@ func (l *Launcher) routes() http.Handler {
 	})
 }
 
+// crossSite refuses, with 403 and a reason, a request from a page of
+// another origin (origin.Allowed: the Origin and Sec-Fetch-Site headers
+// and --allowed_origins). Every route that changes state or shows a
+// session goes through it: POST and DELETE of the endpoint, GET of a
+// session, /upload and /proxy.
+func (l *Launcher) crossSite(r *http.Request) error {
+	if l.originAllowed(r) {
+		return nil
+	}
+	o := r.Header.Get("Origin")
+	if o == "" {
+		o = "(none)"
+	}
+	return httperr.Errorf(http.StatusForbidden, "cross-site request refused: a page of another origin (Origin %q, Sec-Fetch-Site %q) may not use the launcher; serve the page from this launcher, or add its origin to --allowed_origins",
+		text.Cut(o, 200), text.Cut(r.Header.Get("Sec-Fetch-Site"), 40))
+}
+
 // writeError is the one place errors become responses: {"error": "…"}.
 func (l *Launcher) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
@@ -144,8 +169,11 @@ func (l *Launcher) handleLaunch(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", "POST")
 		return httperr.Errorf(http.StatusMethodNotAllowed, "use POST on /%s/ to start a session (GET and DELETE take /%s/<id>)", l.endpoint, l.endpoint)
 	}
+	if err := l.crossSite(r); err != nil {
+		return err
+	}
 	if !l.enter() {
-		return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return errShuttingDown
 	}
 	defer l.work.Done()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPayload))
@@ -176,6 +204,9 @@ func (l *Launcher) handleLaunch(w http.ResponseWriter, r *http.Request) error {
 	if _, isStr := app.(string); !isStr {
 		return httperr.Errorf(http.StatusBadRequest, "The request is not complete: \"application\" must be a string")
 	}
+	// The answer waits for the ready line: beyond the listener's write
+	// timeout when timeout is longer.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(l.timeout + time.Minute))
 	s, err := l.launch(r.Context(), payload)
 	if err != nil {
 		return err
@@ -191,29 +222,35 @@ func (l *Launcher) handleSession(w http.ResponseWriter, r *http.Request) error {
 		return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 	}
 	switch r.Method {
-	case http.MethodGet, http.MethodHead:
+	case http.MethodGet, http.MethodHead, http.MethodDelete:
+	default:
+		w.Header().Set("Allow", "GET, DELETE")
+		return httperr.Errorf(http.StatusMethodNotAllowed, "use GET or DELETE on /%s/<id> (POST goes to /%s/)", l.endpoint, l.endpoint)
+	}
+	// The answer holds the session's secret when it is shared.
+	if err := l.crossSite(r); err != nil {
+		return err
+	}
+	if r.Method != http.MethodDelete {
 		s := l.liveSession(id)
 		if s == nil {
 			return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
 		}
 		writeJSON(w, http.StatusOK, l.answer(s))
 		return nil
-	case http.MethodDelete:
-		if !l.enter() {
-			return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
-		}
-		defer l.work.Done()
-		s := l.liveSession(id)
-		if s == nil {
-			return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
-		}
-		ans := l.answer(s)
-		l.stopSession(s, "stopped by DELETE")
-		writeJSON(w, http.StatusOK, ans)
-		return nil
 	}
-	w.Header().Set("Allow", "GET, DELETE")
-	return httperr.Errorf(http.StatusMethodNotAllowed, "use GET or DELETE on /%s/<id> (POST goes to /%s/)", l.endpoint, l.endpoint)
+	if !l.enter() {
+		return errShuttingDown
+	}
+	defer l.work.Done()
+	s := l.liveSession(id)
+	if s == nil {
+		return httperr.Errorf(http.StatusNotFound, "No session with id: %s", text.Cut(id, 100))
+	}
+	ans := l.answer(s)
+	l.release(s, "stopped by DELETE")
+	writeJSON(w, http.StatusOK, ans)
+	return nil
 }
 
 // handleContent serves the content directory: files only, no listings, a
@@ -283,8 +320,11 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", "POST")
 		return httperr.Errorf(http.StatusMethodNotAllowed, "use POST with multipart/form-data on /upload")
 	}
+	if err := l.crossSite(r); err != nil {
+		return err
+	}
 	if !l.enter() {
-		return httperr.Errorf(http.StatusServiceUnavailable, "The launcher is shutting down")
+		return errShuttingDown
 	}
 	defer l.work.Done()
 	if r.ContentLength > l.uploadMax {
@@ -335,7 +375,7 @@ func (l *Launcher) handleUpload(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		if !safeFileName(filename) {
-			return httperr.Errorf(http.StatusBadRequest, "upload: refused file name %q: give a plain name, without directories", text.Cut(filename, 200))
+			return httperr.Errorf(http.StatusBadRequest, "upload: refused file name %q: give a plain name, without directories or control characters", text.Cut(filename, 200))
 		}
 		u, err := l.saveUpload(part, dir, filename)
 		if err != nil {
@@ -359,8 +399,8 @@ func (l *Launcher) uploadSubdir(p string) (string, error) {
 	if p == "" || p == "." || p == "/" {
 		return ".", nil
 	}
-	if len(p) > 4096 || strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\\\x00") {
-		return "", httperr.Errorf(http.StatusBadRequest, "upload: refused path %q: give a directory relative to the upload directory", text.Cut(p, 200))
+	if len(p) > 4096 || strings.HasPrefix(p, "/") || strings.ContainsAny(p, "\\\x00") || hasControl(p) {
+		return "", httperr.Errorf(http.StatusBadRequest, "upload: refused path %q: give a directory relative to the upload directory, without control characters", text.Cut(p, 200))
 	}
 	for _, seg := range strings.Split(p, "/") {
 		if seg == ".." {
@@ -375,17 +415,42 @@ func (l *Launcher) uploadSubdir(p string) (string, error) {
 	return clean, nil
 }
 
+// safeFileName: a plain name (no directory, not "." or "..", at most 255
+// bytes) of valid UTF-8 without control characters.
 func safeFileName(name string) bool {
 	return name != "" && name != "." && name != ".." && len(name) <= 255 &&
-		!strings.ContainsAny(name, "/\\\x00")
+		!strings.ContainsAny(name, "/\\\x00") && !hasControl(name)
+}
+
+// hasControl reports invalid UTF-8 or a control character (C0, DEL, C1:
+// CR, LF, ESC and the 8-bit CSI among them).
+func hasControl(s string) bool {
+	if !utf8.ValidString(s) {
+		return true
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return true
+		}
+	}
+	return false
 }
 
 // saveUpload streams one part into a temporary file in the target
-// directory, then renames it over the final name.
+// directory, then links it to the final name (an existing name is
+// refused with 409) or, with upload_replace, renames it over it.
 func (l *Launcher) saveUpload(part io.Reader, dir, name string) (uploaded, error) {
 	final := path.Join(dir, name)
-	if st, err := l.upload.Lstat(final); err == nil && !st.Mode().IsRegular() {
-		return uploaded{}, httperr.Errorf(http.StatusBadRequest, "upload: %q exists and is not a regular file", final)
+	exists := func() error {
+		return httperr.Errorf(http.StatusConflict, "upload: %q already exists; uploads do not replace files (the launcher config's configuration.upload_replace allows it)", text.Cut(final, 300))
+	}
+	if st, err := l.upload.Lstat(final); err == nil {
+		if !st.Mode().IsRegular() {
+			return uploaded{}, httperr.Errorf(http.StatusBadRequest, "upload: %q exists and is not a regular file", text.Cut(final, 300))
+		}
+		if !l.uploadReplace {
+			return uploaded{}, exists()
+		}
 	}
 	var tmpName string
 	var f *os.File
@@ -410,15 +475,23 @@ func (l *Launcher) saveUpload(part io.Reader, dir, name string) (uploaded, error
 		err = cerr
 	}
 	if err == nil {
-		err = l.upload.Rename(tmpName, final)
-	}
-	if err != nil {
-		_ = l.upload.Remove(tmpName)
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return uploaded{}, err
+		if l.uploadReplace {
+			err = l.upload.Rename(tmpName, final)
+		} else {
+			// link(2) never replaces: a file that appeared meanwhile wins.
+			err = l.upload.Link(tmpName, final)
 		}
-		return uploaded{}, httperr.Errorf(http.StatusInternalServerError, "upload: writing %s: %w", final, err)
+	}
+	_ = l.upload.Remove(tmpName) // gone after a rename, a second name after a link
+	if err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return uploaded{}, err
+		case errors.Is(err, fs.ErrExist):
+			return uploaded{}, exists()
+		}
+		return uploaded{}, httperr.Errorf(http.StatusInternalServerError, "upload: writing %s: %w", text.Cut(final, 300), err)
 	}
 	return uploaded{Name: name, Path: final, Size: n}, nil
 }

@@ -37,7 +37,7 @@ func newEnv(t *testing.T, conf map[string]any) *env {
 	c := map[string]any{
 		"configuration": map[string]any{
 			"host": "127.0.0.1", "port": 0, "endpoint": "paraview",
-			"sessionURL": "ws://${host}:${port}/ws", "timeout": 2,
+			"sessionURL": "ws://${host}:${port}/ws", "timeout": 2, "connect_timeout": 120,
 			"log_dir": filepath.Join(dir, "logs"), "proxy_file": filepath.Join(dir, "proxy", "proxy.txt"),
 		},
 		"resources": []any{map[string]any{"host": "127.0.0.1", "port_range": []int{9301, 9302}}},
@@ -119,11 +119,17 @@ func (e *env) launch(app string, extra string) map[string]any {
 	return m
 }
 
-func (e *env) free() int {
+func (e *env) free() int { return e.l.freePorts() }
+
+// pgids are the process groups of the launcher's sessions.
+func (e *env) pgids() []int {
 	e.l.mu.Lock()
 	defer e.l.mu.Unlock()
-	f, _ := e.l.pool.counts()
-	return f
+	var out []int
+	for _, s := range e.l.sessions {
+		out = append(out, s.proc.pgid)
+	}
+	return out
 }
 
 func (e *env) proxyFile() string {
@@ -469,12 +475,11 @@ func TestProxyFileAtomic(t *testing.T) {
 func TestCloseStopsSessions(t *testing.T) {
 	e := newEnv(t, nil)
 	e.launch("ready", "")
-	pid := 0
-	e.l.mu.Lock()
-	for _, s := range e.l.sessions {
-		pid = s.proc.pgid
+	pids := e.pgids()
+	if len(pids) != 1 {
+		t.Fatalf("%d sessions, want 1", len(pids))
 	}
-	e.l.mu.Unlock()
+	pid := pids[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := e.l.Close(ctx); err != nil {

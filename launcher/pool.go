@@ -1,84 +1,83 @@
 package launcher
 
-import (
-	"fmt"
-	"sort"
-)
+import "sort"
 
-// pool holds the "resources": one set of ports per host. It is not safe
-// for concurrent use; the Launcher's mutex guards it.
+// pool maps the "resources" onto the launcher's session.Manager: each
+// resource host is a service whose slots are its ports, slot i being the
+// host's i-th lowest port. The Manager holds which slots are taken; the
+// pool only says which host to ask first and which port a slot is. It
+// never changes after New, so it needs no lock.
 type pool struct {
-	hosts []*hostPool // in config order
+	hosts []hostPorts // in config order
 }
 
-type hostPool struct {
-	host string
-	free []int // sorted
-	used map[int]bool
+type hostPorts struct {
+	host  string
+	ports []int // sorted
 }
 
 func newPool(resources []Resource) *pool {
 	p := &pool{}
-	byHost := map[string]*hostPool{}
+	byHost := map[string]int{}
 	for _, r := range resources {
-		hp := byHost[r.Host]
-		if hp == nil {
-			hp = &hostPool{host: r.Host, used: map[int]bool{}}
-			byHost[r.Host] = hp
-			p.hosts = append(p.hosts, hp)
+		i, ok := byHost[r.Host]
+		if !ok {
+			i = len(p.hosts)
+			byHost[r.Host] = i
+			p.hosts = append(p.hosts, hostPorts{host: r.Host})
 		}
 		for port := r.PortRange[0]; port <= r.PortRange[1]; port++ {
-			hp.free = append(hp.free, port)
+			p.hosts[i].ports = append(p.hosts[i].ports, port)
 		}
 	}
 	for _, hp := range p.hosts {
-		sort.Ints(hp.free)
+		sort.Ints(hp.ports)
 	}
 	return p
 }
 
-// take hands out a port of the host with the most free ports (the first
-// such host in config order on a tie), its lowest free port.
-func (p *pool) take() (string, int, bool) {
-	var best *hostPool
+// counts is the Manager's services: each host and its number of ports.
+func (p *pool) counts() map[string]int {
+	out := make(map[string]int, len(p.hosts))
 	for _, hp := range p.hosts {
-		if len(hp.free) > 0 && (best == nil || len(hp.free) > len(best.free)) {
-			best = hp
-		}
+		out[hp.host] = len(hp.ports)
 	}
-	if best == nil {
-		return "", 0, false
-	}
-	port := best.free[0]
-	best.free = best.free[1:]
-	best.used[port] = true
-	return best.host, port, true
+	return out
 }
 
-// put returns a port taken with take; anything else is an error.
-func (p *pool) put(host string, port int) error {
+// total is the number of ports of every host.
+func (p *pool) total() int {
+	n := 0
 	for _, hp := range p.hosts {
-		if hp.host != host {
-			continue
-		}
-		if !hp.used[port] {
-			return fmt.Errorf("port %d of host %s was not in use", port, host)
-		}
-		delete(hp.used, port)
-		i := sort.SearchInts(hp.free, port)
-		hp.free = append(hp.free, 0)
-		copy(hp.free[i+1:], hp.free[i:])
-		hp.free[i] = port
-		return nil
+		n += len(hp.ports)
 	}
-	return fmt.Errorf("host %s is not in the resources", host)
+	return n
 }
 
-// counts reports free and total ports.
-func (p *pool) counts() (free, total int) {
+// port is the port of slot idx of host.
+func (p *pool) port(host string, idx int) (int, bool) {
 	for _, hp := range p.hosts {
-		free += len(hp.free)
-		total += len(hp.free) + len(hp.used)
+		if hp.host == host {
+			if idx < 0 || idx >= len(hp.ports) {
+				return 0, false
+			}
+			return hp.ports[idx], true
+		}
 	}
-	return free, total
+	return 0, false
+}
+
+// order lists the hosts that have a free port, given each host's free
+// count: the most free ports first, config order on a tie. The Manager
+// hands out a host's lowest free slot, so a launch gets the lowest free
+// port of the host with the most free ports.
+func (p *pool) order(free map[string]int) []string {
+	var out []string
+	for _, hp := range p.hosts {
+		if free[hp.host] > 0 {
+			out = append(out, hp.host)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return free[out[i]] > free[out[j]] })
+	return out
 }

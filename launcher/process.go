@@ -65,11 +65,18 @@ func (p *process) status() string {
 	return "exit status 0"
 }
 
-// stop ends the process group: SIGTERM, the grace, SIGKILL, bounded by
-// ctx (see proc.Process.Stop).
-func (p *process) stop(ctx context.Context) error {
+// Stop ends the process group: SIGTERM, the grace, SIGKILL, bounded by
+// ctx (see proc.Process.Stop). With Exited and Detached it is the
+// session.Process the session owns.
+func (p *process) Stop(ctx context.Context) error {
 	return p.p.Stop(ctx)
 }
+
+// Exited is closed once the process group's leader has exited.
+func (p *process) Exited() <-chan struct{} { return p.exited }
+
+// Detached is false: an application is never handed to a daemon.
+func (p *process) Detached() bool { return false }
 
 // waitReady polls the session log at path until it contains readyLine as
 // a substring (a partial last line counts), the process exits, the timeout

@@ -27,12 +27,7 @@ func TestCloseIsBoundedAndParallel(t *testing.T) {
 	e.l.stopGrace = time.Minute
 	e.launch("stubborn", "")
 	e.launch("stubborn", "")
-	var pgids []int
-	e.l.mu.Lock()
-	for _, s := range e.l.sessions {
-		pgids = append(pgids, s.proc.pgid)
-	}
-	e.l.mu.Unlock()
+	pgids := e.pgids()
 	if len(pgids) != 2 {
 		t.Fatalf("%d sessions, want 2", len(pgids))
 	}

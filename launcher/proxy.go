@@ -20,6 +20,7 @@ import (
 	"wsgateway/internal/httperr"
 	"wsgateway/internal/origin"
 	"wsgateway/internal/text"
+	"wsgateway/session"
 	"wsgateway/wsframe"
 )
 
@@ -65,8 +66,8 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	if !websocket.IsWebSocketUpgrade(r) {
 		return httperr.Errorf(http.StatusBadRequest, "/proxy forwards websockets: connect with ws:// (or wss://)")
 	}
-	if !l.originAllowed(r) {
-		return httperr.Errorf(http.StatusForbidden, "websocket Origin %q is not allowed: use a page on this host, or add it to --allowed_origins", text.Cut(r.Header.Get("Origin"), 200))
+	if err := l.crossSite(r); err != nil {
+		return err
 	}
 	p := "ws"
 	if q.Has("path") {
@@ -87,7 +88,10 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 
 	l.mu.Lock()
 	host := l.host
-	if l.tunnels >= maxTunnels || len(s.tunnels) >= maxTunnelsPerSession {
+	s.tmu.Lock()
+	n := len(s.tunnels)
+	s.tmu.Unlock()
+	if l.tunnels >= maxTunnels || n >= maxTunnelsPerSession {
 		l.mu.Unlock()
 		return httperr.Errorf(http.StatusServiceUnavailable, "too many websockets open; close some and retry")
 	}
@@ -136,13 +140,7 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	}
 	t := newTunnel(l, client, back, limits,
 		l.log.With().Str("session", id).Str("remote", r.RemoteAddr).Str("target", target).Logger())
-	l.mu.Lock()
-	gone := s.gone
-	if !gone {
-		s.tunnels[t] = struct{}{}
-	}
-	l.mu.Unlock()
-	if gone {
+	if err := l.attach(s, t, r.RemoteAddr); err != nil {
 		t.Close(websocket.CloseGoingAway, "session ended")
 	}
 	var done func(in, out int64)
@@ -154,10 +152,64 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	if done != nil {
 		done(t.Bytes())
 	}
-	l.mu.Lock()
-	delete(s.tunnels, t)
-	l.mu.Unlock()
+	l.detach(s, t)
 	return nil
+}
+
+// attach adds t to the session's websockets. The first one claims the
+// session (detached → claimed) and attaches them (→ running); the others
+// join while it runs. It fails when the session has started to stop (the
+// caller closes t).
+func (l *Launcher) attach(s *appSession, t *tunnel, remote string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s.tmu.Lock()
+	first := len(s.tunnels) == 0
+	s.tunnels[t] = struct{}{}
+	s.tmu.Unlock()
+	var err error
+	if first {
+		s.bytesIn.Store(0)
+		s.bytesOut.Store(0)
+		if _, err = l.mgr.Claim(s.ss.Token(), 0); err == nil {
+			err = s.ss.Attach(s, remote)
+		}
+		if err == nil {
+			s.connected = true
+		}
+	} else if st := s.ss.State(); st == session.Stopping || st == session.Ended {
+		// Checked after t joined: a stop that began later closes t itself.
+		err = session.ErrReleased
+	}
+	if err != nil {
+		s.tmu.Lock()
+		delete(s.tunnels, t)
+		s.tmu.Unlock()
+		return fmt.Errorf("session %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// detach removes t from the session's websockets; after the last one the
+// session is detached, and the Manager stops it unless a websocket comes
+// back within the reconnect grace.
+func (l *Launcher) detach(s *appSession, t *tunnel) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s.tmu.Lock()
+	_, had := s.tunnels[t]
+	delete(s.tunnels, t)
+	last := had && len(s.tunnels) == 0
+	s.tmu.Unlock()
+	if !had {
+		return
+	}
+	in, out := t.Bytes()
+	s.bytesIn.Add(in)
+	s.bytesOut.Add(out)
+	if last {
+		s.ss.Detach(s, l.reconnectGrace)
+	}
 }
 
 // backendURL is ws://host:port/<p>, refusing a p that would change the
@@ -172,8 +224,8 @@ func backendURL(host string, port int, p string) (string, error) {
 	return u.String(), nil
 }
 
-// originAllowed accepts no Origin (non-browser clients), an Origin on the
-// request's own host (any port), and the allow-list.
+// originAllowed is the gateway's cross-site rule (origin.Allowed) with
+// --allowed_origins.
 func (l *Launcher) originAllowed(r *http.Request) bool {
 	return origin.Allowed(r, l.cfg.AllowedOrigins)
 }

@@ -237,8 +237,8 @@ func TestProxyPassthrough(t *testing.T) {
 			t.Errorf("%s origin %q: %v %v", r.url, r.origin, err, resp)
 		}
 	}
-	// Same host, any port, is a browser page of ours.
-	hdr := http.Header{"Origin": []string{"http://127.0.0.1:1"}}
+	// A page of the launcher's own origin is ours.
+	hdr := http.Header{"Origin": []string{e.srv.URL}}
 	if c3, _, err := d.Dial(wsBase, hdr); err != nil {
 		t.Errorf("same-host origin refused: %v", err)
 	} else {

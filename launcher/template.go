@@ -15,23 +15,52 @@ import (
 // Python's str() would; an unknown name and a "$" that starts neither form
 // are left as they are.
 func SafeSubstitute(tmpl string, vars map[string]any) string {
-	if strings.IndexByte(tmpl, '$') < 0 {
-		return tmpl
-	}
 	var b strings.Builder
-	b.Grow(len(tmpl))
+	for _, sg := range substitutePass(tmpl, vars, nil) {
+		b.WriteString(sg.s)
+	}
+	return b.String()
+}
+
+// segment is a piece of a template being substituted: the template's own
+// text (which a later pass reads) or a value put in by a pass (data,
+// never read again).
+type segment struct {
+	s    string
+	data bool
+}
+
+// substitutePass is one safe_substitute pass over tmpl, appended to out:
+// the template's text as literal segments (adjacent ones merged), each
+// value as a data segment.
+func substitutePass(tmpl string, vars map[string]any, out []segment) []segment {
+	lit := func(s string) {
+		if s == "" {
+			return
+		}
+		if n := len(out); n > 0 && !out[n-1].data {
+			out[n-1].s += s
+			return
+		}
+		out = append(out, segment{s: s})
+	}
+	val := func(v any) {
+		if s := PyStr(v); s != "" {
+			out = append(out, segment{s: s, data: true})
+		}
+	}
 	n := len(tmpl)
+	start := 0 // of the literal text not yet emitted
 	for i := 0; i < n; {
-		c := tmpl[i]
-		if c != '$' {
-			b.WriteByte(c)
+		if tmpl[i] != '$' {
 			i++
 			continue
 		}
 		// Alternatives in Python's order: escaped, named, braced, invalid.
 		if i+1 < n && tmpl[i+1] == '$' {
-			b.WriteByte('$')
+			lit(tmpl[start:i] + "$")
 			i += 2
+			start = i
 			continue
 		}
 		if i+1 < n && identStart(tmpl[i+1]) {
@@ -40,9 +69,9 @@ func SafeSubstitute(tmpl string, vars map[string]any) string {
 				j++
 			}
 			if v, ok := vars[tmpl[i+1:j]]; ok {
-				b.WriteString(PyStr(v))
-			} else {
-				b.WriteString(tmpl[i:j])
+				lit(tmpl[start:i])
+				val(v)
+				start = j
 			}
 			i = j
 			continue
@@ -54,29 +83,46 @@ func SafeSubstitute(tmpl string, vars map[string]any) string {
 			}
 			if j < n && tmpl[j] == '}' {
 				if v, ok := vars[tmpl[i+2:j]]; ok {
-					b.WriteString(PyStr(v))
-				} else {
-					b.WriteString(tmpl[i : j+1])
+					lit(tmpl[start:i])
+					val(v)
+					start = j + 1
 				}
 				i = j + 1
 				continue
 			}
 		}
 		// Invalid: the "$" stays and scanning goes on after it.
-		b.WriteByte('$')
 		i++
 	}
-	return b.String()
+	lit(tmpl[start:])
+	return out
 }
 
-// Substitute is the Python launcher's replaceVariables: one
-// safe_substitute pass per mapping, in order, each on the previous
-// result.
+// Substitute is the Python launcher's replaceVariables, one
+// safe_substitute pass per mapping in order, with one difference: a pass
+// reads only the template's own text, never a value an earlier pass put
+// in. So "$$" written in the template still becomes "$" after two passes
+// ("$$$$" for a literal "$"), and "${name}" that the first pass made of
+// "$${name}" names a property, but a client's value such as
+// "${licenseKey}" is data: it comes out as sent, never expanded.
 func Substitute(tmpl string, passes ...map[string]any) string {
+	segs := []segment{{s: tmpl}}
 	for _, vars := range passes {
-		tmpl = SafeSubstitute(tmpl, vars)
+		next := make([]segment, 0, len(segs))
+		for _, sg := range segs {
+			if sg.data {
+				next = append(next, sg)
+				continue
+			}
+			next = substitutePass(sg.s, vars, next)
+		}
+		segs = next
 	}
-	return tmpl
+	var b strings.Builder
+	for _, sg := range segs {
+		b.WriteString(sg.s)
+	}
+	return b.String()
 }
 
 // substituteValue substitutes every string inside a JSON value (strings

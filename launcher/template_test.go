@@ -1,8 +1,17 @@
 package launcher
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"wsgateway/reservation"
+	"wsgateway/session"
 )
 
 // The expectations were produced by Python 3's
@@ -105,36 +114,68 @@ func TestJSONEqual(t *testing.T) {
 	}
 }
 
+// TestPool: the resources as the Manager's services, and the order in
+// which a launch takes ports: the host with the most free ports (the
+// first in config order on a tie), its lowest free port; a released port
+// is the next one taken; with every port held the answer is ErrNoSlot.
 func TestPool(t *testing.T) {
-	p := newPool([]Resource{{Host: "a", PortRange: []int{1, 2}}, {Host: "b", PortRange: []int{10, 12}}, {Host: "a", PortRange: []int{5, 5}}})
-	if free, total := p.counts(); free != 6 || total != 6 {
-		t.Fatalf("counts %d %d", free, total)
+	p := newPool([]Resource{{Host: "a", PortRange: []int{5, 5}}, {Host: "b", PortRange: []int{10, 12}}, {Host: "a", PortRange: []int{1, 2}}})
+	if total := p.total(); total != 6 {
+		t.Fatalf("total %d", total)
 	}
+	if c := p.counts(); len(c) != 2 || c["a"] != 3 || c["b"] != 3 {
+		t.Fatalf("counts %v", c)
+	}
+	for _, c := range []struct {
+		host string
+		idx  int
+		port int
+		ok   bool
+	}{{"a", 0, 1, true}, {"a", 2, 5, true}, {"a", 3, 0, false}, {"a", -1, 0, false}, {"b", 2, 12, true}, {"c", 0, 0, false}} {
+		if port, ok := p.port(c.host, c.idx); port != c.port || ok != c.ok {
+			t.Errorf("port(%s, %d) = %d %v, want %d %v", c.host, c.idx, port, ok, c.port, c.ok)
+		}
+	}
+	if got := join(p.order(map[string]int{"a": 1, "b": 2})); got != "b a" {
+		t.Errorf("order with b freer: %q", got)
+	}
+	if got := join(p.order(map[string]int{"a": 0, "b": 1})); got != "b" {
+		t.Errorf("order with a full: %q", got)
+	}
+	mgr := session.New(session.Config{Counts: p.counts(), Timeout: time.Minute})
+	defer mgr.Close()
+	l := &Launcher{mgr: mgr, pool: p}
 	var got []string
+	tokens := map[string]string{}
 	for {
-		h, port, ok := p.take()
-		if !ok {
+		r, err := l.reserve()
+		if err != nil {
+			if !errors.Is(err, reservation.ErrNoSlot) {
+				t.Fatalf("reserve: %v", err)
+			}
 			break
 		}
-		got = append(got, h+":"+itoa(port))
+		port, _ := p.port(r.Service, r.Index)
+		hp := r.Service + ":" + itoa(port)
+		got = append(got, hp)
+		tokens[hp] = r.Token
 	}
-	// Most free ports first; a tie goes to the first host in config order;
-	// the lowest free port of that host.
 	want := "a:1 b:10 a:2 b:11 a:5 b:12"
 	if s := join(got); s != want {
 		t.Errorf("order %q, want %q", s, want)
 	}
-	if err := p.put("b", 11); err != nil {
+	if l.freePorts() != 0 {
+		t.Errorf("free ports %d with all taken", l.freePorts())
+	}
+	if _, err := mgr.Release(context.Background(), tokens["b:11"], 1001, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.put("b", 11); err == nil {
-		t.Error("double put accepted")
+	if l.freePorts() != 1 {
+		t.Errorf("free ports %d after a release", l.freePorts())
 	}
-	if err := p.put("c", 1); err == nil {
-		t.Error("unknown host accepted")
-	}
-	if h, port, ok := p.take(); !ok || h != "b" || port != 11 {
-		t.Errorf("after put: %s %d %v", h, port, ok)
+	r, err := l.reserve()
+	if port, _ := p.port(r.Service, r.Index); err != nil || r.Service != "b" || port != 11 {
+		t.Errorf("after release: %s %d %v", r.Service, port, err)
 	}
 }
 
@@ -149,4 +190,82 @@ func join(s []string) string {
 		out += x
 	}
 	return out
+}
+
+// TestSubstituteValuesAreData is finding 9: a value put in by a pass is
+// never read by a later pass, while the template's own text still goes
+// through every pass as Python's replaceVariables does.
+func TestSubstituteValuesAreData(t *testing.T) {
+	props := map[string]any{"licenseKey": "LICENSE-VALUE", "python_exec": "/usr/bin/pvpython", "dir": "/data"}
+	cases := []struct {
+		tmpl string
+		vars map[string]any
+		want string
+	}{
+		// The attack: a client value naming a property comes out as sent.
+		{"${user}", map[string]any{"user": "${licenseKey}"}, "${licenseKey}"},
+		{"$user", map[string]any{"user": "$licenseKey"}, "$licenseKey"},
+		{"--u=${user}", map[string]any{"user": "$${licenseKey}"}, "--u=$${licenseKey}"},
+		{"${a}${b}", map[string]any{"a": "$", "b": "{licenseKey}"}, "${licenseKey}"},
+		{"$${a}", map[string]any{"a": "licenseKey"}, "${a}"},
+		{"$$$a", map[string]any{"a": "licenseKey"}, "$licenseKey"},
+		{"$${$a}", map[string]any{"a": "licenseKey"}, "${licenseKey}"},
+		// The template's own text: two passes, as in Python.
+		{"${python_exec} --data ${dir}/${file}", map[string]any{"file": "can.ex2"}, "/usr/bin/pvpython --data /data/can.ex2"},
+		{"$$licenseKey", nil, "LICENSE-VALUE"},
+		{"$${licenseKey}", nil, "LICENSE-VALUE"},
+		{"$$$$literal", nil, "$literal"},
+		{"$$$$$$$$", nil, "$$"},
+		{"${unknown} $", nil, "${unknown} $"},
+		{"", nil, ""},
+		{"${file}", map[string]any{"file": ""}, ""},
+		{"a${file}b$$dir", map[string]any{"file": ""}, "a" + "b/data"},
+	}
+	for _, c := range cases {
+		if got := Substitute(c.tmpl, c.vars, props); got != c.want {
+			t.Errorf("Substitute(%q, %v) = %q, want %q", c.tmpl, c.vars, got, c.want)
+		}
+	}
+	// substituteValue: the same inside lists and objects.
+	v := substituteValue(map[string]any{"who": []any{"${user}"}}, map[string]any{"user": "${licenseKey}"}, props)
+	if got := v.(map[string]any)["who"].([]any)[0]; got != "${licenseKey}" {
+		t.Errorf("substituteValue: %v", got)
+	}
+	// One pass alone is Python's safe_substitute.
+	if got := SafeSubstitute("$$x ${y}$z $", map[string]any{"y": "$z", "z": "Z"}); got != "$x $zZ $" {
+		t.Errorf("SafeSubstitute: %q", got)
+	}
+}
+
+// TestLaunchNeverLeaksProperties is finding 9 end to end: a client value
+// naming a property reaches neither argv, nor sessionData, nor the answer.
+func TestLaunchNeverLeaksProperties(t *testing.T) {
+	e := newEnv(t, map[string]any{
+		"configuration": map[string]any{"sessionURL": "ws://h/${id}?u=${user}"},
+		"properties":    map[string]any{"licenseKey": "LICENSE-VALUE-42"},
+		"sessionData":   map[string]any{"who": "${user}", "nested": map[string]any{"l": []any{"$user"}}},
+		"apps": map[string]any{
+			"args": map[string]any{"cmd": []string{"/bin/sh", "-c", `for a in "$@"; do echo "ARG $a"; done; echo READY; exec sleep 60`, "sh",
+				"${user}", "$user", "--key=$${user}"},
+				"ready_line": "READY"},
+		},
+	})
+	for _, v := range []string{"${licenseKey}", "$licenseKey", "$${licenseKey}", "$$$licenseKey"} {
+		js, _ := json.Marshal(v)
+		m := e.launch("args", `, "user": `+string(js))
+		id := m["id"].(string)
+		b, _ := os.ReadFile(filepath.Join(e.cfg.Configuration.LogDir, id+".txt"))
+		ans, _ := json.Marshal(m)
+		_, g := e.call("GET", "/paraview/"+id, "")
+		again, _ := json.Marshal(g)
+		for what, s := range map[string]string{"argv": string(b), "answer": string(ans), "GET": string(again)} {
+			if strings.Contains(s, "LICENSE-VALUE") {
+				t.Errorf("user %q: the property's value is in the %s: %s", v, what, s)
+			}
+		}
+		if !strings.Contains(string(b), "ARG "+v+"\n") || m["who"] != v {
+			t.Errorf("user %q not passed as sent: argv %q, who %v", v, b, m["who"])
+		}
+		e.call("DELETE", "/paraview/"+id, "")
+	}
 }
