@@ -81,7 +81,8 @@ FUZZTIME ?= 10s
 FUZZ_TARGETS := services:FuzzParseConfig services:FuzzParseReadyLine services:FuzzReadyOutput \
                 launcher:FuzzStripComments launcher:FuzzParse launcher:FuzzSafeSubstitute launcher:FuzzSanitize \
                 session:FuzzTokens wsframe:FuzzParser wsframe:FuzzMask wsframe:FuzzClose rpc:FuzzDecode internal/text:FuzzCut \
-                internal/origin:FuzzClassify internal/peer:FuzzParseHexAddr
+                internal/origin:FuzzClassify internal/peer:FuzzParseHexAddr services:FuzzClientOption \
+                launcher:FuzzSubstituteNoLeak jobs:FuzzParamPathUnder
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t#*:}; \
 		echo "fuzz $$fn ./$$pkg for $(FUZZTIME)"; \
