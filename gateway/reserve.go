@@ -34,10 +34,6 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !s.reserveLimit.allow(r.RemoteAddr) {
-		s.metrics.limited.WithLabelValues("rate_reserve").Inc()
-		return httperr.Errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
-	}
 	name, err := unescapeVar(mux.Vars(r)["service"])
 	if err != nil {
 		return httperr.Errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
@@ -68,7 +64,7 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(opts) == 0 {
 		opts = nil
 	}
-	res, err := s.reserveAs(r.Context(), id, s.crossSite(r), name, opts, wait)
+	res, err := s.ReserveFrom(r.Context(), r.RemoteAddr, id, s.crossSite(r), name, opts, wait)
 	if err != nil {
 		return err
 	}

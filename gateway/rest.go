@@ -65,25 +65,7 @@ func (s *Server) httpPortHandler() http.Handler {
 // requireAuth returns the caller, or 401 when credentials are needed and
 // missing or wrong (429 after too many failures from the address).
 func (s *Server) requireAuth(r *http.Request) (*auth.Identity, error) {
-	if s.authRequired() && s.authLimit.exhausted(r.RemoteAddr) {
-		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return nil, httperr.Errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
-	}
-	id, err := s.caller(r)
-	if err != nil {
-		s.authLimit.allow(r.RemoteAddr)
-		return nil, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
-	}
-	if id == nil && s.authRequired() {
-		if r.URL.Query().Get("security_token") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
-			s.authLimit.allow(r.RemoteAddr)
-		}
-		if s.cfg.Users != nil {
-			return nil, httperr.Errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
-		}
-		return nil, httperr.Errorf(http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
-	}
-	return id, nil
+	return s.Authenticate(r, s.caller)
 }
 
 func (s *Server) requireAdmin(r *http.Request) (*auth.Identity, error) {

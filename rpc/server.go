@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -18,6 +19,7 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/events"
+	"wsgateway/internal/httperr"
 	"wsgateway/jobs"
 	"wsgateway/services"
 )
@@ -33,6 +35,9 @@ type Config struct {
 	Services []*services.Service // the gateway's websocket services (listed only)
 	// Gateway serves reservations.* and sessions.* (nil: not available).
 	Gateway GatewayAPI
+	// Limits are the per-client limits shared with the REST API (nil:
+	// none, for tests).
+	Limits  Limits
 	Version string
 	// MaxMessageBytes bounds a client message (default 1 MiB).
 	MaxMessageBytes int64
@@ -42,6 +47,21 @@ type Config struct {
 	// OutQueue is how many messages may wait to be sent to a client
 	// before it is dropped as too slow (default 1024).
 	OutQueue int
+	// MaxQueuedBytes is how many bytes of output may wait for one client
+	// before it is dropped as too slow with 1008; MaxTotalQueuedBytes
+	// the same for every client together (a client with output waiting
+	// is dropped once the total would pass it).
+	MaxQueuedBytes      int64
+	MaxTotalQueuedBytes int64
+	// MaxAnswerBytes bounds one answer: a larger response is replaced by
+	// an answer_too_large error (at most MaxQueuedBytes).
+	MaxAnswerBytes int64
+	// MaxBatchCost bounds a batch's cost (see batchCost); a costlier
+	// batch is refused whole.
+	MaxBatchCost int
+	// WriteTimeout bounds one write to the client (default 10 s); a
+	// client that takes longer is dropped.
+	WriteTimeout time.Duration
 	// Ping is the keep-alive period (default 30s).
 	Ping time.Duration
 }
@@ -53,6 +73,8 @@ type Server struct {
 	upgrader websocket.Upgrader
 	methods  map[string]method
 	started  time.Time
+
+	queued atomic.Int64 // output bytes waiting, every connection's
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -73,6 +95,25 @@ func New(cfg Config, log zerolog.Logger) *Server {
 	}
 	if cfg.Ping <= 0 {
 		cfg.Ping = 30 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.MaxQueuedBytes <= 0 {
+		cfg.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if cfg.MaxTotalQueuedBytes <= 0 {
+		cfg.MaxTotalQueuedBytes = DefaultMaxTotalQueuedBytes
+	}
+	if cfg.MaxAnswerBytes <= 0 {
+		cfg.MaxAnswerBytes = DefaultMaxAnswerBytes
+	}
+	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, cfg.MaxQueuedBytes)
+	if cfg.MaxBatchCost <= 0 {
+		cfg.MaxBatchCost = DefaultMaxBatchCost
+	}
+	if cfg.Limits == nil {
+		cfg.Limits = unlimited{cfg.Access}
 	}
 	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now()}
 	s.upgrader = websocket.Upgrader{
@@ -105,19 +146,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusForbidden, "websocket Origin "+r.Header.Get("Origin")+" is not allowed; serve the page from the gateway or add it to --allowed_origins")
 		return
 	}
-	id, err := s.cfg.Access.Caller(r)
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		writeJSONError(w, http.StatusServiceUnavailable, "the gateway is shutting down")
+		return
+	}
+	// The same credential check, failed-authentication limit and
+	// websocket caps as the REST API and the gateway's websockets, before
+	// the upgrade.
+	id, err := s.cfg.Limits.Authenticate(r, s.cfg.Access.Caller)
 	if err != nil {
-		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key or session; log in again")
+		writeJSONError(w, httperr.Status(err), err.Error())
 		return
 	}
-	if id == nil && s.cfg.Access.Required() {
-		if s.cfg.Access.Users != nil {
-			writeJSONError(w, http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or a session cookie")
-			return
-		}
-		writeJSONError(w, http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+	release, err := s.cfg.Limits.AdmitControl(r.RemoteAddr)
+	if err != nil {
+		writeJSONError(w, httperr.Status(err), err.Error())
 		return
 	}
+	defer release()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

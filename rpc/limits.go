@@ -1,0 +1,116 @@
+package rpc
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+
+	"wsgateway/auth"
+	"wsgateway/internal/httperr"
+	"wsgateway/jobs"
+)
+
+// Limits are the gateway's per-client limits, the same ones its REST API
+// applies (gateway.Server implements them in one place; LateGateway
+// forwards to it).
+type Limits interface {
+	// Authenticate checks r's credentials with caller under the
+	// failed-authentication limit (--auth_fail_limit).
+	Authenticate(r *http.Request, caller func(*http.Request) (*auth.Identity, error)) (*auth.Identity, error)
+	// AdmitControl counts a connection from remote against
+	// --max_tunnels and the per-address cap; release gives it back.
+	AdmitControl(remote string) (release func(), err error)
+	// AllowSubmit takes one job submission from remote's --rate_limit.
+	AllowSubmit(remote string) error
+}
+
+// unlimited is Limits for a server without a gateway (tests): the access
+// policy alone, nothing counted.
+type unlimited struct{ a Access }
+
+func (u unlimited) Authenticate(r *http.Request, caller func(*http.Request) (*auth.Identity, error)) (*auth.Identity, error) {
+	id, err := caller(r)
+	if err != nil || (id == nil && u.a.Required()) {
+		return nil, httperr.Errorf(http.StatusUnauthorized, "missing or wrong credentials")
+	}
+	return id, nil
+}
+
+func (unlimited) AdmitControl(string) (func(), error) { return func() {}, nil }
+func (unlimited) AllowSubmit(string) error            { return nil }
+
+// Defaults of the output and batch limits.
+const (
+	// DefaultMaxAnswerBytes bounds one answer (a response, or a batch's
+	// array of responses).
+	DefaultMaxAnswerBytes = 4 << 20
+	// DefaultMaxQueuedBytes bounds the output waiting for one client.
+	DefaultMaxQueuedBytes = 8 << 20
+	// DefaultMaxTotalQueuedBytes bounds the output waiting for every
+	// client together.
+	DefaultMaxTotalQueuedBytes = 256 << 20
+	// DefaultMaxBatchCost bounds what one batch may ask for (batchCost).
+	DefaultMaxBatchCost = 4096
+)
+
+// callCost is what one call of a batch may cost, known before it runs:
+// 1, plus the jobs jobs.list may return, plus the KiB logs.read may
+// return, plus a list's worth for queue.list and sessions.list.
+func callCost(raw json.RawMessage) int {
+	var req struct {
+		Method string `json:"method"`
+		Params struct {
+			Limit json.Number `json:"limit"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(raw, &req) != nil {
+		return 1
+	}
+	limit, err := req.Params.Limit.Int64()
+	if err != nil || limit < 0 {
+		limit = 0
+	}
+	switch req.Method {
+	case "jobs.list":
+		if limit == 0 || limit > 1000 {
+			limit = 100 // the default, or refused as out of range
+		}
+		return 1 + int(limit)
+	case "logs.read":
+		if limit == 0 || limit > jobs.MaxLogRead {
+			limit = jobs.MaxLogRead
+		}
+		return 1 + int((limit+1023)/1024)
+	case "queue.list", "sessions.list":
+		return 1 + 100
+	}
+	return 1
+}
+
+// batchCost is the sum of its calls' costs.
+func batchCost(items []json.RawMessage) int {
+	n := 0
+	for _, it := range items {
+		n += callCost(it)
+	}
+	return n
+}
+
+// skipped is the answer to a call of a batch that was not run; reply is
+// false for a notification.
+func (c *conn) skipped(raw json.RawMessage) (response, bool) {
+	resp := response{JSONRPC: "2.0", ID: json.RawMessage("null"),
+		Error: rpcErr(CodeLimit, "answer_too_large", "not run: the batch's answer reached its limit of %d bytes before this call; send it again", c.s.cfg.MaxAnswerBytes)}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) != nil {
+		return resp, true
+	}
+	id, ok := fields["id"]
+	if !ok {
+		return resp, false
+	}
+	if t := bytes.TrimSpace(id); len(t) > 0 && (t[0] == '"' || t[0] == '-' || (t[0] >= '0' && t[0] <= '9') || string(t) == "null") {
+		resp.ID = t
+	}
+	return resp, true
+}
