@@ -148,7 +148,11 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 		cfg.MaxQueued = 10000
 	}
 	if cfg.PruneEvery <= 0 {
+		// Often enough that a job outlives KeepFor by half of it at most.
 		cfg.PruneEvery = time.Minute
+		if cfg.KeepFor > 0 {
+			cfg.PruneEvery = min(cfg.PruneEvery, max(cfg.KeepFor/2, 100*time.Millisecond))
+		}
 	}
 	if len(cfg.Services) > 0 || cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {

@@ -264,13 +264,16 @@ func (c *conn) reserve(n int) bool {
 
 // tooSlow drops a client that does not read its output.
 func (c *conn) tooSlow() {
-	c.s.log.Warn().Str("remote", c.remote).Int64("queued_bytes", c.queued.Load()).
+	if c.ctx.Err() != nil {
+		return // dropped already, or leaving
+	}
+	c.s.log.Warn().Str("remote", c.remote).Int64("queued_bytes", c.queued.Load()).Int("queued_messages", len(c.out)).
 		Msg("rpc client dropped: it does not read its answers")
-	c.closeWith(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: over %d bytes of answers and events unread; read them, then reconnect (events: since=<last seq>)", c.s.cfg.MaxQueuedBytes))
+	c.closeWith(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: over %d bytes or %d answers and events unread; read them, then reconnect (events: since=<last seq>)", c.s.cfg.MaxQueuedBytes, c.s.cfg.OutQueue))
 }
 
-// send queues a response, waiting while the queue is full of messages;
-// a client whose unread output would pass the byte limits is dropped.
+// send queues a response without waiting; a client whose unread output
+// would pass the limits (bytes or messages) is dropped.
 func (c *conn) send(b []byte) {
 	if !c.reserve(len(b)) {
 		c.tooSlow()
@@ -278,8 +281,9 @@ func (c *conn) send(b []byte) {
 	}
 	select {
 	case c.out <- b:
-	case <-c.ctx.Done():
+	default:
 		c.done(len(b))
+		c.tooSlow()
 	}
 }
 
@@ -295,7 +299,7 @@ func (c *conn) trySend(b []byte) bool {
 		return true
 	default:
 		c.done(len(b))
-		c.closeWith(websocket.ClosePolicyViolation, "too slow: events could not be delivered; reconnect with since=<last seq>")
+		c.tooSlow()
 		return false
 	}
 }
@@ -361,6 +365,18 @@ func (c *conn) sendJSON(v any) {
 // batch.
 func (c *conn) handleMessage(msg []byte) {
 	trimmed := bytes.TrimSpace(msg)
+	// Calls that may build a large answer take turns, gateway-wide, so
+	// that the memory they hold while they run stays bounded whatever
+	// the number of clients.
+	// (A batch over MaxBatchCost is refused below without running.)
+	if cost := messageCost(trimmed); cost >= heavyCost && cost <= c.s.cfg.MaxBatchCost {
+		select {
+		case c.s.heavy <- struct{}{}:
+			defer func() { <-c.s.heavy }()
+		case <-c.ctx.Done():
+			return
+		}
+	}
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		var items []json.RawMessage
 		if err := json.Unmarshal(trimmed, &items); err != nil {
@@ -488,7 +504,9 @@ func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply boo
 	if err != nil {
 		var re *Error
 		if !errors.As(err, &re) {
-			c.s.log.Error().Err(err).Str("method", *req.Method).Msg("rpc call failed")
+			if c.ctx.Err() == nil {
+				c.s.log.Error().Err(err).Str("method", *req.Method).Msg("rpc call failed")
+			}
 			re = rpcErr(CodeInternal, "internal", "internal error: %v", err)
 		}
 		resp.Error = re

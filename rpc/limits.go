@@ -48,10 +48,28 @@ const (
 	DefaultMaxQueuedBytes = 8 << 20
 	// DefaultMaxTotalQueuedBytes bounds the output waiting for every
 	// client together.
-	DefaultMaxTotalQueuedBytes = 256 << 20
+	DefaultMaxTotalQueuedBytes = 64 << 20
 	// DefaultMaxBatchCost bounds what one batch may ask for (batchCost).
-	DefaultMaxBatchCost = 4096
+	DefaultMaxBatchCost = 8192
+	// DefaultMaxHeavy is how many costly messages (heavyCost or more)
+	// run at once, gateway-wide.
+	DefaultMaxHeavy = 4
+	// heavyCost is the cost from which a message is costly: 64 jobs
+	// listed or 64 KiB of log read.
+	heavyCost = 64
 )
+
+// messageCost is a message's cost: a batch's, or one call's.
+func messageCost(msg []byte) int {
+	if len(msg) > 0 && msg[0] == '[' {
+		var items []json.RawMessage
+		if json.Unmarshal(msg, &items) != nil {
+			return 1
+		}
+		return batchCost(items)
+	}
+	return callCost(msg)
+}
 
 // callCost is what one call of a batch may cost, known before it runs:
 // 1, plus the jobs jobs.list may return, plus the KiB logs.read may

@@ -59,6 +59,9 @@ type Config struct {
 	// MaxBatchCost bounds a batch's cost (see batchCost); a costlier
 	// batch is refused whole.
 	MaxBatchCost int
+	// MaxHeavy is how many costly messages (64 jobs listed or 64 KiB of
+	// log read, or more) run at once over every connection (default 4).
+	MaxHeavy int
 	// WriteTimeout bounds one write to the client (default 10 s); a
 	// client that takes longer is dropped.
 	WriteTimeout time.Duration
@@ -74,7 +77,8 @@ type Server struct {
 	methods  map[string]method
 	started  time.Time
 
-	queued atomic.Int64 // output bytes waiting, every connection's
+	queued atomic.Int64  // output bytes waiting, every connection's
+	heavy  chan struct{} // the costly messages running (MaxHeavy)
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -109,13 +113,16 @@ func New(cfg Config, log zerolog.Logger) *Server {
 		cfg.MaxAnswerBytes = DefaultMaxAnswerBytes
 	}
 	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, cfg.MaxQueuedBytes)
+	if cfg.MaxHeavy <= 0 {
+		cfg.MaxHeavy = DefaultMaxHeavy
+	}
 	if cfg.MaxBatchCost <= 0 {
 		cfg.MaxBatchCost = DefaultMaxBatchCost
 	}
 	if cfg.Limits == nil {
 		cfg.Limits = unlimited{cfg.Access}
 	}
-	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now()}
+	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now(), heavy: make(chan struct{}, cfg.MaxHeavy)}
 	s.upgrader = websocket.Upgrader{
 		ReadBufferSize:   8 << 10,
 		WriteBufferSize:  8 << 10,
