@@ -397,34 +397,43 @@ func (c *conn) handleMessage(msg []byte) {
 				ID: json.RawMessage("null")})
 			return
 		}
-		// The answer is built as the calls run; once it would pass
-		// MaxAnswerBytes, the calls left are not run and say so.
+		// The answer is built as the calls run. Room is kept for a short
+		// "not run" error to every call after the current one; once a
+		// call's answer does not fit, it is replaced by an error and the
+		// calls after it are not run, so the whole answer stays within
+		// MaxAnswerBytes.
+		max := int(c.s.cfg.MaxAnswerBytes)
+		skip := make([][]byte, len(items))
+		tail := make([]int, len(items)+1) // tail[i]: room for skip[i:]
+		for i := len(items) - 1; i >= 0; i-- {
+			if r, reply := c.skipped(items[i]); reply {
+				skip[i], _ = json.Marshal(r)
+				tail[i] = len(skip[i]) + 1
+			}
+			tail[i] += tail[i+1]
+		}
 		var out bytes.Buffer
 		var afters []func()
 		n, full := 0, false
-		for _, it := range items {
-			var b []byte
-			if full {
-				r, reply := c.skipped(it)
-				if !reply {
-					continue
-				}
-				b, _ = json.Marshal(r)
-			} else {
+		for i, it := range items {
+			b := skip[i]
+			if !full {
 				r, after, reply := c.call(it)
 				if !reply {
 					continue
 				}
 				b = c.encode(r)
-				if int64(out.Len()+len(b)+2) > c.s.cfg.MaxAnswerBytes {
-					full = true
-					r.Result, r.Error, after = nil, tooLarge(out.Len()+len(b)+2, c.s.cfg.MaxAnswerBytes), nil
-					r.Error.Message = "the batch's answer would pass its limit of " + fmt.Sprint(c.s.cfg.MaxAnswerBytes) + " bytes here; this call's answer was dropped and the calls after it were not run: ask for less, or in smaller batches"
+				if out.Len()+len(b)+1+tail[i+1]+1 > max {
+					full, after = true, nil
+					r.Result, r.Error = nil, rpcErr(CodeLimit, "answer_too_large", "ran; answer dropped: the batch's answer would pass %d bytes", max)
 					b, _ = json.Marshal(r)
 				}
 				if after != nil {
 					afters = append(afters, after)
 				}
+			}
+			if b == nil {
+				continue
 			}
 			if n == 0 {
 				out.WriteByte('[')

@@ -118,7 +118,7 @@ func batchCost(items []json.RawMessage) int {
 // false for a notification.
 func (c *conn) skipped(raw json.RawMessage) (response, bool) {
 	resp := response{JSONRPC: "2.0", ID: json.RawMessage("null"),
-		Error: rpcErr(CodeLimit, "answer_too_large", "not run: the batch's answer reached its limit of %d bytes before this call; send it again", c.s.cfg.MaxAnswerBytes)}
+		Error: rpcErr(CodeLimit, "answer_too_large", "not run: the batch's answer would pass its limit of %d bytes; send this call again in a smaller batch", c.s.cfg.MaxAnswerBytes)}
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(raw, &fields) != nil {
 		return resp, true
