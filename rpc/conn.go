@@ -179,7 +179,8 @@ func (c *conn) writer() {
 		select {
 		case b := <-c.out:
 			if err := write(b, c.s.cfg.WriteTimeout); err != nil {
-				c.closeWith(websocket.ClosePolicyViolation, "too slow: an answer could not be written in time")
+				// It took nothing for WriteTimeout (or is gone).
+				c.tooSlow()
 				_ = c.ws.Close() // unblocks the reader
 				c.discard()
 				return
