@@ -41,10 +41,6 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !s.reserveLimit.allow(c.Client) {
-		s.metrics.limited.WithLabelValues("rate_reserve").Inc()
-		return httperr.Errorf(http.StatusTooManyRequests, "too many reservations from your address; slow down")
-	}
 	name, err := unescapeVar(mux.Vars(r)["service"])
 	if err != nil {
 		return httperr.Errorf(http.StatusBadRequest, "bad service name in the path: %v", err)
@@ -72,7 +68,7 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	if len(opts) == 0 {
 		opts = nil
 	}
-	res, err := s.reserveAs(r.Context(), c, name, opts, wait)
+	res, err := s.ReserveFrom(r.Context(), c, name, opts, wait)
 	if err != nil {
 		return err
 	}

@@ -66,24 +66,10 @@ func (s *Server) httpPortHandler() http.Handler {
 
 // requireAuth returns the caller (see auth.Policy), or 401 when
 // credentials are needed and missing or wrong (429 after too many
-// failures from the client's address).
+// failures from the client's address): Authenticate, which /v1/rpc
+// calls too.
 func (s *Server) requireAuth(r *http.Request) (auth.Caller, error) {
-	c, err := s.policy.Caller(r)
-	if s.authRequired() && s.authLimit.exhausted(c.Client) {
-		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return c, httperr.Errorf(http.StatusTooManyRequests, "too many failed authentications from your address; wait a minute")
-	}
-	if err != nil {
-		s.authLimit.allow(c.Client)
-		return c, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key, security token or session; log in again")
-	}
-	if c.ID == nil && s.authRequired() {
-		if s.cfg.Users != nil {
-			return c, httperr.Errorf(http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or the dashboard's login page %slogin.html", PagesPrefix)
-		}
-		return c, httperr.Errorf(http.StatusUnauthorized, "missing security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
-	}
-	return c, nil
+	return s.Authenticate(r)
 }
 
 func (s *Server) requireAdmin(r *http.Request) (auth.Caller, error) {

@@ -67,8 +67,12 @@ type Config struct {
 	// MaxMessageBytes closes a websocket with 1009 when a client message
 	// is larger (0: no limit).
 	MaxMessageBytes int64
-	// MaxTunnels caps the websockets served at once (0: no cap).
+	// MaxTunnels caps the websockets served at once, control-plane
+	// connections included (0: no cap).
 	MaxTunnels int
+	// MaxControlPerAddress caps the control-plane (JSON-RPC) connections
+	// one client address holds open (0: no cap).
+	MaxControlPerAddress int
 	// Heartbeat, when set, pings every client this often and drops one
 	// that does not answer within two periods.
 	Heartbeat time.Duration
@@ -168,6 +172,7 @@ type Server struct {
 	reserveLimit *rateLimiter
 	launchLimit  *rateLimiter
 	authLimit    *rateLimiter
+	addr         *addrLimits // per-address limits shared with the control plane (limit.go)
 
 	baseCtx    context.Context
 	baseCancel context.CancelFunc
@@ -226,6 +231,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.authLimit = newRateLimiter(cfg.AuthFailLimit/60, int(cfg.AuthFailLimit))
+	s.addr = newAddrLimits(cfg.RateLimit, cfg.MaxControlPerAddress)
 	s.bufPool.New = func() any { b := make([]byte, spliceBuf); return &b }
 	s.upgrader = websocket.Upgrader{
 		// After the handshake the splice reads and writes the connection

@@ -65,6 +65,15 @@ type Config struct {
 	Watchdog   time.Duration // how often running jobs are checked; default 1s
 	LogFlush   time.Duration // logs.append batching; default 200ms
 	MaxQueued  int           // default 10000
+	// KeepFinished is how many finished jobs are kept (the newest); older
+	// ones are pruned: record, log and working directory. 0 keeps all.
+	KeepFinished int
+	// KeepFor is how long a finished job is kept after it ended; 0
+	// keeps it until KeepFinished prunes it.
+	KeepFor time.Duration
+	// PruneEvery is how often the retention is applied besides after
+	// each job's end (default 1 min).
+	PruneEvery time.Duration
 }
 
 // Job is what clients see of a job.
@@ -119,6 +128,7 @@ type Manager struct {
 	started  bool
 	wg       sync.WaitGroup
 	stopWD   chan struct{}
+	pruneNow chan struct{} // a job ended: apply the retention soon
 }
 
 // New restores the manager's state from the store: jobs that were running
@@ -137,13 +147,21 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 	if cfg.MaxQueued <= 0 {
 		cfg.MaxQueued = 10000
 	}
+	if cfg.PruneEvery <= 0 {
+		// Often enough that a job outlives KeepFor by half of it at most.
+		cfg.PruneEvery = time.Minute
+		if cfg.KeepFor > 0 {
+			cfg.PruneEvery = min(cfg.PruneEvery, max(cfg.KeepFor/2, 100*time.Millisecond))
+		}
+	}
 	if len(cfg.Services) > 0 || cfg.Dir != "" {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, fmt.Errorf("job directory: %w", err)
 		}
 	}
 	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: proc.Alive,
-		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{})}
+		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{}),
+		pruneNow: make(chan struct{}, 1)}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
 		m.svcs[s.Name] = s
@@ -195,10 +213,74 @@ func (m *Manager) Start() {
 	m.mu.Lock()
 	m.started = true
 	m.schedule()
-	m.wg.Add(1)
+	m.wg.Add(2)
 	m.mu.Unlock()
 	m.flush()
 	go m.watchdog()
+	go m.pruner()
+}
+
+// pruner applies the retention at start, after jobs end and every
+// PruneEvery, until Close.
+func (m *Manager) pruner() {
+	defer m.wg.Done()
+	if m.cfg.KeepFinished <= 0 && m.cfg.KeepFor <= 0 {
+		return
+	}
+	t := time.NewTicker(m.cfg.PruneEvery)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(m.stopCtx, time.Minute)
+		if _, err := m.Prune(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("finished jobs not pruned")
+		}
+		cancel()
+		select {
+		case <-m.stopWD:
+			return
+		case <-t.C:
+		case <-m.pruneNow:
+		}
+	}
+}
+
+// Prune removes the finished jobs the retention no longer keeps, as of
+// now: beyond the newest KeepFinished, or ended more than KeepFor ago.
+// Each goes as jobs.remove does: record, log, working directory, and a
+// "removed" job.state event. It returns how many went.
+func (m *Manager) Prune(ctx context.Context, now time.Time) (int, error) {
+	if m.cfg.KeepFinished <= 0 && m.cfg.KeepFor <= 0 {
+		return 0, nil
+	}
+	fin, err := m.cfg.Store.ListJobs(ctx, store.JobFilter{
+		States: []string{StateSucceeded, StateFailed, StateStopped, StateInterrupted}, Limit: 1 << 30})
+	if err != nil {
+		return 0, fmt.Errorf("listing finished jobs: %w", err)
+	}
+	n := 0
+	for i, j := range fin { // newest first
+		old := m.cfg.KeepFor > 0 && !j.Finished.IsZero() && now.Sub(j.Finished) > m.cfg.KeepFor
+		over := m.cfg.KeepFinished > 0 && i >= m.cfg.KeepFinished
+		if !old && !over {
+			continue
+		}
+		if err := m.Remove(ctx, j.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			return n, fmt.Errorf("pruning %s: %w", j.ID, err)
+		}
+		n++
+	}
+	if n > 0 {
+		m.log.Info().Int("pruned", n).Int("keep", m.cfg.KeepFinished).Dur("keep_for", m.cfg.KeepFor).Msg("finished jobs pruned")
+	}
+	return n, nil
+}
+
+// pruneSoon wakes the pruner (a job ended).
+func (m *Manager) pruneSoon() {
+	select {
+	case m.pruneNow <- struct{}{}:
+	default:
+	}
 }
 
 // later queues an effect; m.mu held.

@@ -237,7 +237,7 @@ func (m *Manager) endLocked(r *run, state, reason string, exit *int) {
 	m.publishLater(j)
 	delete(m.running, j.ID)
 	m.perSvc[j.Service]--
-	m.later(func() { close(r.done) }) // once saved and announced
+	m.later(func() { close(r.done); m.pruneSoon() }) // once saved and announced
 	m.schedule()
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -84,6 +85,12 @@ type conn struct {
 	sem    chan struct{}
 	reqs   sync.WaitGroup
 
+	// queued is the bytes of output waiting in out or being written;
+	// freed is signalled (without blocking) each time the writer is done
+	// with a message.
+	queued atomic.Int64
+	freed  chan struct{}
+
 	closeOnce sync.Once
 	closeCode int
 	closeText string
@@ -95,7 +102,7 @@ type conn struct {
 func newConn(s *Server, ws *websocket.Conn, caller auth.Caller, remote string) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{s: s, ws: ws, id: caller.ID, caller: caller, remote: remote, out: make(chan []byte, s.cfg.OutQueue), ctx: ctx, cancel: cancel,
-		sem: make(chan struct{}, s.cfg.MaxInFlight), closeCode: websocket.CloseNormalClosure}
+		sem: make(chan struct{}, s.cfg.MaxInFlight), freed: make(chan struct{}, 1), closeCode: websocket.CloseNormalClosure}
 }
 
 // closeWith ends the connection, sending code and text in the close frame.
@@ -155,68 +162,196 @@ func (c *conn) serve() {
 }
 
 // writer sends queued messages and pings until the connection ends, then
-// sends the close frame.
+// sends the close frame. It is the socket's only writer.
 func (c *conn) writer() {
 	t := time.NewTicker(c.s.cfg.Ping)
 	defer t.Stop()
+	write := func(b []byte, timeout time.Duration) error {
+		_ = c.ws.SetWriteDeadline(time.Now().Add(timeout))
+		err := c.ws.WriteMessage(websocket.TextMessage, b)
+		c.done(len(b))
+		return err
+	}
 	for {
+		if c.ctx.Err() != nil {
+			c.goodbye(write)
+			return
+		}
 		select {
 		case b := <-c.out:
-			_ = c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
-				c.closeWith(websocket.CloseGoingAway, "")
+			if err := write(b, c.s.cfg.WriteTimeout); err != nil {
+				// It took nothing for WriteTimeout (or is gone).
+				c.tooSlow()
 				_ = c.ws.Close() // unblocks the reader
+				c.discard()
 				return
 			}
 		case <-t.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)); err != nil {
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
 				c.closeWith(websocket.CloseGoingAway, "")
 				_ = c.ws.Close()
+				c.discard()
 				return
 			}
 		case <-c.ctx.Done():
-			// Flush what is queued (responses to answered requests), then
-			// say goodbye.
-			for {
-				select {
-				case b := <-c.out:
-					_ = c.ws.SetWriteDeadline(time.Now().Add(2 * time.Second))
-					if c.ws.WriteMessage(websocket.TextMessage, b) != nil {
-						_ = c.ws.Close()
-						return
-					}
-					continue
-				default:
-				}
-				break
-			}
-			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(2*time.Second))
-			// Give the client a moment to answer the close, then unblock
-			// the reader.
-			time.AfterFunc(time.Second, func() { _ = c.ws.Close() })
+			c.goodbye(write)
 			return
 		}
 	}
 }
 
-// send queues b, waiting while the queue is full (responses).
-func (c *conn) send(b []byte) {
-	select {
-	case c.out <- b:
-	case <-c.ctx.Done():
+// goodbye ends the writer: what is queued (responses to answered
+// requests) is flushed, unless the client is dropped for not reading,
+// then the close frame is sent.
+func (c *conn) goodbye(write func([]byte, time.Duration) error) {
+	if c.closeCode == websocket.ClosePolicyViolation {
+		c.discard()
+	} else {
+	flush:
+		for {
+			select {
+			case b := <-c.out:
+				if write(b, 2*time.Second) != nil {
+					_ = c.ws.Close()
+					c.discard()
+					return
+				}
+			default:
+				break flush
+			}
+		}
+	}
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(c.closeCode, c.closeText), time.Now().Add(2*time.Second))
+	// Give the client a moment to answer the close, then unblock the
+	// reader.
+	time.AfterFunc(time.Second, func() { _ = c.ws.Close() })
+}
+
+// discard drops what is queued, giving its bytes back.
+func (c *conn) discard() {
+	for {
+		select {
+		case b := <-c.out:
+			c.done(len(b))
+		default:
+			return
+		}
 	}
 }
 
-// trySend queues b without waiting (events); a full queue drops the
+// done gives back the bytes of a message the writer is finished with.
+func (c *conn) done(n int) {
+	c.queued.Add(-int64(n))
+	c.s.queued.Add(-int64(n))
+	select {
+	case c.freed <- struct{}{}:
+	default:
+	}
+}
+
+// reserve counts n more bytes of output, unless that takes the
+// connection past MaxQueuedBytes, or the gateway's connections together
+// past MaxTotalQueuedBytes while this one has output unread; then the
+// client is dropped with 1008 and reserve reports false.
+func (c *conn) reserve(n int) bool {
+	mine := c.queued.Add(int64(n))
+	all := c.s.queued.Add(int64(n))
+	if mine <= c.s.cfg.MaxQueuedBytes && (all <= c.s.cfg.MaxTotalQueuedBytes || mine == int64(n)) {
+		return true
+	}
+	c.queued.Add(-int64(n))
+	c.s.queued.Add(-int64(n))
+	return false
+}
+
+// tooSlow drops a client that does not read its output.
+func (c *conn) tooSlow() {
+	if c.ctx.Err() != nil {
+		return // dropped already, or leaving
+	}
+	c.s.log.Warn().Str("remote", c.remote).Int64("queued_bytes", c.queued.Load()).Int("queued_messages", len(c.out)).
+		Msg("rpc client dropped: it does not read its answers")
+	c.closeWith(websocket.ClosePolicyViolation, fmt.Sprintf("too slow: over %d bytes or %d answers and events unread; read them, then reconnect (events: since=<last seq>)", c.s.cfg.MaxQueuedBytes, c.s.cfg.OutQueue))
+}
+
+// send queues a response without waiting; a client whose unread output
+// would pass the limits (bytes or messages) is dropped.
+func (c *conn) send(b []byte) {
+	if !c.reserve(len(b)) {
+		c.tooSlow()
+		return
+	}
+	select {
+	case c.out <- b:
+	default:
+		c.done(len(b))
+		c.tooSlow()
+	}
+}
+
+// trySend queues b without waiting (live events); a full queue drops the
 // client.
 func (c *conn) trySend(b []byte) bool {
+	if !c.reserve(len(b)) {
+		c.tooSlow()
+		return false
+	}
 	select {
 	case c.out <- b:
 		return true
 	default:
-		c.closeWith(websocket.ClosePolicyViolation, "too slow: events could not be delivered; reconnect with since=<last seq>")
+		c.done(len(b))
+		c.tooSlow()
 		return false
 	}
+}
+
+// sendWaiting queues b, waiting up to the write timeout for room in
+// the queue (replayed history, which may be longer than the queue); a
+// client that reads nothing meanwhile is dropped.
+func (c *conn) sendWaiting(b []byte) bool {
+	t := time.NewTimer(c.s.cfg.WriteTimeout)
+	defer t.Stop()
+	for !c.reserve(len(b)) {
+		select {
+		case <-c.freed:
+		case <-c.ctx.Done():
+			return false
+		case <-t.C:
+			c.tooSlow()
+			return false
+		}
+	}
+	select {
+	case c.out <- b:
+		return true
+	case <-c.ctx.Done():
+	case <-t.C:
+		c.tooSlow()
+	}
+	c.done(len(b))
+	return false
+}
+
+// encode is a response's JSON, or, when it is larger than
+// MaxAnswerBytes, an error response in its place.
+func (c *conn) encode(r response) []byte {
+	b, err := json.Marshal(r)
+	if err != nil {
+		c.s.log.Error().Err(err).Msg("rpc response not encodable")
+		r.Result, r.Error = nil, rpcErr(CodeInternal, "internal", "internal error: the answer could not be encoded")
+		b, _ = json.Marshal(r)
+		return b
+	}
+	if int64(len(b)) > c.s.cfg.MaxAnswerBytes {
+		r.Result, r.Error = nil, tooLarge(len(b), c.s.cfg.MaxAnswerBytes)
+		b, _ = json.Marshal(r)
+	}
+	return b
+}
+
+func tooLarge(n int, max int64) *Error {
+	return rpcErr(CodeLimit, "answer_too_large", "the answer would be %d bytes, over the limit of %d; ask for less (a lower limit, or logs.read in pieces)", n, max)
 }
 
 func (c *conn) sendJSON(v any) {
@@ -232,6 +367,18 @@ func (c *conn) sendJSON(v any) {
 // batch.
 func (c *conn) handleMessage(msg []byte) {
 	trimmed := bytes.TrimSpace(msg)
+	// Calls that may build a large answer take turns, gateway-wide, so
+	// that the memory they hold while they run stays bounded whatever
+	// the number of clients.
+	// (A batch over MaxBatchCost is refused below without running.)
+	if cost := messageCost(trimmed); cost >= heavyCost && cost <= c.s.cfg.MaxBatchCost {
+		select {
+		case c.s.heavy <- struct{}{}:
+			defer func() { <-c.s.heavy }()
+		case <-c.ctx.Done():
+			return
+		}
+	}
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		var items []json.RawMessage
 		if err := json.Unmarshal(trimmed, &items); err != nil {
@@ -246,19 +393,61 @@ func (c *conn) handleMessage(msg []byte) {
 			c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeInvalidRequest, "batch_too_large", "invalid request: a batch holds at most %d calls", maxBatch), ID: json.RawMessage("null")})
 			return
 		}
-		var out []response
-		var afters []func()
-		for _, it := range items {
-			r, after, reply := c.call(it)
-			if reply {
-				out = append(out, r)
-			}
-			if after != nil {
-				afters = append(afters, after)
-			}
+		if cost, max := batchCost(items), c.s.cfg.MaxBatchCost; cost > max {
+			c.sendJSON(response{JSONRPC: "2.0", Error: rpcErr(CodeLimit, "batch_too_costly",
+				"this batch would cost %d (1 per call, plus jobs listed and KiB of log read); at most %d per batch: split it or ask for less", cost, max),
+				ID: json.RawMessage("null")})
+			return
 		}
-		if len(out) > 0 {
-			c.sendJSON(out)
+		// The answer is built as the calls run. Room is kept for a short
+		// "not run" error to every call after the current one; once a
+		// call's answer does not fit, it is replaced by an error and the
+		// calls after it are not run, so the whole answer stays within
+		// MaxAnswerBytes.
+		max := int(c.s.cfg.MaxAnswerBytes)
+		skip := make([][]byte, len(items))
+		tail := make([]int, len(items)+1) // tail[i]: room for skip[i:]
+		for i := len(items) - 1; i >= 0; i-- {
+			if r, reply := c.skipped(items[i]); reply {
+				skip[i], _ = json.Marshal(r)
+				tail[i] = len(skip[i]) + 1
+			}
+			tail[i] += tail[i+1]
+		}
+		var out bytes.Buffer
+		var afters []func()
+		n, full := 0, false
+		for i, it := range items {
+			b := skip[i]
+			if !full {
+				r, after, reply := c.call(it)
+				if !reply {
+					continue
+				}
+				b = c.encode(r)
+				if out.Len()+len(b)+1+tail[i+1]+1 > max {
+					full, after = true, nil
+					r.Result, r.Error = nil, rpcErr(CodeLimit, "answer_too_large", "ran; answer dropped: the batch's answer would pass %d bytes", max)
+					b, _ = json.Marshal(r)
+				}
+				if after != nil {
+					afters = append(afters, after)
+				}
+			}
+			if b == nil {
+				continue
+			}
+			if n == 0 {
+				out.WriteByte('[')
+			} else {
+				out.WriteByte(',')
+			}
+			out.Write(b)
+			n++
+		}
+		if n > 0 {
+			out.WriteByte(']')
+			c.send(out.Bytes())
 		}
 		for _, f := range afters {
 			f()
@@ -271,7 +460,7 @@ func (c *conn) handleMessage(msg []byte) {
 	}
 	r, after, reply := c.call(trimmed)
 	if reply {
-		c.sendJSON(r)
+		c.send(c.encode(r))
 	}
 	if after != nil {
 		after()
@@ -326,7 +515,9 @@ func (c *conn) call(raw json.RawMessage) (resp response, after func(), reply boo
 	if err != nil {
 		var re *Error
 		if !errors.As(err, &re) {
-			c.s.log.Error().Err(err).Str("method", *req.Method).Msg("rpc call failed")
+			if c.ctx.Err() == nil {
+				c.s.log.Error().Err(err).Str("method", *req.Method).Msg("rpc call failed")
+			}
 			re = rpcErr(CodeInternal, "internal", "internal error: %v", err)
 		}
 		resp.Error = re

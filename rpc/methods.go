@@ -142,7 +142,8 @@ func (s *Server) serverInfo(_ context.Context, c *conn, _ struct{}) (any, error)
 		"time": time.Now().UTC(), "uptime_seconds": int64(time.Since(s.started).Seconds()),
 		"methods": names, "topics": events.Topics, "last_seq": last,
 		"user": name(c.id), "admin": isAdmin(c.id),
-		"limits": map[string]any{"max_message_bytes": s.cfg.MaxMessageBytes, "max_batch": maxBatch, "max_log_read": jobs.MaxLogRead},
+		"limits": map[string]any{"max_message_bytes": s.cfg.MaxMessageBytes, "max_batch": maxBatch, "max_log_read": jobs.MaxLogRead,
+			"max_answer_bytes": s.cfg.MaxAnswerBytes, "max_batch_cost": s.cfg.MaxBatchCost, "max_queued_bytes": s.cfg.MaxQueuedBytes},
 	}, nil
 }
 
@@ -186,6 +187,10 @@ func (s *Server) jobsSubmit(ctx context.Context, c *conn, p submitParams) (any, 
 	}
 	if err := need(p.Service != "", `"service" is required`); err != nil {
 		return nil, err
+	}
+	// The same --rate_limit as reservations, per client address.
+	if err := s.cfg.Limits.AllowSubmit(c.caller.Client); err != nil {
+		return nil, rpcErr(CodeLimit, "rate_limited", "%v", err)
 	}
 	svc := m.Service(p.Service)
 	if svc == nil {
@@ -407,16 +412,8 @@ func (s *Server) eventsSubscribe(ctx context.Context, c *conn, raw json.RawMessa
 		}
 		if replaying.Load() {
 			// History may be longer than the send queue: wait for the
-			// writer rather than drop the client.
-			t := time.NewTimer(5 * time.Second)
-			defer t.Stop()
-			select {
-			case c.out <- b:
-				return true
-			case <-c.ctx.Done():
-				return false
-			case <-t.C:
-			}
+			// writer rather than drop a client that reads.
+			return c.sendWaiting(b)
 		}
 		return c.trySend(b)
 	}

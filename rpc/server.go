@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -18,6 +19,7 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/events"
+	"wsgateway/internal/httperr"
 	"wsgateway/internal/origin"
 	"wsgateway/internal/text"
 	"wsgateway/jobs"
@@ -36,6 +38,9 @@ type Config struct {
 	Services []*services.Service // the gateway's websocket services (listed only)
 	// Gateway serves reservations.* and sessions.* (nil: not available).
 	Gateway GatewayAPI
+	// Limits are the per-client limits shared with the REST API (nil:
+	// none, for tests).
+	Limits  Limits
 	Version string
 	// MaxMessageBytes bounds a client message (default 1 MiB).
 	MaxMessageBytes int64
@@ -45,6 +50,24 @@ type Config struct {
 	// OutQueue is how many messages may wait to be sent to a client
 	// before it is dropped as too slow (default 1024).
 	OutQueue int
+	// MaxQueuedBytes is how many bytes of output may wait for one client
+	// before it is dropped as too slow with 1008; MaxTotalQueuedBytes
+	// the same for every client together (a client with output waiting
+	// is dropped once the total would pass it).
+	MaxQueuedBytes      int64
+	MaxTotalQueuedBytes int64
+	// MaxAnswerBytes bounds one answer: a larger response is replaced by
+	// an answer_too_large error (at most MaxQueuedBytes).
+	MaxAnswerBytes int64
+	// MaxBatchCost bounds a batch's cost (see batchCost); a costlier
+	// batch is refused whole.
+	MaxBatchCost int
+	// MaxHeavy is how many costly messages (64 jobs listed or 64 KiB of
+	// log read, or more) run at once over every connection (default 4).
+	MaxHeavy int
+	// WriteTimeout bounds one write to the client (default 10 s); a
+	// client that takes longer is dropped.
+	WriteTimeout time.Duration
 	// Ping is the keep-alive period (default 30s).
 	Ping time.Duration
 }
@@ -56,6 +79,9 @@ type Server struct {
 	upgrader websocket.Upgrader
 	methods  map[string]method
 	started  time.Time
+
+	queued atomic.Int64  // output bytes waiting, every connection's
+	heavy  chan struct{} // the costly messages running (MaxHeavy)
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -77,7 +103,29 @@ func New(cfg Config, log zerolog.Logger) *Server {
 	if cfg.Ping <= 0 {
 		cfg.Ping = 30 * time.Second
 	}
-	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now()}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.MaxQueuedBytes <= 0 {
+		cfg.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if cfg.MaxTotalQueuedBytes <= 0 {
+		cfg.MaxTotalQueuedBytes = DefaultMaxTotalQueuedBytes
+	}
+	if cfg.MaxAnswerBytes <= 0 {
+		cfg.MaxAnswerBytes = DefaultMaxAnswerBytes
+	}
+	cfg.MaxAnswerBytes = min(cfg.MaxAnswerBytes, cfg.MaxQueuedBytes)
+	if cfg.MaxHeavy <= 0 {
+		cfg.MaxHeavy = DefaultMaxHeavy
+	}
+	if cfg.MaxBatchCost <= 0 {
+		cfg.MaxBatchCost = DefaultMaxBatchCost
+	}
+	if cfg.Limits == nil {
+		cfg.Limits = unlimited{&cfg.Access}
+	}
+	s := &Server{cfg: cfg, log: log, conns: map[*conn]struct{}{}, started: time.Now(), heavy: make(chan struct{}, cfg.MaxHeavy)}
 	s.upgrader = websocket.Upgrader{
 		ReadBufferSize:   8 << 10,
 		WriteBufferSize:  8 << 10,
@@ -104,23 +152,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusBadRequest, "this is the JSON-RPC 2.0 websocket API; open a websocket to "+Path)
 		return
 	}
-	caller, err := s.cfg.Access.Caller(r)
-	if caller.Site == origin.Foreign {
+	if s.cfg.Access.Site(r) == origin.Foreign {
 		writeJSONError(w, http.StatusForbidden, "websocket Origin "+text.Cut(r.Header.Get("Origin"), 100)+" is not allowed; serve the page from the gateway or add it to --allowed_origins")
 		return
 	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		writeJSONError(w, http.StatusServiceUnavailable, "the gateway is shutting down")
+		return
+	}
+	// The same trust policy, failed-authentication limit and websocket
+	// caps as the REST API and the gateway's websockets, before the
+	// upgrade.
+	caller, err := s.cfg.Limits.Authenticate(r)
 	if err != nil {
-		writeJSONError(w, http.StatusUnauthorized, "wrong user name, password, API key, security token or session; log in again")
+		writeJSONError(w, httperr.Status(err), err.Error())
 		return
 	}
-	if caller.ID == nil && s.cfg.Access.Required() {
-		if s.cfg.Access.Users != nil {
-			writeJSONError(w, http.StatusUnauthorized, "log in first: HTTP Basic, Authorization: Bearer <api key>, or a session cookie")
-			return
-		}
-		writeJSONError(w, http.StatusUnauthorized, "missing or wrong security token: add ?security_token=<token> or the header Authorization: Bearer <token>")
+	release, err := s.cfg.Limits.AdmitControl(caller.Client)
+	if err != nil {
+		writeJSONError(w, httperr.Status(err), err.Error())
 		return
 	}
+	defer release()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

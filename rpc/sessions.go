@@ -2,19 +2,23 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync/atomic"
 	"time"
 
 	"wsgateway/auth"
 	"wsgateway/gateway"
+	"wsgateway/internal/httperr"
 	"wsgateway/reservation"
 )
 
 // GatewayAPI is what the JSON-RPC reservations.* and sessions.* methods
 // need from the gateway (gateway.Server implements it).
 type GatewayAPI interface {
-	Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error)
+	// ReserveFrom reserves for c under the limits of GET /v1/reserve
+	// (rate, waiting reservations per address, the wait queue's bound).
+	ReserveFrom(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error)
 	Release(ctx context.Context, c auth.Caller, token string) (reservation.Reservation, error)
 	StatusFor(c auth.Caller) gateway.Status
 }
@@ -36,13 +40,43 @@ func (l *LateGateway) get() (*gateway.Server, error) {
 	return g, nil
 }
 
-// Reserve implements GatewayAPI.
-func (l *LateGateway) Reserve(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
+// ReserveFrom implements GatewayAPI.
+func (l *LateGateway) ReserveFrom(ctx context.Context, c auth.Caller, service string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	g, err := l.get()
 	if err != nil {
 		return reservation.Reservation{}, err
 	}
-	return g.Reserve(ctx, c, service, opts, wait)
+	return g.ReserveFrom(ctx, c, service, opts, wait)
+}
+
+// errStarting answers connections that come before Bind.
+var errStarting = httperr.Errorf(http.StatusServiceUnavailable, "the gateway is still starting; try again")
+
+// Authenticate implements Limits.
+func (l *LateGateway) Authenticate(r *http.Request) (auth.Caller, error) {
+	g := l.g.Load()
+	if g == nil {
+		return auth.Caller{}, errStarting
+	}
+	return g.Authenticate(r)
+}
+
+// AdmitControl implements Limits.
+func (l *LateGateway) AdmitControl(remote string) (func(), error) {
+	g := l.g.Load()
+	if g == nil {
+		return nil, errStarting
+	}
+	return g.AdmitControl(remote)
+}
+
+// AllowSubmit implements Limits.
+func (l *LateGateway) AllowSubmit(remote string) error {
+	g := l.g.Load()
+	if g == nil {
+		return errStarting
+	}
+	return g.AllowSubmit(remote)
 }
 
 // Release implements GatewayAPI.
@@ -70,6 +104,14 @@ func gatewayErr(err error) error {
 	}
 	if _, ok := err.(*Error); ok {
 		return err
+	}
+	switch {
+	case errors.Is(err, gateway.ErrRateLimited):
+		return rpcErr(CodeLimit, "rate_limited", "%v", err)
+	case errors.Is(err, gateway.ErrAddressLimit):
+		return rpcErr(CodeLimit, "address_limit", "%v", err)
+	case errors.Is(err, reservation.ErrQueueFull):
+		return rpcErr(CodeLimit, "queue_full", "%v", err)
 	}
 	switch gateway.HTTPStatus(err) {
 	case http.StatusBadRequest:
@@ -111,7 +153,7 @@ func (s *Server) reservationsCreate(ctx context.Context, c *conn, p reserveParam
 	if err := need(p.Wait >= 0 && p.Wait <= 240, "wait must be 0 to 240 seconds"); err != nil {
 		return nil, err
 	}
-	res, err := s.cfg.Gateway.Reserve(ctx, c.caller, p.Service, p.Options, time.Duration(p.Wait*float64(time.Second)))
+	res, err := s.cfg.Gateway.ReserveFrom(ctx, c.caller, p.Service, p.Options, time.Duration(p.Wait*float64(time.Second)))
 	if err != nil {
 		return nil, gatewayErr(err)
 	}

@@ -50,6 +50,9 @@ type Config struct {
 	MaxUserTunnels      int
 	MaxUserReservations int
 	StateDB             string
+	MaxRPCPerAddress    int
+	KeepJobs            int
+	KeepJobsFor         time.Duration
 }
 
 // LocalSession is one --local_session NAME COUNT.
@@ -199,6 +202,19 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserReservations) }},
 		{name: "state_db", meta: "file", help: "SQLite file holding what survives a restart: jobs, their queue, the event history and reservations (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory",
 			set: func(c *Config, a []string) error { c.StateDB = a[0]; return nil }},
+		{name: "max_rpc_per_address", meta: "count", help: "JSON-RPC (/v1/rpc) connections one client address may hold open; more get 429. They count against --max_tunnels too. 0 means no cap. Default: 32",
+			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxRPCPerAddress) }},
+		{name: "keep_jobs", meta: "count", help: "Finished jobs kept (the newest); older ones are removed with their logs and directories. 0 keeps all. Default: 1000",
+			set: func(c *Config, a []string) error { return parseCount(a[0], &c.KeepJobs) }},
+		{name: "keep_jobs_days", meta: "days", help: "Days a finished job is kept after it ended; then it is removed with its log and directory. 0 keeps jobs until --keep_jobs removes them. Default: 30",
+			set: func(c *Config, a []string) error {
+				f, err := strconv.ParseFloat(a[0], 64)
+				if err != nil || f < 0 || f > 36500 {
+					return fmt.Errorf("%q must be a number of days from 0 to 36500", a[0])
+				}
+				c.KeepJobsFor = time.Duration(f * 24 * float64(time.Hour))
+				return nil
+			}},
 		{name: "version", help: "Print the version and exit",
 			set: func(c *Config, a []string) error { c.ShowVersion = true; return nil }},
 	}
@@ -265,6 +281,9 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 		AuthFailLimit:       30,
 		MaxUserTunnels:      10,
 		MaxUserReservations: 10,
+		MaxRPCPerAddress:    32,
+		KeepJobs:            1000,
+		KeepJobsFor:         30 * 24 * time.Hour,
 	}
 	opts := map[string]option{}
 	for _, o := range options() {

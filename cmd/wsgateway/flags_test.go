@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -250,3 +251,41 @@ func TestAnnounceNoticeOnlyWithALogFile(t *testing.T) {
 }
 
 func newTestLogger(w io.Writer) zerolog.Logger { return zerolog.New(w) }
+
+func TestControlPlaneFlags(t *testing.T) {
+	base := []string{"--local_session", "desktop", "1", "8081"}
+	tests := []struct {
+		args     []string
+		perAddr  int
+		keep     int
+		keepFor  time.Duration
+		errMatch string
+	}{
+		{nil, 32, 1000, 30 * 24 * time.Hour, ""},
+		{[]string{"--max_rpc_per_address", "0", "--keep_jobs", "0", "--keep_jobs_days", "0"}, 0, 0, 0, ""},
+		{[]string{"--max_rpc_per_address", "5", "--keep_jobs", "7", "--keep_jobs_days", "0.5"}, 5, 7, 12 * time.Hour, ""},
+		{[]string{"--max_rpc_per_address", "-1"}, 0, 0, 0, "--max_rpc_per_address"},
+		{[]string{"--keep_jobs", "x"}, 0, 0, 0, "--keep_jobs"},
+		{[]string{"--keep_jobs_days", "-1"}, 0, 0, 0, "--keep_jobs_days"},
+		{[]string{"--keep_jobs_days", "36501"}, 0, 0, 0, "--keep_jobs_days"},
+	}
+	for _, tc := range tests {
+		c, err := parseArgs(append(append([]string{}, tc.args...), base...), func(string) string { return "" })
+		if tc.errMatch != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errMatch) {
+				t.Errorf("%v: %v, want an error about %s", tc.args, err, tc.errMatch)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.MaxRPCPerAddress != tc.perAddr || c.KeepJobs != tc.keep || c.KeepJobsFor != tc.keepFor {
+			t.Errorf("%v: %d %d %s", tc.args, c.MaxRPCPerAddress, c.KeepJobs, c.KeepJobsFor)
+		}
+	}
+	g, err := buildGatewayConfig(&Config{MaxRPCPerAddress: 9})
+	if err != nil || g.MaxControlPerAddress != 9 {
+		t.Fatalf("gateway config: %v %d", err, g.MaxControlPerAddress)
+	}
+}

@@ -96,7 +96,8 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		jr.close()
 		return nil, err
 	}
-	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv}, log)
+	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv,
+		KeepFinished: cfg.KeepJobs, KeepFor: cfg.KeepJobsFor}, log)
 	if err != nil {
 		jr.close()
 		return nil, err
@@ -107,6 +108,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		Hub:      jr.hub,
 		Services: g.Services,
 		Gateway:  jr.gw,
+		Limits:   jr.gw, // the REST API's limits, in the gateway
 		Version:  version,
 	}, base.With().Str("component", "rpc").Logger())
 	// Reservations are durable in the same database.

@@ -136,21 +136,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 	g := gateway.Config{
-		HTTPDirectory:   cfg.HTTPDirectory,
-		NovncDirectory:  cfg.NovncDirectory,
-		SecurityToken:   cfg.SecurityToken,
-		Timeout:         cfg.Timeout,
-		StartTimeout:    cfg.StartTimeout,
-		StopGrace:       cfg.StopGrace,
-		EnvPolicy:       cfg.PassEnv,
-		AllowedOrigins:  cfg.AllowedOrigins,
-		SessionRoot:     cfg.SessionDir,
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		MaxTunnels:      cfg.MaxTunnels,
-		Heartbeat:       cfg.Heartbeat,
-		RateLimit:       cfg.RateLimit,
-		AuthFailLimit:   cfg.AuthFailLimit,
-		Version:         version,
+		HTTPDirectory:        cfg.HTTPDirectory,
+		NovncDirectory:       cfg.NovncDirectory,
+		SecurityToken:        cfg.SecurityToken,
+		Timeout:              cfg.Timeout,
+		StartTimeout:         cfg.StartTimeout,
+		StopGrace:            cfg.StopGrace,
+		EnvPolicy:            cfg.PassEnv,
+		AllowedOrigins:       cfg.AllowedOrigins,
+		SessionRoot:          cfg.SessionDir,
+		MaxMessageBytes:      cfg.MaxMessageBytes,
+		MaxTunnels:           cfg.MaxTunnels,
+		MaxControlPerAddress: cfg.MaxRPCPerAddress,
+		Heartbeat:            cfg.Heartbeat,
+		RateLimit:            cfg.RateLimit,
+		AuthFailLimit:        cfg.AuthFailLimit,
+		Version:              version,
 	}
 	if g.NovncDirectory == "" {
 		g.NovncDirectory = findNovnc()
