@@ -140,12 +140,15 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 	}
 	t := newTunnel(l, client, back, limits,
 		l.log.With().Str("session", id).Str("remote", r.RemoteAddr).Str("target", target).Logger())
-	if err := l.attach(s, t, r.RemoteAddr); err != nil {
-		t.Close(websocket.CloseGoingAway, "session ended")
-	}
+	// Registered with the host before it joins the session, so that a
+	// gateway shutting down is the first to close it (1001 "gateway
+	// shutting down"), not the session the shutdown stops.
 	var done func(in, out int64)
 	if host != nil {
 		done = host.Register(t)
+	}
+	if err := l.attach(s, t, r.RemoteAddr); err != nil {
+		t.Close(websocket.CloseGoingAway, "session ended")
 	}
 	t.log.Info().Str("subprotocol", back.Subprotocol()).Msg("proxy open")
 	t.run()
