@@ -29,6 +29,12 @@ func startReplicas(t *testing.T, n, count int, args ...string) *replicaSet {
 	t.Helper()
 	needComponent(t, "redis-server", "redis-server")
 	srv := redistest.Need(t)
+	return startReplicasOn(t, srv.URL(0)+"?prefix="+redistest.Prefix(t), n, count, args...)
+}
+
+// startReplicasOn starts n replicas on the Redis of url.
+func startReplicasOn(t *testing.T, url string, n, count int, args ...string) *replicaSet {
+	t.Helper()
 	dir := t.TempDir()
 	writeScript(t, dir, "echo.sh", fmt.Sprintf(`case "$1" in
 start) exec %s serve ;;
@@ -37,7 +43,7 @@ esac
 `, svcBin))
 	cfg := writeConfig(t, dir, map[string]any{"Echo Service": map[string]any{"script": "echo.sh", "count": count,
 		"options": map[string]any{"reconnect_grace": 30}}})
-	rs := &replicaSet{url: srv.URL(0) + "?prefix=" + strings.TrimSuffix(redistest.Prefix(t), ":") + ":"}
+	rs := &replicaSet{url: url}
 	for i := 0; i < n; i++ {
 		id := string(rune('A' + i))
 		rs.gws = append(rs.gws, startGateway(t, append([]string{"--remote_session_config", cfg, "--state_db", rs.url,
@@ -236,4 +242,55 @@ func TestReplicasOwnerKilled(t *testing.T) {
 
 func jsonDecode(resp *http.Response, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// TestReplicasRedisRestart: while Redis is down a reservation answers 503
+// with a reason and a running tunnel keeps running; once it is back (with
+// its append-only file) the replicas resume by themselves and a token
+// reserved before the restart still works, on another replica.
+func TestReplicasRedisRestart(t *testing.T) {
+	needComponent(t, "redis-server", "redis-server")
+	srv, err := redistest.StartAt(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	rs := startReplicasOn(t, srv.URL(0), 2, 2)
+	a, b := rs.gws[0], rs.gws[1]
+	running := a.reserve(t, "Echo Service", "")["token"].(string)
+	kept := a.reserve(t, "Echo Service", "")["token"].(string)
+	ws, _ := connectToken(t, a, running)
+	defer ws.Close()
+
+	srv.Stop()
+	code, body := getJSON(t, b.httpURL("/v1/reserve/Echo%20Service"))
+	if code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body), "Redis") {
+		t.Fatalf("reserve with Redis down: %d %v", code, body)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, []byte("still-here")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readN(ws, len("still-here"), 10*time.Second); err != nil || string(got) != "still-here" {
+		t.Fatalf("the running tunnel with Redis down: %q %v", got, err)
+	}
+
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var w2 *websocket.Conn
+	waitFor(t, "the token reserved before the restart to work on B", 30*time.Second, func() bool {
+		var c int
+		w2, c, _ = dialWS(t, b.wsURL("/websockify?token="+kept), nil)
+		if w2 == nil && c != http.StatusServiceUnavailable {
+			t.Fatalf("the kept token after the restart: %d", c)
+		}
+		return w2 != nil
+	})
+	w2.Close()
+	if err := ws.WriteMessage(websocket.BinaryMessage, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readN(ws, len("after"), 10*time.Second); err != nil || string(got) != "after" {
+		t.Fatalf("the running tunnel after the restart: %q %v", got, err)
+	}
 }
