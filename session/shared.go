@@ -222,7 +222,10 @@ func (m *Manager) claimShared(tok string, maxUserTunnels int) (*Session, error) 
 	case m.closing:
 		err = ErrClosing
 	case ok:
-		ss, err = m.claimLocked(tok, 0)
+		var got *Session
+		if got, err = m.claimLocked(tok, 0); err == nil {
+			return got, nil
+		}
 	case from == Reserved:
 		ss = m.newSessionLocked(rec)
 		ss.rec.Connects, ss.rec.LastClaim = 0, time.Time{}
