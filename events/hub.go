@@ -4,6 +4,10 @@
 // subscribers. A subscriber that gives the last sequence number it saw
 // gets what it missed, then live events, in order, with no gap or
 // duplicate.
+//
+// With several gateway replicas (Follow), the sequence is the shared
+// store's: each replica appends its own events there and delivers, in
+// sequence order, every event it reads back, its own and the others'.
 package events
 
 import (
@@ -44,7 +48,12 @@ type Hub struct {
 	last    int64
 	appends int
 	closed  bool
+	follow  bool // events are delivered by the follow loop, not Publish
 }
+
+// Reader waits, bounded by ctx, for stored events with Seq > since (none
+// when its wait runs out without one).
+type Reader func(ctx context.Context, since int64) ([]store.Event, error)
 
 // Subscription receives events through its deliver function, which must
 // not block; a false return ends the subscription.
@@ -87,19 +96,67 @@ func (h *Hub) Publish(topic, owner string, data any) {
 		h.log.Error().Err(err).Str("topic", topic).Msg("event not stored; dropped")
 		return
 	}
-	h.last = se.Seq
 	h.appends++
 	if h.appends%500 == 0 {
 		if err := h.st.PruneEvents(ctx, h.keep); err != nil {
 			h.log.Warn().Err(err).Msg("pruning event history")
 		}
 	}
-	ev := Event{Seq: se.Seq, Topic: topic, Time: se.Time, Data: b, Owner: owner}
+	if h.follow {
+		return
+	}
+	h.last = se.Seq
+	h.deliverLocked(Event{Seq: se.Seq, Topic: topic, Time: se.Time, Data: b, Owner: owner})
+}
+
+func (h *Hub) deliverLocked(ev Event) {
 	for s := range h.subs {
 		if s.filter(ev) && !s.deliver(ev) {
 			s.done = true
 			delete(h.subs, s)
 		}
+	}
+}
+
+// Follow makes the hub deliver what read returns, every replica's events
+// in sequence order, instead of what Publish stores; it returns at once
+// and follows until ctx ends. A failing read is retried with backoff.
+func (h *Hub) Follow(ctx context.Context, read Reader) {
+	h.mu.Lock()
+	h.follow = true
+	h.mu.Unlock()
+	go h.followLoop(ctx, read)
+}
+
+func (h *Hub) followLoop(ctx context.Context, read Reader) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		evs, err := read(ctx, h.Last())
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			h.log.Warn().Err(err).Dur("retry_in", backoff).Msg("events of the other replicas not read")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		h.mu.Lock()
+		for _, se := range evs {
+			if se.Seq <= h.last {
+				continue
+			}
+			h.last = se.Seq
+			if !h.closed {
+				h.deliverLocked(Event{Seq: se.Seq, Topic: se.Topic, Time: se.Time, Data: se.Data, Owner: se.Owner})
+			}
+		}
+		h.mu.Unlock()
 	}
 }
 

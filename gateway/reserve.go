@@ -18,6 +18,7 @@ import (
 	"wsgateway/internal/text"
 	"wsgateway/reservation"
 	"wsgateway/services"
+	"wsgateway/session"
 )
 
 // Limits on what a reserve query may carry, and on waiting for a slot
@@ -126,6 +127,9 @@ func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts
 		if errors.Is(err, reservation.ErrUserLimit) {
 			s.metrics.limited.WithLabelValues("user_reservations").Inc()
 			return reservation.Reservation{}, &httperr.Error{Status: http.StatusTooManyRequests, Msg: err.Error() + "; release one first", Err: err}
+		}
+		if errors.Is(err, session.ErrUnavailable) {
+			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "no reservation: the replicas' shared state (Redis) is unavailable; try again shortly", Err: err}
 		}
 		if errors.Is(err, reservation.ErrNoSlot) {
 			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "no free slot: " + err.Error() + "; release one or try again later", Err: err}

@@ -94,6 +94,11 @@ type Config struct {
 	// Restored are the reservations it recorded before a restart.
 	Persist  session.Persister
 	Restored []reservation.Reservation
+	// Shared, when set, is the state this gateway shares with its
+	// replicas (--state_db redis://…), and ReplicaID its name among them;
+	// Persist and Restored are then unused.
+	Shared    session.Shared
+	ReplicaID string
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
 	Publish func(topic, owner string, data map[string]any)
@@ -225,7 +230,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		stopCh:     make(chan struct{}),
 	}
 	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
-		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish})
+		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared})
 	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, AllowedOrigins: cfg.AllowedOrigins}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))

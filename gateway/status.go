@@ -13,13 +13,15 @@ import (
 )
 
 type Status struct {
-	Version      string          `json:"version"`
-	Admin        bool            `json:"admin"`
-	User         string          `json:"user,omitempty"`
-	Login        bool            `json:"login"` // users are configured: the dashboard offers a login
-	Uptime       float64         `json:"uptime_seconds"`
-	BasicTarget  string          `json:"basic_target,omitempty"`
-	Tunnels      int             `json:"tunnels"`
+	Version     string  `json:"version"`
+	Admin       bool    `json:"admin"`
+	User        string  `json:"user,omitempty"`
+	Login       bool    `json:"login"` // users are configured: the dashboard offers a login
+	Uptime      float64 `json:"uptime_seconds"`
+	BasicTarget string  `json:"basic_target,omitempty"`
+	Tunnels     int     `json:"tunnels"`
+	// Replica is this gateway's name among its replicas (with Redis).
+	Replica      string          `json:"replica,omitempty"`
 	Services     []ServiceStatus `json:"services"`
 	Reservations []ResStatus     `json:"reservations"`
 	Sessions     []SessionStatus `json:"sessions"`
@@ -46,6 +48,7 @@ type ResStatus struct {
 	State       string  `json:"state"`
 	Age         float64 `json:"age_seconds"`
 	ExpiresIn   float64 `json:"expires_in,omitempty"`
+	Replica     string  `json:"replica,omitempty"`
 }
 
 // SessionStatus describes one launched service instance.
@@ -57,6 +60,7 @@ type SessionStatus struct {
 	Index       int     `json:"index"`
 	State       string  `json:"state"`
 	PID         int     `json:"pid,omitempty"`
+	Replica     string  `json:"replica,omitempty"`
 	Age         float64 `json:"age_seconds"`
 	BytesIn     int64   `json:"bytes_in"`
 	BytesOut    int64   `json:"bytes_out"`
@@ -72,7 +76,9 @@ func (s *Server) status(c auth.Caller) Status {
 	sees := c.MayManage
 	now := time.Now()
 	svcs, infos := s.sessions.Snapshot()
-	st := Status{Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
+	recs := s.sharedRecords()
+	svcs = withSharedFree(svcs, recs)
+	st := Status{Replica: s.cfg.ReplicaID, Version: s.cfg.Version, Admin: admin, User: user, Login: s.cfg.Users != nil, Uptime: now.Sub(s.started).Seconds(), BasicTarget: s.cfg.ClientAddr,
 		Services: []ServiceStatus{}, Reservations: []ResStatus{}, Sessions: []SessionStatus{}}
 	waiting := s.sessions.Waiting()
 	for _, v := range svcs {
@@ -82,7 +88,7 @@ func (s *Server) status(c auth.Caller) Status {
 	}
 	for _, r := range infos {
 		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Created).Seconds()}
+			State: r.State, Age: now.Sub(r.Created).Seconds(), Replica: s.cfg.ReplicaID}
 		if sees(r.Owner) {
 			rs.Token = r.Token
 			rs.Owner = r.Owner
@@ -95,7 +101,7 @@ func (s *Server) status(c auth.Caller) Status {
 			continue
 		}
 		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut}
+			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut, Replica: s.cfg.ReplicaID}
 		if inst, ok := r.Proc.(*services.Instance); ok && inst != nil {
 			x.PID = inst.PID()
 			if admin {
@@ -111,6 +117,7 @@ func (s *Server) status(c auth.Caller) Status {
 		}
 		st.Sessions = append(st.Sessions, x)
 	}
+	s.addSharedRecords(&st, recs, infos, sees, now)
 	s.mu.Lock()
 	st.Tunnels = len(s.tunnels)
 	s.mu.Unlock()

@@ -297,6 +297,10 @@ func tokenError(err error, tok string) error {
 		return &httperr.Error{Status: http.StatusTooManyRequests, Msg: err.Error() + "; close one first", Err: err}
 	case errors.Is(err, session.ErrClosing):
 		return httperr.Errorf(http.StatusServiceUnavailable, "the gateway is shutting down")
+	case errors.Is(err, session.ErrUnavailable):
+		return &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "the replicas' shared state (Redis) is unavailable; try again shortly", Err: err}
+	case errors.Is(err, session.ErrElsewhere):
+		return &httperr.Error{Status: http.StatusConflict, Msg: fmt.Sprintf("the session of %s… runs on another gateway replica: %v; reconnect through it", p, err), Err: err}
 	default:
 		return httperr.Errorf(http.StatusForbidden, "unknown token; reserve a slot with GET /v1/reserve/<service>")
 	}
@@ -343,6 +347,11 @@ func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.L
 // has run out.
 func (s *Server) sweep() {
 	for _, r := range s.sessions.Sweep() {
+		if r.State == "interrupted" {
+			s.log.Warn().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
+				Msg("session interrupted: the replica running it stopped renewing its lease; slot freed")
+			continue
+		}
 		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
 			Str("state", r.State).Msg("reservation reclaimed: unused for too long")
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"wsgateway/internal/procwatch"
+	"wsgateway/internal/redistest"
 )
 
 // buildFlags are passed to go build; under -race the binaries are built
@@ -57,7 +58,17 @@ func TestMain(m *testing.M) {
 	// After the tests: none left a process behind (the gateway, its
 	// supervisors, scripts and their children, Xvnc, Chromium, ...), nor
 	// anything running this run's binaries wherever its parent is.
-	code := procwatch.Run(m, func(cmdline string) bool { return strings.Contains(cmdline, dir) })
+	subreaperErr := procwatch.BecomeSubreaper()
+	code := m.Run()
+	redistest.StopShared() // the package's one redis-server (replicas_test.go)
+	if problems := procwatch.Verify(subreaperErr, func(cmdline string) bool { return strings.Contains(cmdline, dir) }); len(problems) > 0 {
+		for _, p := range problems {
+			fmt.Fprintln(os.Stderr, "FAIL: no stray processes:", p)
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

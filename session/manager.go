@@ -33,6 +33,9 @@ type Config struct {
 	// queue.changed events (owner restricts who may see them), in order,
 	// never under the Manager's lock.
 	Publish func(topic, owner string, data map[string]any)
+	// Shared, when set, is the state this gateway shares with its
+	// replicas (see Shared); Persist and Restore are then not used.
+	Shared Shared
 }
 
 // Persister records reservations as they change.
@@ -56,6 +59,9 @@ type Manager struct {
 	expCap  int
 	waiters map[string][]*waiter // service -> FIFO of waiting reservations
 	closing bool
+	// sharedWaiting counts this replica's reservations waiting for a
+	// slot of the shared state, by service.
+	sharedWaiting map[string]int
 }
 
 // waiter is a reservation waiting for a slot.
@@ -82,6 +88,8 @@ func New(cfg Config) *Manager {
 		expired: map[string]time.Time{},
 		expCap:  cfg.ExpiredMemory,
 		waiters: map[string][]*waiter{},
+
+		sharedWaiting: map[string]int{},
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	if m.now == nil {
@@ -96,6 +104,9 @@ func New(cfg Config) *Manager {
 	for name, n := range cfg.Counts {
 		m.held[name] = make([]bool, n)
 	}
+	if cfg.Shared != nil {
+		go cfg.Shared.Run(m.base, m.stopRequested)
+	}
 	return m
 }
 
@@ -108,6 +119,9 @@ func (m *Manager) Reserve(service string, opts map[string]string) (reservation.R
 // perUser reservations at once (0: no limit; an anonymous owner "" is not
 // limited here). The reservation is recorded before it returns.
 func (m *Manager) ReserveFor(service, owner string, perUser int, opts map[string]string) (reservation.Reservation, error) {
+	if m.cfg.Shared != nil {
+		return m.reserveShared(service, owner, perUser, opts)
+	}
 	m.mu.Lock()
 	if len(m.waiters[service]) > 0 {
 		// Others are waiting for this service: a free slot is theirs.
@@ -178,6 +192,9 @@ func (m *Manager) newSessionLocked(r reservation.Reservation) *Session {
 // ReserveWait is ReserveFor that, when every slot is held, waits in a FIFO
 // queue (at most maxWaiters long) until a slot frees or ctx ends.
 func (m *Manager) ReserveWait(ctx context.Context, service, owner string, perUser, maxWaiters int, opts map[string]string) (reservation.Reservation, error) {
+	if m.cfg.Shared != nil {
+		return m.reserveWaitShared(ctx, service, owner, perUser, maxWaiters, opts)
+	}
 	m.mu.Lock()
 	if len(m.waiters[service]) == 0 {
 		r, err := m.reserveLocked(service, owner, perUser, opts)
@@ -231,6 +248,11 @@ func (m *Manager) Waiting() map[string]int {
 			out[s] = len(q)
 		}
 	}
+	for s, n := range m.sharedWaiting {
+		if n > 0 {
+			out[s] += n
+		}
+	}
 	return out
 }
 
@@ -269,6 +291,9 @@ func (m *Manager) findLocked(tok string) (*Session, error) {
 
 // Get returns the reservation for tok.
 func (m *Manager) Get(tok string) (reservation.Reservation, error) {
+	if m.cfg.Shared != nil {
+		return m.getShared(tok)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ss, err := m.findLocked(tok)
@@ -287,6 +312,9 @@ func (m *Manager) lookup(tok string) (*Session, error) {
 
 // Check says what Claim would say for tok, without claiming it.
 func (m *Manager) Check(tok string) (reservation.Reservation, error) {
+	if m.cfg.Shared != nil {
+		return m.checkShared(tok)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ss, err := m.claimableLocked(tok)
@@ -318,11 +346,19 @@ func (m *Manager) claimableLocked(tok string) (*Session, error) {
 // Only one websocket may hold a token at a time. maxUserTunnels (0: no
 // limit) caps the websockets an owner holds at once.
 func (m *Manager) Claim(tok string, maxUserTunnels int) (*Session, error) {
+	if m.cfg.Shared != nil {
+		return m.claimShared(tok, maxUserTunnels)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
 		return nil, ErrClosing
 	}
+	return m.claimLocked(tok, maxUserTunnels)
+}
+
+// claimLocked is Claim under the lock.
+func (m *Manager) claimLocked(tok string, maxUserTunnels int) (*Session, error) {
 	ss, err := m.claimableLocked(tok)
 	if err != nil {
 		if errors.Is(err, reservation.ErrExpiredToken) && ss != nil {
@@ -358,6 +394,9 @@ func (m *Manager) Release(ctx context.Context, tok string, code int, reason stri
 	ss, err := m.findLocked(tok)
 	if err != nil {
 		m.mu.Unlock()
+		if m.cfg.Shared != nil {
+			return m.releaseShared(ctx, tok, code, reason)
+		}
 		return reservation.Reservation{}, err
 	}
 	rec := ss.recordLocked()
@@ -427,6 +466,14 @@ func (m *Manager) endLocked(ss *Session) {
 		tok := ss.rec.Token
 		m.fx.add(func() { p.DeleteReservation(tok) })
 	}
+	if sh := m.cfg.Shared; sh != nil {
+		tok := ss.rec.Token
+		m.fx.add(func() {
+			ctx, cancel := m.sharedCtx()
+			defer cancel()
+			_ = sh.End(ctx, tok)
+		})
+	}
 	if slots, ok := m.held[ss.rec.Service]; ok && ss.rec.Index >= 0 && ss.rec.Index < len(slots) {
 		slots[ss.rec.Index] = false
 		m.grantLocked(ss.rec.Service)
@@ -449,10 +496,13 @@ func (m *Manager) expireLocked(ss *Session) {
 // stops every detached session whose reconnect grace has run out. It
 // returns both as they were.
 func (m *Manager) Sweep() []reservation.Reservation {
+	var gone []reservation.Reservation
+	if m.cfg.Shared != nil {
+		gone = m.expireShared()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	var gone []reservation.Reservation
 	for _, ss := range m.byToken {
 		if now.Before(ss.rec.Expires) {
 			continue
@@ -643,6 +693,18 @@ func (m *Manager) saveLocked(ss *Session) {
 	if p := m.cfg.Persist; p != nil {
 		r := ss.recordLocked()
 		m.fx.add(func() { p.SaveReservation(r) })
+	}
+	if sh := m.cfg.Shared; sh != nil {
+		r := ss.recordLocked()
+		m.fx.add(func() {
+			ctx, cancel := m.sharedCtx()
+			defer cancel()
+			if ok, err := sh.Save(ctx, r); err == nil && !ok {
+				// The record is no longer this replica's (its lease ran
+				// out and another replica ended it): stop what runs here.
+				m.stopRequested(r.Token, 1011, "this gateway replica lost its lease")
+			}
+		})
 	}
 }
 

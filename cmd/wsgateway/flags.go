@@ -50,6 +50,8 @@ type Config struct {
 	MaxUserTunnels      int
 	MaxUserReservations int
 	StateDB             string
+	ReplicaID           string
+	ReplicaLease        time.Duration
 	MaxRPCPerAddress    int
 	KeepJobs            int
 	KeepJobsFor         time.Duration
@@ -200,8 +202,25 @@ func options() []option {
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserTunnels) }},
 		{name: "max_user_reservations", meta: "count", help: "Reservations one user may hold at once; more get 429. 0 means no cap. Default: 10",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserReservations) }},
-		{name: "state_db", meta: "file", help: "SQLite file holding what survives a restart: jobs, their queue, the event history and reservations (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory",
+		{name: "state_db", meta: "file|url", help: "SQLite file holding what survives a restart: jobs, their queue, the event history and reservations (job logs go beside it, in <file>.jobs/). Default: wsgateway-state.db in the working directory when the services config has jobs, else state is kept in memory. A redis://[user:password@]host:port/db URL (rediss:// for TLS) shares reservations, sessions and events with the other gateway replicas on that Redis (see docs/replicas.md)",
 			set: func(c *Config, a []string) error { c.StateDB = a[0]; return nil }},
+		{name: "replica_id", meta: "name", help: "This replica's name among those sharing a --state_db redis://… (unique; default: the host name and a random suffix)",
+			set: func(c *Config, a []string) error {
+				if a[0] == "" || len(a[0]) > 64 || strings.ContainsAny(a[0], " \t\r\n:*?[]") {
+					return fmt.Errorf("%q must be 1 to 64 characters without spaces, ':' or glob characters", a[0])
+				}
+				c.ReplicaID = a[0]
+				return nil
+			}},
+		{name: "replica_lease", meta: "seconds", help: "With --state_db redis://…: how long this replica's sessions outlive it when it dies without a word (another replica then frees their slots). Default: 15",
+			set: func(c *Config, a []string) error {
+				f, err := strconv.ParseFloat(a[0], 64)
+				if err != nil || f < 0.3 || f > 3600 {
+					return fmt.Errorf("%q must be a number of seconds from 0.3 to 3600", a[0])
+				}
+				c.ReplicaLease = time.Duration(f * float64(time.Second))
+				return nil
+			}},
 		{name: "max_rpc_per_address", meta: "count", help: "JSON-RPC (/v1/rpc) connections one client address may hold open; more get 429. They count against --max_tunnels too. 0 means no cap. Default: 32",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxRPCPerAddress) }},
 		{name: "keep_jobs", meta: "count", help: "Finished jobs kept (the newest); older ones are removed with their logs and directories. 0 keeps all. Default: 1000",

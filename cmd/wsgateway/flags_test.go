@@ -289,3 +289,41 @@ func TestControlPlaneFlags(t *testing.T) {
 		t.Fatalf("gateway config: %v %d", err, g.MaxControlPerAddress)
 	}
 }
+
+func TestReplicaFlags(t *testing.T) {
+	base := []string{"--local_session", "desktop", "1", "8081"}
+	tests := []struct {
+		args     []string
+		id       string
+		lease    time.Duration
+		errMatch string
+	}{
+		{nil, "", 0, ""},
+		{[]string{"--replica_id", "gw-1", "--replica_lease", "0.3"}, "gw-1", 300 * time.Millisecond, ""},
+		{[]string{"--replica_lease", "3600"}, "", time.Hour, ""},
+		{[]string{"--replica_id", strings.Repeat("a", 64)}, strings.Repeat("a", 64), 0, ""},
+		{[]string{"--replica_id", strings.Repeat("a", 65)}, "", 0, "--replica_id"},
+		{[]string{"--replica_id", ""}, "", 0, "--replica_id"},
+		{[]string{"--replica_id", "a b"}, "", 0, "--replica_id"},
+		{[]string{"--replica_id", "a:b"}, "", 0, "--replica_id"},
+		{[]string{"--replica_id", "a*"}, "", 0, "--replica_id"},
+		{[]string{"--replica_lease", "0.29"}, "", 0, "--replica_lease"},
+		{[]string{"--replica_lease", "3600.1"}, "", 0, "--replica_lease"},
+		{[]string{"--replica_lease", "x"}, "", 0, "--replica_lease"},
+	}
+	for _, tc := range tests {
+		c, err := parseArgs(append(append([]string{}, tc.args...), base...), func(string) string { return "" })
+		if tc.errMatch != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errMatch) {
+				t.Errorf("%v: %v, want an error about %s", tc.args, err, tc.errMatch)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.ReplicaID != tc.id || c.ReplicaLease != tc.lease {
+			t.Errorf("%v: id %q lease %s", tc.args, c.ReplicaID, c.ReplicaLease)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"wsgateway/rpc"
 	"wsgateway/services"
 	"wsgateway/store"
+	"wsgateway/store/redisstore"
 )
 
 // defaultStateDB is --state_db when the services config has jobs and the
@@ -36,6 +37,8 @@ type jobsRun struct {
 	gw    *rpc.LateGateway // bound to the gateway once it exists
 	log   zerolog.Logger
 	grace time.Duration
+
+	stopFollow context.CancelFunc // ends the shared event stream's follower
 }
 
 // setupJobs loads the job services of --remote_session_config, opens the
@@ -57,7 +60,19 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	}
 	jr := &jobsRun{log: log, grace: cfg.StopGrace, gw: &rpc.LateGateway{}}
 	var jobDir string
-	if path == "" {
+	var st store.Store
+	var shared *redisstore.Store
+	if redisstore.IsURL(path) {
+		if len(svcs) > 0 {
+			return nil, &usageError{"--state_db redis://…: job services are not shared between replicas yet; run them on a gateway with an SQLite --state_db"}
+		}
+		rs, err := redisstore.Open(ctx, path, log)
+		if err != nil {
+			return nil, err
+		}
+		st, shared = rs, rs
+		path = redisstore.Redact(path)
+	} else if path == "" {
 		// Nothing asks for durable state (and no job can run): keep the
 		// event history in memory.
 		path = store.Memory
@@ -81,20 +96,30 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		}
 		jr.lock = lf
 	}
-	storeLog := log
-	if path == store.Memory {
-		// No jobs and nothing durable: nothing worth saying about them.
-		storeLog = log.Level(zerolog.WarnLevel)
-	}
-	st, err := store.Open(ctx, path, storeLog)
-	if err != nil {
-		jr.close()
-		return nil, err
+	if st == nil {
+		storeLog := log
+		if path == store.Memory {
+			// No jobs and nothing durable: nothing worth saying about them.
+			storeLog = log.Level(zerolog.WarnLevel)
+		}
+		sq, err := store.Open(ctx, path, storeLog)
+		if err != nil {
+			jr.close()
+			return nil, err
+		}
+		st = sq
 	}
 	jr.st = st
+	var err error
 	if jr.hub, err = events.NewHub(ctx, st, 10000, log); err != nil {
 		jr.close()
 		return nil, err
+	}
+	if shared != nil {
+		if err := jr.share(ctx, cfg, g, shared, base); err != nil {
+			jr.close()
+			return nil, err
+		}
 	}
 	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv,
 		KeepFinished: cfg.KeepJobs, KeepFor: cfg.KeepJobsFor}, log)
@@ -111,15 +136,10 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		Limits:   jr.gw, // the REST API's limits, in the gateway
 		Version:  version,
 	}, base.With().Str("component", "rpc").Logger())
-	// Reservations are durable in the same database.
-	g.Persist = storePersister{st: jr.st, log: log}
-	if rows, err := jr.st.ListReservations(ctx); err != nil {
-		log.Error().Err(err).Msg("reservations from before the restart not read")
-	} else {
-		for _, r := range rows {
-			g.Restored = append(g.Restored, reservation.Reservation{Token: r.Token, Service: r.Service, Index: r.Index,
-				Owner: r.Owner, Options: r.Options, State: r.State, Created: r.Created, Expires: r.Expires})
-		}
+	// Reservations are durable in the same database (shared with the
+	// other replicas' in Redis).
+	if shared == nil {
+		jr.restoreReservations(ctx, g)
 	}
 	// The gateway's events go to the same hub as the jobs'.
 	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
@@ -134,6 +154,21 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		log.Info().Str("state_db", path).Int("job_services", len(svcs)).Int("queued", len(jr.mgr.Queue())).Msg("jobs ready")
 	}
 	return jr, nil
+}
+
+// restoreReservations has the gateway record its reservations in the
+// state database and hold again those recorded before a restart.
+func (jr *jobsRun) restoreReservations(ctx context.Context, g *gateway.Config) {
+	log := jr.log
+	g.Persist = storePersister{st: jr.st, log: log}
+	if rows, err := jr.st.ListReservations(ctx); err != nil {
+		log.Error().Err(err).Msg("reservations from before the restart not read")
+	} else {
+		for _, r := range rows {
+			g.Restored = append(g.Restored, reservation.Reservation{Token: r.Token, Service: r.Service, Index: r.Index,
+				Owner: r.Owner, Options: r.Options, State: r.State, Created: r.Created, Expires: r.Expires})
+		}
+	}
 }
 
 // close stops the RPC connections and the running jobs (marked
@@ -153,6 +188,9 @@ func (jr *jobsRun) close() {
 	}
 	if jr.hub != nil {
 		jr.hub.Close()
+	}
+	if jr.stopFollow != nil {
+		jr.stopFollow()
 	}
 	if jr.st != nil {
 		errs = append(errs, jr.st.Close())
