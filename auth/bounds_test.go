@@ -181,3 +181,36 @@ func TestPasswordLengths(t *testing.T) {
 		}
 	}
 }
+
+// TestPasswordCacheBound: successes are cached (a second user's success
+// keeps the first's) until the cache holds 10,000, when it starts again.
+func TestPasswordCacheBound(t *testing.T) {
+	h, _ := HashPassword("correct horse")
+	u, err := LoadUsers(writeFile(t, map[string]any{"users": map[string]any{
+		"alice": map[string]any{"password_bcrypt": h}, "bob": map[string]any{"password_bcrypt": h}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"alice", "bob"} {
+		if _, err := u.CheckPassword(name, "correct horse"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(u.cache); n != 2 {
+		t.Fatalf("%d cached successes, want 2", n)
+	}
+	fill := func(n int) {
+		clear(u.cache)
+		for i := 0; i < n; i++ {
+			u.cache[[32]byte{byte(i), byte(i >> 8), 1}] = time.Now().Add(time.Minute)
+		}
+	}
+	fill(10000)
+	if _, err := u.CheckPassword("alice", "correct horse"); err != nil || len(u.cache) != 10001 {
+		t.Fatalf("at 10,000: %d entries (%v)", len(u.cache), err)
+	}
+	fill(10001)
+	if _, err := u.CheckPassword("bob", "correct horse"); err != nil || len(u.cache) != 1 {
+		t.Fatalf("over 10,000: %d entries (%v)", len(u.cache), err)
+	}
+}
