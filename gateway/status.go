@@ -46,6 +46,9 @@ type ResStatus struct {
 	State       string  `json:"state"`
 	Age         float64 `json:"age_seconds"`
 	ExpiresIn   float64 `json:"expires_in,omitempty"`
+	// Cluster is a cluster session's job: its id, Slurm's state and
+	// reason, its position among the pending jobs, its node.
+	Cluster map[string]any `json:"cluster,omitempty"`
 }
 
 // SessionStatus describes one launched service instance.
@@ -62,6 +65,8 @@ type SessionStatus struct {
 	BytesOut    int64   `json:"bytes_out"`
 	Remote      string  `json:"remote,omitempty"`
 	Log         string  `json:"log,omitempty"`
+	// Cluster is as in ResStatus.
+	Cluster map[string]any `json:"cluster,omitempty"`
 }
 
 // status builds /v1/status for c. Administrators see every token; a
@@ -82,7 +87,7 @@ func (s *Server) status(c auth.Caller) Status {
 	}
 	for _, r := range infos {
 		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Created).Seconds()}
+			State: r.State, Age: now.Sub(r.Created).Seconds(), Cluster: r.Detail}
 		if sees(r.Owner) {
 			rs.Token = r.Token
 			rs.Owner = r.Owner
@@ -95,7 +100,7 @@ func (s *Server) status(c auth.Caller) Status {
 			continue
 		}
 		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut}
+			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut, Cluster: r.Detail}
 		if inst, ok := r.Proc.(*services.Instance); ok && inst != nil {
 			x.PID = inst.PID()
 			if admin {
