@@ -191,6 +191,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 
 	var launchStart time.Time
 	inst, _ := ss.Process().(launched) // set when reattaching
+	if job, ok := inst.(*services.SlurmJob); ok {
+		// A cluster session resumed after a restart says where it runs.
+		ss.Note(map[string]any{"job_id": job.ID(), "job_state": "RUNNING", "endpoint": job.Endpoint().Address})
+	}
 	if inst == nil {
 		launchStart = time.Now()
 		if svc.Kind == services.KindSlurm {

@@ -233,7 +233,7 @@ func slurmCannotStart(t *testing.T, cl *slurmCluster) {
 		want  string
 	}{
 		{"sbatch refuses", map[string]any{"constraint": "nosuchfeature"}, "Invalid feature specification"},
-		{"partition limit", map[string]any{"time": "02:00:00"}, "PartitionTimeLimit"},
+		{"partition limit", map[string]any{"time": "02:00:00"}, "cannot start: Slurm says Partition"},
 		{"bad partition", map[string]any{"partition": "nosuchpartition"}, "Invalid partition name"},
 		{"node script fails", map[string]any{"node_script": failing}, "no desktop on this node"},
 	} {

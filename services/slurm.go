@@ -236,6 +236,10 @@ type SlurmJob struct {
 	watching chan struct{}      // closed when the watcher returns
 }
 
+// crashWait bounds how long CrashReason waits for an ending job's final
+// state.
+const crashWait = 15 * time.Second
+
 // ErrJobEnded: a running cluster job ended (ExitErr).
 var ErrJobEnded = errors.New("cluster job ended")
 
@@ -291,13 +295,16 @@ func runSlurm(ctx context.Context, env []string, stdin []byte, name string, args
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
+		// Slurm's last line says it best ("Batch job submission failed:
+		// Invalid partition name specified").
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		msg := strings.TrimSpace(lines[len(lines)-1])
 		msg = strings.TrimPrefix(msg, name+": error: ")
-		msg = strings.ReplaceAll(msg, "\n"+name+": error: ", "; ")
+		msg = strings.TrimPrefix(msg, "Batch job submission failed: ")
 		if msg == "" {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		return nil, fmt.Errorf("%s: %s: %w", name, msg, err)
+		return nil, fmt.Errorf("%s: %s (%w)", name, msg, err)
 	}
 	return stdout.Bytes(), nil
 }
@@ -560,20 +567,28 @@ func (j *SlurmJob) startWatch() {
 
 func (j *SlurmJob) watch(ctx context.Context) {
 	defer close(j.watching)
-	t := time.NewTicker(j.opts.poll())
-	defer t.Stop()
+	every := j.opts.poll()
 	for {
+		t := time.NewTimer(every)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		case <-j.wake:
+			t.Stop()
 		}
 		st, err := j.Status(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				j.log.Warn().Err(err).Str("job", j.id).Msg("squeue failed")
 			}
+			continue
+		}
+		if st.State == "COMPLETING" {
+			// The job is ending; its final state (CANCELLED, TIMEOUT, …)
+			// says why, once its processes are gone.
+			every = 100 * time.Millisecond
 			continue
 		}
 		if !running(st.State) && st.State != "SUSPENDED" {
@@ -617,14 +632,16 @@ func (j *SlurmJob) ExitErr() error {
 // Detached is false: a cluster session is kept for reconnections.
 func (j *SlurmJob) Detached() bool { return false }
 
-// CrashReason asks Slurm at once whether the job has ended, waiting at
-// most wait, and says how ("" while it runs).
+// CrashReason asks Slurm at once whether the job has ended and says how
+// ("" while it runs). A job whose connection ended is given at least
+// crashWait to reach its final state, since Slurm shows an ending job as
+// COMPLETING until its processes are gone.
 func (j *SlurmJob) CrashReason(wait time.Duration) string {
 	select {
 	case j.wake <- struct{}{}:
 	default:
 	}
-	t := time.NewTimer(wait)
+	t := time.NewTimer(max(wait, crashWait))
 	defer t.Stop()
 	select {
 	case <-j.exited:
