@@ -153,7 +153,8 @@ MinJobAge=30
 KillWait=2
 InactiveLimit=0
 NodeName=%[1]s NodeAddr=127.0.0.1 CPUs=%[5]d State=UNKNOWN
-PartitionName=debug Nodes=%[1]s Default=YES MaxTime=60 State=UP
+PartitionName=debug Nodes=%[1]s Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=%[1]s MaxTime=1 State=UP
 `, host, p1, p2, dir, runtime.NumCPU())
 	if err := os.WriteFile(c.conf, []byte(conf), 0o644); err != nil {
 		return nil, err
