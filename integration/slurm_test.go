@@ -30,7 +30,7 @@ func clusterConfig(t *testing.T, dir, name string, count int, slurm map[string]a
 	}
 	return writeConfig(t, dir, map[string]any{name: map[string]any{
 		"kind": "slurm", "count": count, "slurm": s,
-		"options":        map[string]any{"geometry": "640x480", "vnc_interface": "127.0.0.1", "reconnect_grace": 30},
+		"options":        map[string]any{"geometry": "640x480", "vnc_interface": "127.0.0.1", "reconnect_grace": 2},
 		"client_options": map[string]any{"geometry": "^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$"},
 	}})
 }
