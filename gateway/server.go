@@ -165,6 +165,8 @@ type Server struct {
 	log          zerolog.Logger
 	sessions     *session.Manager
 	svcs         map[string]*services.Service
+	clusterTag   string          // this gateway's jobs in Slurm (their --comment)
+	resumedJobs  map[string]bool // cluster jobs taken back after a restart
 	upgrader     websocket.Upgrader
 	bufPool      sync.Pool
 	started      time.Time
@@ -230,7 +232,9 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		stopCh:     make(chan struct{}),
 	}
 	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
-		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared})
+		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared, Resume: s.resume})
+	s.clusterTag = services.ClusterTag(cfg.SessionRoot)
+	s.resumedJobs = map[string]bool{}
 	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, AllowedOrigins: cfg.AllowedOrigins}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
@@ -258,6 +262,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		log.Info().Int("restored", len(restored)).Int("interrupted", len(interrupted)).
 			Int("dropped", len(cfg.Restored)-len(restored)-len(interrupted)).Msg("reservations from before the restart")
 	}
+	s.cancelForgotten()
 	return s, nil
 }
 

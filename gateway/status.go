@@ -49,6 +49,9 @@ type ResStatus struct {
 	Age         float64 `json:"age_seconds"`
 	ExpiresIn   float64 `json:"expires_in,omitempty"`
 	Replica     string  `json:"replica,omitempty"`
+	// Cluster is a cluster session's job: its id, Slurm's state and
+	// reason, its position among the pending jobs, its node.
+	Cluster map[string]any `json:"cluster,omitempty"`
 }
 
 // SessionStatus describes one launched service instance.
@@ -66,6 +69,8 @@ type SessionStatus struct {
 	BytesOut    int64   `json:"bytes_out"`
 	Remote      string  `json:"remote,omitempty"`
 	Log         string  `json:"log,omitempty"`
+	// Cluster is as in ResStatus.
+	Cluster map[string]any `json:"cluster,omitempty"`
 }
 
 // status builds /v1/status for c. Administrators see every token; a
@@ -88,7 +93,7 @@ func (s *Server) status(c auth.Caller) Status {
 	}
 	for _, r := range infos {
 		rs := ResStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Created).Seconds(), Replica: s.cfg.ReplicaID}
+			State: r.State, Age: now.Sub(r.Created).Seconds(), Cluster: r.Detail, Replica: s.cfg.ReplicaID}
 		if sees(r.Owner) {
 			rs.Token = r.Token
 			rs.Owner = r.Owner
@@ -101,7 +106,7 @@ func (s *Server) status(c auth.Caller) Status {
 			continue
 		}
 		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
-			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut, Replica: s.cfg.ReplicaID}
+			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut, Cluster: r.Detail, Replica: s.cfg.ReplicaID}
 		if inst, ok := r.Proc.(*services.Instance); ok && inst != nil {
 			x.PID = inst.PID()
 			if admin {

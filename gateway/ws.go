@@ -190,12 +190,31 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	}
 
 	var launchStart time.Time
-	inst, _ := ss.Process().(*services.Instance) // set when reattaching
+	inst, _ := ss.Process().(launched) // set when reattaching
+	if job, ok := inst.(*services.SlurmJob); ok {
+		// A cluster session resumed after a restart says where it runs.
+		ss.Note(map[string]any{"job_id": job.ID(), "job_state": "RUNNING", "endpoint": job.Endpoint().Address})
+	}
 	if inst == nil {
 		launchStart = time.Now()
-		if inst, err = s.start(ss, svc, log); err != nil {
+		if svc.Kind == services.KindSlurm {
+			var job *services.SlurmJob
+			if job, err = s.startSlurm(ss, svc, ws, log); err == nil {
+				inst = job
+			}
+		} else {
+			var li *services.Instance
+			if li, err = s.start(ss, svc, log); err == nil {
+				inst = li
+			}
+		}
+		if err != nil {
 			if errors.Is(err, session.ErrReleased) {
 				closeWS(ws, websocket.CloseNormalClosure, "reservation released")
+				return nil
+			}
+			if errors.Is(err, errClientGone) {
+				ws.Close()
 				return nil
 			}
 			s.metrics.launches.WithLabelValues(svc.Name, "failed").Inc()
@@ -249,7 +268,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 			case <-inst.Exited():
 				if err := inst.ExitErr(); err != nil {
 					s.metrics.failures.WithLabelValues("service_exited").Inc()
-					t.closeWith(websocket.CloseInternalServerErr, "service exited: "+err.Error())
+					msg := "service exited: " + err.Error()
+					if errors.Is(err, services.ErrJobEnded) {
+						msg = err.Error()
+					}
+					t.closeWith(websocket.CloseInternalServerErr, msg)
 				}
 			case <-t.done:
 			}
@@ -319,18 +342,8 @@ func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.L
 		ss.StartFailed(err.Error())
 		return nil, err
 	}
-	dir := filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(svc.Name), ss.Index(), reservation.TokenPrefix(ss.Token())))
-	spec := services.Spec{
-		Service:      svc,
-		Index:        ss.Index(),
-		Token:        ss.Token(),
-		Options:      opts,
-		SessionDir:   dir,
-		StartTimeout: s.cfg.StartTimeout,
-		StopGrace:    s.cfg.StopGrace,
-		Supervisor:   s.cfg.Supervisor,
-		EnvPolicy:    s.cfg.EnvPolicy,
-	}
+	spec := s.launchSpec(ss.Token(), ss.Index(), svc, opts)
+	dir := spec.SessionDir
 	inst, err := services.Start(ctx, spec, log)
 	if err != nil {
 		released := ctx.Err() != nil
@@ -355,6 +368,11 @@ func (s *Server) sweep() {
 		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
 			Str("state", r.State).Msg("reservation reclaimed: unused for too long")
 	}
+}
+
+// sessionDir is the directory of a session of svc in slot index.
+func (s *Server) sessionDir(svc *services.Service, index int, tok string) string {
+	return filepath.Join(s.cfg.SessionRoot, fmt.Sprintf("%s-%d-%s", safeName(svc.Name), index, reservation.TokenPrefix(tok)))
 }
 
 func reconnectGrace(svc *services.Service) time.Duration {

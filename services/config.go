@@ -32,6 +32,10 @@ type Service struct {
 	ClientOptions map[string]*ClientOption
 	// BuiltIn is true for services compiled into the binary.
 	BuiltIn bool
+	// Kind is KindService (a script) or KindSlurm (a Slurm batch job).
+	Kind string
+	// Slurm is the "slurm" object of a KindSlurm service (nil otherwise).
+	Slurm *SlurmOptions
 }
 
 // ConfigError is a problem in a services config: the file, the service and
@@ -91,6 +95,7 @@ type rawService struct {
 	Count         *json.Number               `json:"count"`
 	Options       map[string]json.RawMessage `json:"options"`
 	ClientOptions map[string]json.RawMessage `json:"client_options"`
+	Slurm         json.RawMessage            `json:"slurm"`
 }
 
 // ParseConfig parses config bytes; file names the source in errors and dir
@@ -132,9 +137,20 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err := d.Decode(&rs); err != nil {
 			msg := err.Error()
 			if strings.Contains(msg, "unknown field") {
-				msg += `; a service has "script", "count", "options" and optionally "client_options" (put anything else inside "options"), and a job has "kind": "job", "cmd", "count" and "options"`
+				msg += `; a service has "script", "count", "options" and optionally "client_options" (put anything else inside "options"), a cluster service has "kind": "slurm", "count", "options" and optionally "slurm" and "client_options", and a job has "kind": "job", "cmd", "count" and "options"`
 			}
 			return nil, &ConfigError{File: file, Service: name, Msg: msg}
+		}
+		if kind == KindSlurm {
+			svc, err := parseSlurmEntry(file, dir, name, &rs)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, svc)
+			continue
+		}
+		if rs.Slurm != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "slurm", Msg: `only a "kind": "slurm" service has a "slurm" object`}
 		}
 		if rs.Script == nil || *rs.Script == "" {
 			return nil, &ConfigError{File: file, Service: name, Key: "script", Msg: "missing; set it to the path of an executable (relative to the config file)"}
@@ -167,7 +183,7 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 		if err != nil {
 			return nil, &ConfigError{File: file, Service: name, Key: "client_options", Msg: err.Error()}
 		}
-		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options, ClientOptions: copts})
+		out = append(out, &Service{Name: name, Script: script, Count: int(cnt), Options: rs.Options, ClientOptions: copts, Kind: KindService})
 	}
 	return out, nil
 }
@@ -176,6 +192,7 @@ func ParseConfig(file, dir string, data []byte) ([]*Service, error) {
 const (
 	KindService = "service" // the default: a script behind a token
 	KindJob     = "job"     // a queued batch job (package jobs)
+	// KindSlurm (slurm.go): sessions run as Slurm batch jobs.
 )
 
 // EntryKind returns the "kind" of a services config entry: KindService
@@ -189,13 +206,13 @@ func EntryKind(raw json.RawMessage) (string, error) {
 	}
 	var k string
 	if err := json.Unmarshal(*probe.Kind, &k); err != nil {
-		return "", fmt.Errorf(`must be "service" or "job"`)
+		return "", fmt.Errorf(`must be "service", "slurm" or "job"`)
 	}
 	switch k {
-	case KindService, KindJob:
+	case KindService, KindJob, KindSlurm:
 		return k, nil
 	}
-	return "", fmt.Errorf(`%q is not a kind of service; use "service" (the default) or "job"`, k)
+	return "", fmt.Errorf(`%q is not a kind of service; use "service" (the default), "slurm" or "job"`, k)
 }
 
 func checkOptions(o map[string]json.RawMessage) error {
@@ -299,4 +316,41 @@ func (s *Service) MergedOptions(query map[string]string) ([]byte, error) {
 		return nil, fmt.Errorf("encoding options: %w", err)
 	}
 	return out, nil
+}
+
+// parseSlurmEntry checks a "kind": "slurm" entry.
+func parseSlurmEntry(file, dir, name string, rs *rawService) (*Service, error) {
+	if rs.Script != nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "script", Msg: `a "kind": "slurm" service runs "slurm": {"node_script": ...} on the node (default: the built-in desktop); remove "script"`}
+	}
+	if rs.Count == nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "count", Msg: "missing; set it to the number of simultaneous cluster sessions, e.g. 4"}
+	}
+	cnt, err := rs.Count.Int64()
+	if err != nil || cnt < 1 || cnt > MaxCount {
+		return nil, &ConfigError{File: file, Service: name, Key: "count", Msg: fmt.Sprintf("must be a whole number from 1 to %d, got %s", MaxCount, rs.Count.String())}
+	}
+	if rs.Options == nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "options", Msg: `missing; use {} when the service has none`}
+	}
+	if err := checkOptions(rs.Options); err != nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "options", Msg: err.Error()}
+	}
+	copts, err := parseClientOptions(rs.ClientOptions)
+	if err != nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "client_options", Msg: err.Error()}
+	}
+	o := &SlurmOptions{}
+	if rs.Slurm != nil {
+		d := json.NewDecoder(bytes.NewReader(rs.Slurm))
+		d.DisallowUnknownFields()
+		if err := d.Decode(o); err != nil {
+			return nil, &ConfigError{File: file, Service: name, Key: "slurm", Msg: err.Error() +
+				`; it takes "partition", "account", "time", "constraint", "sbatch_args", "node_script", "poll_seconds" and "start_timeout"`}
+		}
+	}
+	if key, err := checkSlurm(o, dir); err != nil {
+		return nil, &ConfigError{File: file, Service: name, Key: "slurm." + key, Msg: err.Error()}
+	}
+	return &Service{Name: name, Count: int(cnt), Options: rs.Options, ClientOptions: copts, Kind: KindSlurm, Slurm: o}, nil
 }

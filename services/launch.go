@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"wsgateway/proc"
+	"wsgateway/rfb"
 )
 
 // Errors a launch can end with; match them with errors.Is.
@@ -65,6 +66,10 @@ type Spec struct {
 type Endpoint struct {
 	Network string `json:"network"` // "tcp" or "unix"
 	Address string `json:"address"`
+	// VNCPassword, when set, is the VNC server's password: the gateway
+	// authenticates to the server with it and offers its client security
+	// type None (package rfb). It is never shown.
+	VNCPassword string `json:"-"`
 }
 
 // ReadyLine is what a script prints once its service listens.
@@ -72,6 +77,11 @@ type ReadyLine struct {
 	Hostname string `json:"hostname,omitempty"`
 	Port     int    `json:"port,omitempty"`
 	Unix     string `json:"unix,omitempty"`
+	// VNCPassword or VNCPasswordFile (an absolute path to a TigerVNC
+	// password file of the gateway's user, mode 0600) make the target a
+	// VNC server whose password the gateway keeps.
+	VNCPassword     string `json:"vnc_password,omitempty"`
+	VNCPasswordFile string `json:"vnc_password_file,omitempty"`
 }
 
 // ParseReadyLine decodes and checks a ready line.
@@ -81,11 +91,27 @@ func ParseReadyLine(line []byte) (Endpoint, error) {
 	if err := dec.Decode(&rl); err != nil {
 		return Endpoint{}, fmt.Errorf("ready line is not a JSON object: %w", err)
 	}
+	var pw string
+	switch {
+	case rl.VNCPassword != "" && rl.VNCPasswordFile != "":
+		return Endpoint{}, errors.New(`ready line: give "vnc_password" or "vnc_password_file", not both`)
+	case rl.VNCPassword != "":
+		pw = rl.VNCPassword
+	case rl.VNCPasswordFile != "":
+		if !filepath.IsAbs(rl.VNCPasswordFile) {
+			return Endpoint{}, fmt.Errorf("ready line: \"vnc_password_file\" must be an absolute path, got %q", rl.VNCPasswordFile)
+		}
+		b, err := rfb.ReadPasswordFile(rl.VNCPasswordFile)
+		if err != nil {
+			return Endpoint{}, fmt.Errorf("ready line: %w", err)
+		}
+		pw = string(b)
+	}
 	if rl.Unix != "" {
 		if !filepath.IsAbs(rl.Unix) {
 			return Endpoint{}, fmt.Errorf("ready line: \"unix\" must be an absolute socket path, got %q", rl.Unix)
 		}
-		return Endpoint{Network: "unix", Address: rl.Unix}, nil
+		return Endpoint{Network: "unix", Address: rl.Unix, VNCPassword: pw}, nil
 	}
 	if rl.Port < 1 || rl.Port > 65535 {
 		return Endpoint{}, fmt.Errorf("ready line: \"port\" must be 1..65535, got %d", rl.Port)
@@ -94,7 +120,7 @@ func ParseReadyLine(line []byte) (Endpoint, error) {
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	return Endpoint{Network: "tcp", Address: net.JoinHostPort(host, strconv.Itoa(rl.Port))}, nil
+	return Endpoint{Network: "tcp", Address: net.JoinHostPort(host, strconv.Itoa(rl.Port)), VNCPassword: pw}, nil
 }
 
 // Instance is a started service.
@@ -413,6 +439,15 @@ func (inst *Instance) Dial(ctx context.Context) (net.Conn, error) {
 		if err == nil {
 			if tc, ok := c.(*net.TCPConn); ok {
 				_ = tc.SetNoDelay(true)
+			}
+			if pw := inst.endpoint.VNCPassword; pw != "" {
+				// The gateway holds the VNC password: it answers the
+				// server's challenge and offers its client None.
+				if err := rfb.Authenticate(ctx, c, []byte(pw)); err != nil {
+					c.Close()
+					return nil, fmt.Errorf("%w at %s: %w", ErrDial, inst.endpoint.Address, err)
+				}
+				return rfb.NewNoneConn(c), nil
 			}
 			return c, nil
 		}

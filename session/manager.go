@@ -36,6 +36,13 @@ type Config struct {
 	// Shared, when set, is the state this gateway shares with its
 	// replicas (see Shared); Persist and Restore are then not used.
 	Shared Shared
+	// Resume, when set, is asked by Restore about each recorded session
+	// that had been claimed: a service that outlived the previous gateway
+	// (a cluster job) is handed back as p and the session is restored
+	// detached, waiting grace for its token to reconnect; nil p means it
+	// is gone (Resume has cleaned up after it). It is called without the
+	// Manager's lock.
+	Resume func(r reservation.Reservation) (p Process, grace time.Duration)
 }
 
 // Persister records reservations as they change.
@@ -593,6 +600,8 @@ type Info struct {
 	BytesIn, BytesOut int64
 	// Tunnel is set while a websocket is spliced.
 	Tunnel bool
+	// Detail is what the session's last Note said (nil when none).
+	Detail map[string]any
 }
 
 // Snapshot returns the services' slot counts and every session, sorted by
@@ -614,7 +623,7 @@ func (m *Manager) Snapshot() ([]ServiceSlots, []Info) {
 	out := make([]Info, 0, len(m.byToken))
 	for _, ss := range m.byToken {
 		in := Info{Reservation: ss.recordLocked(), Proc: ss.proc, Remote: ss.remote, Since: ss.since,
-			BytesIn: ss.bytesIn, BytesOut: ss.bytesOut, Tunnel: ss.tun != nil}
+			BytesIn: ss.bytesIn, BytesOut: ss.bytesOut, Tunnel: ss.tun != nil, Detail: ss.detail}
 		if ss.tun != nil {
 			i, o := ss.tun.Bytes()
 			in.BytesIn += i
@@ -650,13 +659,50 @@ func (m *Manager) tokens() []string {
 // Persister, and each interrupted one is published as a session.state
 // event.
 func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted []reservation.Reservation) {
+	type resumed struct {
+		p     Process
+		grace time.Duration
+	}
+	var back map[string]resumed
+	if m.cfg.Resume != nil {
+		back = map[string]resumed{}
+		for _, r := range rs {
+			if r.State != string(Reserved) {
+				if p, grace := m.cfg.Resume(r); p != nil {
+					back[r.Token] = resumed{p, grace}
+				}
+			}
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
 	for i := range rs {
 		r := rs[i]
 		slots, ok := m.held[r.Service]
+		b, isBack := back[r.Token]
 		switch {
+		case isBack && ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && m.byToken[r.Token] == nil:
+			// Its service outlived the previous gateway: detached, for
+			// its token to reconnect within the grace.
+			slots[r.Index] = true
+			r.State = ""
+			r.Expires = now.Add(b.grace)
+			ss := m.newSessionLocked(r)
+			ss.proc = b.p
+			ss.since = now
+			m.setLocked(ss, Detached)
+			restored = append(restored, ss.recordLocked())
+			continue
+		case isBack:
+			// No slot for it (the config changed): stop what outlived us.
+			p := b.p
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
+				_ = p.Stop(ctx)
+				cancel()
+			}()
+			interrupted = append(interrupted, r)
 		case r.State != string(Reserved):
 			interrupted = append(interrupted, r)
 			m.publishLocked("session.state", r.Owner, map[string]any{"service": r.Service, "index": r.Index,

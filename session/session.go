@@ -103,6 +103,8 @@ type Session struct {
 	stopCode   int
 	stopReason string
 
+	detail map[string]any // what Note said last (a cluster job's queue place)
+
 	ctx    context.Context // cancelled when the session starts stopping
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Ended
@@ -278,4 +280,30 @@ func exited(p Process) bool {
 	default:
 		return false
 	}
+}
+
+// Note tells what a session is waiting for, or where its service runs,
+// without changing its state: detail (e.g. a cluster job's "job_id",
+// "reason" and "position") is published with a session.state event of
+// the current state and shown in the status until the next Note. It is
+// dropped silently once the session is stopping.
+func (ss *Session) Note(detail map[string]any) {
+	m := ss.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ss.st == Stopping || ss.st == Ended {
+		return
+	}
+	d := make(map[string]any, len(detail))
+	for k, v := range detail {
+		d[k] = v
+	}
+	ss.detail = d
+	ev := map[string]any{}
+	for k, v := range d {
+		ev[k] = v
+	}
+	ev["service"], ev["index"] = ss.rec.Service, ss.rec.Index
+	ev["token_prefix"], ev["state"] = reservation.TokenPrefix(ss.rec.Token), string(ss.st)
+	m.publishLocked("session.state", ss.rec.Owner, ev)
 }

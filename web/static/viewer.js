@@ -91,31 +91,77 @@ function plainClose(code, reason) {
   return reason;
 }
 
-function connect() {
+// watchCluster follows the session.state events of this token's session
+// over /v1/rpc while its service starts: a cluster job waiting in its
+// scheduler's queue is shown as "waiting for the cluster: <reason>,
+// position N". It resolves, once subscribed (or after 3 s, or on an
+// error: the viewer does not depend on it), to a function that stops
+// following; the websocket that starts the service opens after it, so no
+// event is missed.
+function watchCluster() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const t = sessionStorage.getItem('wsgw-security-token');
+  const q = t ? '?security_token=' + encodeURIComponent(t) : '';
+  let ws;
+  try { ws = new WebSocket(`${scheme}//${location.host}/v1/rpc${q}`); } catch (e) { return Promise.resolve(() => {}); }
+  const stop = () => ws.close();
+  let ready;
+  const subscribed = new Promise((resolve) => { ready = () => resolve(stop); });
+  setTimeout(ready, 3000);
+  ws.addEventListener('error', ready);
+  ws.addEventListener('close', ready);
+  const prefix = token.slice(0, 8);
+  ws.addEventListener('open', () => {
+    ws.send(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'events.subscribe', params: { topics: ['session.state'] } }));
+  });
+  ws.addEventListener('message', (e) => {
+    let m;
+    try { m = JSON.parse(e.data); } catch (err) { return; }
+    if (m.id === 1) { ready(); return; }
+    const d = m.method === 'session.state' && m.params && m.params.data;
+    if (!d || d.token_prefix !== prefix || viewer.state === 'connected') return;
+    if (d.job_state === 'PENDING') {
+      const why = d.reason && d.reason !== 'None' ? d.reason : 'queued';
+      const pos = d.position ? `, position ${d.position}` : '';
+      setState('waiting', `waiting for the cluster: ${why}${pos}`);
+    } else if (d.job_state === 'RUNNING' || d.job_state === 'CONFIGURING') {
+      setState('starting', `Starting ${service || 'the desktop'} on ${d.node || 'the cluster'}…`);
+    } else if (d.job_state === 'SUBMITTED') {
+      setState('waiting', 'waiting for the cluster: submitted');
+    }
+  });
+  return subscribed;
+}
+
+async function connect() {
   if (viewer.rfb) {
     viewer.rfb.disconnect();
     viewer.rfb = null;
   }
   $('#screen').replaceChildren();
+  setState('starting', 'Connecting to the gateway…');
+  const stopWatch = await watchCluster();
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(`${scheme}//${location.host}/websockify?token=${encodeURIComponent(token)}`);
   ws.binaryType = 'arraybuffer';
   let opened = false;
   ws.addEventListener('open', () => {
     opened = true;
-    setState('starting', `Starting ${service || 'the desktop'}…`);
+    // A cluster job's wait may have been told already.
+    if (viewer.state !== 'waiting') setState('starting', `Starting ${service || 'the desktop'}…`);
   });
   ws.addEventListener('close', (e) => {
     viewer.closeCode = e.code;
     viewer.closeReason = e.reason;
   });
-  setState('starting', 'Connecting to the gateway…');
+  ws.addEventListener('close', stopWatch);
   const rfb = new RFB($('#screen'), ws, { wsProtocols: [] });
   viewer.rfb = rfb;
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.focusOnClick = true;
   rfb.addEventListener('connect', () => {
+    stopWatch();
     setState('connected', 'Connected');
     rfb.focus();
   });
