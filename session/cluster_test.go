@@ -114,6 +114,7 @@ func TestNote(t *testing.T) {
 		t.Fatalf("status detail %v", infos[0].Detail)
 	}
 	ss.StartFailed("no")
+	m.Sync() // StartFailed's own events are counted before the Note
 	n := len(stateEvents(rec))
 	ss.Note(map[string]any{"job_state": "RUNNING"})
 	m.Sync()
