@@ -301,14 +301,16 @@ func (m *Manager) Check(tok string) (reservation.Reservation, error) {
 // to reclaim).
 func (m *Manager) claimableLocked(tok string) (*Session, error) {
 	ss, err := m.findLocked(tok)
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, err
-	case ss.st == Claimed || ss.st == Starting || ss.st == Running:
+	}
+	if ss.st == Claimed || ss.st == Starting || ss.st == Running {
 		return nil, reservation.ErrBusy
-	case ss.st == Stopping || ss.st == Ended:
+	}
+	if ss.st == Stopping || ss.st == Ended {
 		return nil, reservation.ErrEnded
-	case ss.st == Reserved && !m.now().Before(ss.rec.Expires):
+	}
+	if ss.st == Reserved && !m.now().Before(ss.rec.Expires) {
 		return ss, reservation.ErrExpiredToken
 	}
 	return ss, nil
@@ -606,12 +608,11 @@ func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted [
 	for i := range rs {
 		r := rs[i]
 		slots, ok := m.held[r.Service]
-		switch {
-		case r.State != string(Reserved):
+		if r.State != string(Reserved) {
 			interrupted = append(interrupted, r)
 			m.publishLocked("session.state", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
 				"token_prefix": reservation.TokenPrefix(r.Token), "state": "interrupted"})
-		case ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && now.Before(r.Expires) && m.byToken[r.Token] == nil:
+		} else if ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && now.Before(r.Expires) && m.byToken[r.Token] == nil {
 			slots[r.Index] = true
 			r.Connects, r.LastClaim, r.State = 0, time.Time{}, ""
 			restored = append(restored, m.newSessionLocked(r).recordLocked())
