@@ -758,9 +758,15 @@ func TestRPCUsersSeeTheirOwnJobs(t *testing.T) {
 		t.Fatalf("alice stops her job: %+v", st)
 	}
 	carol.waitEvent("a2 done", 10*time.Second, jobState(a2.ID, "succeeded"))
-	bob.must("server.info", nil, nil) // drains what bob was sent
+	// The positive control: bob's own job's events do reach him (after
+	// alice's, which he would have been sent first).
+	var b rpcJob
+	bob.must("jobs.submit", map[string]any{"service": "sleeper", "params": map[string]any{"seconds": 0}}, &b)
+	bob.waitEvent("bob's own job done", 30*time.Second, jobState(b.ID, "succeeded"))
 	for _, e := range bob.events {
-		t.Fatalf("bob got an event about alice's job: %+v", e)
+		if e.Data["id"] != b.ID {
+			t.Fatalf("bob got an event that is not about his job: %+v", e)
+		}
 	}
 }
 
