@@ -446,7 +446,10 @@ esac
 	if peak > 200<<20 {
 		t.Errorf("gateway peak RSS %d MB while a script wrote %d MB", peak>>20, (pre+errOut+post)>>20)
 	}
-	if slowest > 2*time.Second {
+	// A status answer takes milliseconds; a gateway blocked by the flood
+	// would stall for most of the flood (tens of seconds). 10 s leaves a
+	// busy two-core machine its margin.
+	if slowest > 10*time.Second {
 		t.Errorf("a status request took %s during the flood", slowest)
 	}
 	ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
