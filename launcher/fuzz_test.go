@@ -243,9 +243,15 @@ func FuzzSanitize(f *testing.F) {
 		// value's first byte. Go's leftmost-first search returns a match at
 		// 0 whenever there is one, so the expression compiled on its own
 		// (not the launcher's compiled rule) decides.
-		own, err := regexp.Compile(expr)
+		// (The expression as the config file holds it: JSON turns invalid
+		// UTF-8 into U+FFFD.)
+		var inFile string
+		if err := json.Unmarshal(exprJSON, &inFile); err != nil {
+			t.Fatal(err)
+		}
+		own, err := regexp.Compile(inFile)
 		if err != nil {
-			t.Fatalf("regexp %q is not valid on its own (%v) but the config was accepted", expr, err)
+			t.Fatalf("regexp %q is not valid on its own (%v) but the config was accepted", inFile, err)
 		}
 		s, isStr := v.(string)
 		loc := []int(nil)
