@@ -16,7 +16,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 APT_PKGS  := nginx-light redis-server slurmctld slurmd slurm-client tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
              python3-numpy chromium chromium-driver fonts-dejavu-core
 
-.PHONY: all build install run test bench fuzz deps deps-apt deps-npm fmt-check vet clean
+.PHONY: all build install run test bench fuzz mutate deps deps-apt deps-npm fmt-check vet clean
 
 all: build
 
@@ -92,6 +92,29 @@ fuzz:
 		if [ "$$after" != "$$before" ]; then echo "$$fn found a failing input: $$pkg/testdata/fuzz/$$fn"; exit 1; fi; \
 		echo "$$fn failed without a failing input (the fuzzing engine, e.g. a worker too slow to stop on a loaded machine): once more"; \
 		$(GO) test -run='^$$' -fuzz="^$$fn\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=5s ./$$pkg || exit 1; \
+	done
+
+# Mutation testing of the core packages with gremlins (pinned; installed
+# when missing): each package's killed/lived/not covered counts, its
+# efficacy (killed of covered) and its mutant coverage. Each entry is
+# package:files-to-leave-out (a regexp on the file name; - for none), so
+# that only the part of a package named in docs/testing.md is counted.
+# Full reports in test-artifacts/mutate/. Not part of make test (minutes).
+GREMLINS_VERSION ?= v0.6.0
+GREMLINS         ?= $(shell $(GO) env GOPATH)/bin/gremlins
+MUTATE_PKGS ?= session:- wsframe:wsframetest/ reservation:- auth:- internal/origin:- \
+               services:'(builtin|launch|supervise)\.go$$' \
+               launcher:'(http|launcher|pool|process|proxy)\.go$$'
+mutate:
+	@$(GO) version -m "$(GREMLINS)" 2>/dev/null | grep -Eq "^\s+mod\s+github.com/go-gremlins/gremlins\s+$(GREMLINS_VERSION)\s" || \
+		$(GO) install github.com/go-gremlins/gremlins/cmd/gremlins@$(GREMLINS_VERSION)
+	@mkdir -p test-artifacts/mutate; set -e; for e in $(MUTATE_PKGS); do pkg=$${e%%:*}; ex=$${e#*:}; \
+		out=test-artifacts/mutate/$$(echo $$pkg | tr / _).txt; \
+		if [ "$$ex" = "-" ]; then set -- ; else set -- -E "$$ex"; fi; \
+		"$(GREMLINS)" unleash --workers 1 --timeout-coefficient 20 "$$@" ./$$pkg >$$out 2>&1 || true; \
+		printf '%-16s %s | %s | %s\n' "$$pkg" \
+			"$$(grep -E '^Killed' $$out | tr -s ' ')" \
+			"$$(grep -E '^Test efficacy' $$out)" "$$(grep -E '^Mutator coverage' $$out)"; \
 	done
 
 # Measures wsgateway against direct TCP and websockify on loopback and prints

@@ -87,7 +87,11 @@ func TestStoreHubReplayThenLiveNoGaps(t *testing.T) {
 	}
 }
 
-func TestStoreHubGapAndSlowSubscriber(t *testing.T) {
+// TestStoreHubGapAndFailingSubscriber: a subscriber asking for pruned
+// history gets a gap event and ErrHistoryGone; one whose deliver fails
+// (an RPC client too slow to keep up says so) is dropped after that
+// event, and the hub goes on delivering to the others.
+func TestStoreHubGapAndFailingSubscriber(t *testing.T) {
 	h, st := newHub(t, 10)
 	for i := 0; i < 30; i++ {
 		h.Publish("job.state", "", i)
@@ -104,16 +108,21 @@ func TestStoreHubGapAndSlowSubscriber(t *testing.T) {
 	if err == nil || !asGone(err, &gone) || gone.First != 21 || n != 10 || topics[0] != GapTopic {
 		t.Fatalf("gap: %v n=%d topics=%v", err, n, topics)
 	}
-	// A subscriber whose deliver fails is dropped, and the hub goes on.
-	calls := 0
+	// A subscriber whose deliver fails is dropped, and the hub goes on
+	// delivering to the others.
+	calls, others := 0, 0
 	_, _, err = h.Subscribe(context.Background(), -1, func(Event) bool { return true }, func(Event) bool { calls++; return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = h.Subscribe(context.Background(), -1, func(Event) bool { return true }, func(Event) bool { others++; return true })
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.Publish("job.state", "", 1)
 	h.Publish("job.state", "", 2)
-	if calls != 1 {
-		t.Fatalf("dropped subscriber called %d times", calls)
+	if calls != 1 || others != 2 {
+		t.Fatalf("dropped subscriber called %d times (want 1), the other %d (want 2)", calls, others)
 	}
 }
 
@@ -121,4 +130,34 @@ func asGone(err error, g **ErrHistoryGone) bool {
 	e, ok := err.(*ErrHistoryGone)
 	*g = e
 	return ok
+}
+
+// TestHubPrunesItsHistory: the hub prunes the stored history itself,
+// every 500 events, down to the newest keep; a subscriber can still
+// resume from within what is kept, and one from before it gets a gap.
+func TestHubPrunesItsHistory(t *testing.T) {
+	ctx := context.Background()
+	h, st := newHub(t, 10)
+	for i := 1; i < 500; i++ {
+		h.Publish("job.state", "", i)
+	}
+	if first, last, err := st.EventBounds(ctx); err != nil || first != 1 || last != 499 {
+		t.Fatalf("after 499 events: %d..%d %v, want 1..499 (nothing pruned yet)", first, last, err)
+	}
+	h.Publish("job.state", "", 500)
+	first, last, err := st.EventBounds(ctx)
+	if err != nil || last != 500 || first != 491 {
+		t.Fatalf("after 500 events: %d..%d %v, want 491..500 (the newest 10)", first, last, err)
+	}
+	var seqs []int64
+	if _, _, err := h.Subscribe(ctx, 495, func(Event) bool { return true }, func(e Event) bool { seqs = append(seqs, e.Seq); return true }); err != nil {
+		t.Fatalf("resuming within the kept history: %v", err)
+	}
+	if len(seqs) != 5 || seqs[0] != 496 || seqs[4] != 500 {
+		t.Fatalf("replayed %v, want 496..500", seqs)
+	}
+	var gone *ErrHistoryGone
+	if _, _, err := h.Subscribe(ctx, 100, func(Event) bool { return true }, func(Event) bool { return true }); !asGone(err, &gone) || gone.First != 491 {
+		t.Fatalf("resuming from pruned history: %v, want ErrHistoryGone from 491", err)
+	}
 }

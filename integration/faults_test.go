@@ -446,7 +446,10 @@ esac
 	if peak > 200<<20 {
 		t.Errorf("gateway peak RSS %d MB while a script wrote %d MB", peak>>20, (pre+errOut+post)>>20)
 	}
-	if slowest > 2*time.Second {
+	// A status answer takes milliseconds; a gateway blocked by the flood
+	// would stall for most of the flood (tens of seconds). 10 s leaves a
+	// busy two-core machine its margin.
+	if slowest > 10*time.Second {
 		t.Errorf("a status request took %s during the flood", slowest)
 	}
 	ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
@@ -636,9 +639,10 @@ func TestFaultGatewayKilledAndRestarted(t *testing.T) {
 	<-g1.exited
 	// The client sees the connection end (no close frame can be sent by a
 	// killed process).
-	_, ce, err := readUntilClose(ws, 10*time.Second)
-	if (ce == nil || ce.Code != websocket.CloseAbnormalClosure) && err == nil {
-		t.Errorf("after SIGKILL the client read %v %v, want the connection to end (1006)", ce, err)
+	// A read that merely times out is not that.
+	_, ce, err := readUntilClose(ws, 30*time.Second)
+	if ne, ok := err.(net.Error); (ok && ne.Timeout()) || (err == nil && (ce == nil || ce.Code != websocket.CloseAbnormalClosure)) {
+		t.Errorf("after SIGKILL the client read %v %v, want the connection to end (1006 or a reset)", ce, err)
 	}
 	ws.Close()
 	waitFor(t, "the first run's services to die", 20*time.Second, func() bool {

@@ -1191,10 +1191,13 @@ func TestHostileTokenGuessing(t *testing.T) {
 	if _, code, body := hbDialFrom(t, guesserWS, g.wsURL("/?token="+real), nil); code != http.StatusTooManyRequests || !strings.Contains(body, "wait a minute") {
 		t.Fatalf("after five wrong tokens, the real one from the same address: %d %s", code, body)
 	}
-	// A 10 KB token: refused, no crash, no echo of it.
+	// A 10 KB token, from an address that has guessed nothing (so the
+	// token itself is judged, not the address's failures): 403, no crash,
+	// no echo of it.
+	_, longWS := hbClientFrom("127.0.0.6")
 	long := strings.Repeat("t", 10000)
-	if _, code, body := hbDialFrom(t, guesserWS, g.wsURL("/?token="+long), nil); (code != http.StatusForbidden && code != http.StatusTooManyRequests) || strings.Contains(body, long[:200]) {
-		t.Fatalf("10 KB token: %d %s", code, hbShort(body))
+	if _, code, body := hbDialFrom(t, longWS, g.wsURL("/?token="+long), nil); code != http.StatusForbidden || strings.Contains(body, long[:200]) {
+		t.Fatalf("10 KB token: %d %s, want 403 without the token", code, hbShort(body))
 	}
 
 	// Guessing the security token on the REST API: 401 five times, then 429.
@@ -1224,11 +1227,21 @@ func TestHostileTokenGuessing(t *testing.T) {
 	// Tokens in every place a client can put one.
 	other := reserve(userHTTP)
 	hbDo(t, userHTTP, "GET", g.httpURL("/v1/check_token"), "X-Wsgw-Token", other)
-	hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other))                                                   // no credentials: 401
-	hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), append(auth, "Origin", "http://evil.example")...) // cross-site: 403
-	hbDialFrom(t, userWS, g.wsURL("/websockify?token="+real), nil)                                              // busy: 409
-	hbDialFrom(t, userWS, g.wsURL("/websockify?token="+other), http.Header{"Origin": {"http://evil.example"}})
-	hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), auth...)
+	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other)); code != http.StatusUnauthorized {
+		t.Errorf("release without credentials: %d %v, want 401", code, m)
+	}
+	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), append(auth, "Origin", "http://evil.example")...); code != http.StatusForbidden {
+		t.Errorf("cross-site release: %d %v, want 403", code, m)
+	}
+	if _, code, body := hbDialFrom(t, userWS, g.wsURL("/websockify?token="+real), nil); code != http.StatusConflict {
+		t.Errorf("a second websocket on a busy token: %d %s, want 409", code, hbShort(body))
+	}
+	if _, code, body := hbDialFrom(t, userWS, g.wsURL("/websockify?token="+other), http.Header{"Origin": {"http://evil.example"}}); code != http.StatusForbidden {
+		t.Errorf("cross-site websocket: %d %s, want 403", code, hbShort(body))
+	}
+	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), auth...); code != http.StatusOK {
+		t.Errorf("release with the security token: %d %v, want 200", code, m)
+	}
 	ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
 	ws.Close()
 	waitFor(t, "tunnel closed in the log", 10*time.Second, func() bool { return strings.Contains(g.log.String(), "tunnel closed") })

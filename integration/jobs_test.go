@@ -481,19 +481,42 @@ func TestRPCQueueOrderConcurrent(t *testing.T) {
 	const n = 8
 	var wg sync.WaitGroup
 	ids := make([]string, n)
+	// The clients connect here; only the submits race (a goroutine must
+	// not call t.Fatal, so it speaks the protocol itself and reports with
+	// t.Errorf).
+	ccs := make([]*rpcClient, n)
+	for i := range ccs {
+		ccs[i] = dialRPC(t, g, "")
+	}
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			cc := dialRPC(t, g, "")
-			res, e := cc.call("jobs.submit", map[string]any{"service": "sleeper", "params": map[string]any{"label": fmt.Sprintf("q%d", i)}})
-			if e != nil {
-				t.Errorf("submit %d: %+v", i, e)
+			cc := ccs[i]
+			req, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": 1, "method": "jobs.submit",
+				"params": map[string]any{"service": "sleeper", "params": map[string]any{"label": fmt.Sprintf("q%d", i)}}})
+			if err := cc.ws.WriteMessage(websocket.TextMessage, req); err != nil {
+				t.Errorf("submit %d: %v", i, err)
 				return
 			}
-			var j rpcJob
-			_ = json.Unmarshal(res, &j)
-			ids[i] = j.ID
+			for {
+				p, err := cc.readMsg(30 * time.Second)
+				if err != nil {
+					t.Errorf("submit %d: %v", i, err)
+					return
+				}
+				if cc.keepIfEvent(p) {
+					continue
+				}
+				var r rpcResponse
+				var j rpcJob
+				if err := json.Unmarshal(p, &r); err != nil || r.Error != nil || json.Unmarshal(r.Result, &j) != nil {
+					t.Errorf("submit %d: %s (%v)", i, p, err)
+					return
+				}
+				ids[i] = j.ID
+				return
+			}
 		}(i)
 	}
 	wg.Wait()
@@ -758,9 +781,15 @@ func TestRPCUsersSeeTheirOwnJobs(t *testing.T) {
 		t.Fatalf("alice stops her job: %+v", st)
 	}
 	carol.waitEvent("a2 done", 10*time.Second, jobState(a2.ID, "succeeded"))
-	bob.must("server.info", nil, nil) // drains what bob was sent
+	// The positive control: bob's own job's events do reach him (after
+	// alice's, which he would have been sent first).
+	var b rpcJob
+	bob.must("jobs.submit", map[string]any{"service": "sleeper", "params": map[string]any{"seconds": 0}}, &b)
+	bob.waitEvent("bob's own job done", 30*time.Second, jobState(b.ID, "succeeded"))
 	for _, e := range bob.events {
-		t.Fatalf("bob got an event about alice's job: %+v", e)
+		if e.Data["id"] != b.ID {
+			t.Fatalf("bob got an event that is not about his job: %+v", e)
+		}
 	}
 }
 

@@ -475,9 +475,17 @@ func TestReserveWaitsForAFreeSlot(t *testing.T) {
 	}
 	results := make(chan result, 2)
 	for i, opt := range []string{"who=first", "who=second"} {
-		go func() {
-			c, b := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service?wait=30&"+opt))
-			results <- result{c, b}
+		u := g.httpURL("/v1/reserve/Echo%20Service?wait=30&" + opt)
+		go func() { // no t.Fatal here: a failure is a result
+			resp, err := insecureClient.Get(u)
+			if err != nil {
+				results <- result{0, map[string]any{"error": err.Error()}}
+				return
+			}
+			defer resp.Body.Close()
+			var b map[string]any
+			_ = json.NewDecoder(resp.Body).Decode(&b)
+			results <- result{resp.StatusCode, b}
 		}()
 		waitFor(t, fmt.Sprintf("%d waiting", i+1), 10*time.Second, func() bool {
 			for _, s := range g.status(t)["services"].([]any) {
@@ -490,12 +498,13 @@ func TestReserveWaitsForAFreeSlot(t *testing.T) {
 	}
 	getJSON(t, g.httpURL("/v1/release/"+first))
 	r1 := <-results
-	if r1.code != 200 || r1.body["options"].(map[string]any)["who"] != "first" {
+	if o, _ := r1.body["options"].(map[string]any); r1.code != 200 || o["who"] != "first" {
 		t.Fatalf("first waiter: %v", r1)
 	}
-	getJSON(t, g.httpURL("/v1/release/"+r1.body["token"].(string)))
+	tok1, _ := r1.body["token"].(string)
+	getJSON(t, g.httpURL("/v1/release/"+tok1))
 	r2 := <-results
-	if r2.code != 200 || r2.body["options"].(map[string]any)["who"] != "second" {
+	if o, _ := r2.body["options"].(map[string]any); r2.code != 200 || o["who"] != "second" {
 		t.Fatalf("second waiter: %v", r2)
 	}
 	if code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service?wait=abc")); code != 400 {

@@ -18,36 +18,96 @@ import (
 //
 //	go test -run='^$' -fuzz='^FuzzParse$' -fuzztime=30s ./launcher
 
-// FuzzStripComments: stripping never panics, keeps the length and every
-// newline, only ever turns bytes into spaces, leaves a file without
-// comments (valid JSON) as it is, and is idempotent.
+// FuzzStripComments: a comment of each kind (#, // and /* */) put
+// between two tokens of a JSON document, whose token boundaries come from
+// encoding/json's own decoder, is turned into exactly as many spaces
+// (newlines kept), and nothing else changes: the result is the document
+// with the comment's bytes blanked, and decodes to the same value. Any
+// other input never panics, keeps the length and every newline, only
+// turns bytes into spaces, leaves valid JSON as it is, and is idempotent.
 func FuzzStripComments(f *testing.F) {
-	f.Add([]byte("# c\n{\"a\": \"x # y\"} // z\n/* b */"))
-	f.Fuzz(func(t *testing.T, src []byte) {
-		out, err := StripComments(src)
-		if err != nil {
-			var se *stripError
-			if !errors.As(err, &se) || se.line < 1 || se.line > bytes.Count(src, []byte{'\n'})+1 {
-				t.Fatalf("error %v", err)
-			}
+	f.Add([]byte("# c\n{\"a\": \"x # y\"} // z\n/* b */"), []byte(`{"a": "x # y // z /* w */", "b": [1, "\\"", 2]}`), "note", uint8(0), uint16(3))
+	f.Add([]byte(`{"a": 1}`), []byte(`{"a": ["#", "//", "/*"], "b": {"c": "*/"}}`), "multi\nline", uint8(2), uint16(5))
+	f.Add([]byte(`[]`), []byte(`["a\\", "b"]`), "x", uint8(1), uint16(2))
+	f.Fuzz(func(t *testing.T, src, doc []byte, comment string, kind uint8, at uint16) {
+		checkStripInvariants(t, src)
+
+		// The construction: a comment inserted at a token boundary.
+		if !json.Valid(doc) || bytes.HasPrefix(doc, []byte("\xef\xbb\xbf")) {
 			return
 		}
-		if len(out) != len(src) {
-			t.Fatalf("length %d, want %d", len(out), len(src))
+		var bounds []int
+		dec := json.NewDecoder(bytes.NewReader(doc))
+		for {
+			if _, err := dec.Token(); err != nil {
+				break
+			}
+			bounds = append(bounds, int(dec.InputOffset()))
 		}
-		for i := range src {
-			if out[i] != src[i] && (out[i] != ' ' || src[i] == '\n') {
-				t.Fatalf("byte %d: %q became %q", i, src[i], out[i])
+		if len(bounds) == 0 {
+			return
+		}
+		pos := bounds[int(at)%len(bounds)]
+		var cmt string
+		switch kind % 3 {
+		case 0:
+			cmt = "#" + strings.ReplaceAll(comment, "\n", " ") + "\n"
+		case 1:
+			cmt = "//" + strings.ReplaceAll(comment, "\n", " ") + "\n"
+		default:
+			cmt = "/*" + strings.ReplaceAll(comment, "*/", "* /") + "*/"
+		}
+		in := string(doc[:pos]) + " " + cmt + " " + string(doc[pos:])
+		blank := []byte(cmt)
+		for i := range blank {
+			if blank[i] != '\n' {
+				blank[i] = ' '
 			}
 		}
-		if json.Valid(src) && !bytes.Equal(out, src) {
-			t.Fatalf("valid JSON changed:\n%q\n%q", src, out)
+		want := string(doc[:pos]) + " " + string(blank) + " " + string(doc[pos:])
+		out, err := StripComments([]byte(in))
+		if err != nil {
+			t.Fatalf("StripComments(%q): %v", in, err)
 		}
-		again, err := StripComments(out)
-		if err != nil || !bytes.Equal(again, out) {
-			t.Fatalf("not idempotent: %q -> %q (%v)", out, again, err)
+		if string(out) != want {
+			t.Fatalf("StripComments(%q)\n got %q\nwant %q", in, out, want)
+		}
+		var a, b any
+		if json.Unmarshal(out, &a) != nil || json.Unmarshal(doc, &b) != nil || !jsonEqual(a, b) {
+			t.Fatalf("stripped %q does not decode to the value of %q", out, doc)
 		}
 	})
+}
+
+// checkStripInvariants holds for any input.
+func checkStripInvariants(t *testing.T, src []byte) {
+	t.Helper()
+	out, err := StripComments(src)
+	if err != nil {
+		var se *stripError
+		if !errors.As(err, &se) || se.line < 1 || se.line > bytes.Count(src, []byte{'\n'})+1 {
+			t.Fatalf("error %v", err)
+		}
+		if !bytes.Contains(src, []byte("/*")) {
+			t.Fatalf("error %v for a file without /*", err)
+		}
+		return
+	}
+	if len(out) != len(src) {
+		t.Fatalf("length %d, want %d", len(out), len(src))
+	}
+	for i := range src {
+		if out[i] != src[i] && (out[i] != ' ' || src[i] == '\n') {
+			t.Fatalf("byte %d: %q became %q", i, src[i], out[i])
+		}
+	}
+	if json.Valid(src) && !bytes.Equal(out, src) {
+		t.Fatalf("valid JSON changed:\n%q\n%q", src, out)
+	}
+	again, err := StripComments(out)
+	if err != nil || !bytes.Equal(again, out) {
+		t.Fatalf("not idempotent: %q -> %q (%v)", out, again, err)
+	}
 }
 
 // FuzzParse: any bytes give a checked config or a *ConfigError naming the
@@ -156,6 +216,10 @@ func FuzzSafeSubstitute(f *testing.F) {
 // rule's expression and the client's JSON.
 func FuzzSanitize(f *testing.F) {
 	f.Add(`[a-z0-9_.-]+\.vtk$`, []byte(`"can.vtk"`), []byte(`["a", 1, 2.0, true, null]`))
+	// Anchoring: a value with a forbidden start before an allowed part.
+	f.Add(`[a-z0-9_.-]+\.vtk$`, []byte(`"../../etc/x.vtk"`), []byte(`["a"]`))
+	f.Add(`[a-z]+`, []byte(`"; rm -rf /tmp/x"`), []byte(`["a"]`))
+	f.Add(`a|b`, []byte(`"xb"`), []byte(`[]`))
 	f.Fuzz(func(t *testing.T, expr string, value, list []byte) {
 		exprJSON, _ := json.Marshal(expr)
 		src := `{"configuration": {"port": 8080, "endpoint": "pv", "sessionURL": "ws://h/${id}", "log_dir": "/tmp/l",
@@ -175,19 +239,31 @@ func FuzzSanitize(f *testing.F) {
 		l := &Launcher{cfg: c, log: zerolog.Nop(), audit: &auditLog{}}
 		payload := map[string]any{"application": "v", "file": v, "mode": v}
 		l.sanitize(payload)
+		// The oracle: Python's re.match, a match that starts at the
+		// value's first byte. Go's leftmost-first search returns a match at
+		// 0 whenever there is one, so the expression compiled on its own
+		// (not the launcher's compiled rule) decides.
+		// (The expression as the config file holds it: JSON turns invalid
+		// UTF-8 into U+FFFD.)
+		var inFile string
+		if err := json.Unmarshal(exprJSON, &inFile); err != nil {
+			t.Fatal(err)
+		}
+		own, err := regexp.Compile(inFile)
+		if err != nil {
+			t.Fatalf("regexp %q is not valid on its own (%v) but the config was accepted", inFile, err)
+		}
 		s, isStr := v.(string)
-		if isStr && c.Sanitize["file"].re.MatchString(s) {
+		loc := []int(nil)
+		if isStr {
+			loc = own.FindStringIndex(s)
+		}
+		if loc != nil && loc[0] == 0 {
 			if payload["file"] != v {
 				t.Fatalf("file %q matches %q but became %#v", s, c.Sanitize["file"].Regexp, payload["file"])
 			}
 		} else if payload["file"] != "default.vtk" {
 			t.Fatalf("file %#v does not match %q but stayed %#v", v, c.Sanitize["file"].Regexp, payload["file"])
-		}
-		// The rule is the expression on its own, anchored at the start: an
-		// expression that is not valid by itself must have been refused
-		// (wrapped as \A(?:…) it could otherwise match unanchored).
-		if _, err := regexp.Compile(c.Sanitize["file"].Regexp); err != nil {
-			t.Fatalf("regexp %q is not valid on its own (%v) but the config was accepted", c.Sanitize["file"].Regexp, err)
 		}
 		want := any("safe")
 		for _, a := range c.Sanitize["mode"].List {

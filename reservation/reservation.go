@@ -45,10 +45,7 @@ type Reservation struct {
 
 // TokenPrefix is the part of a token that may appear in logs.
 func TokenPrefix(tok string) string {
-	if len(tok) > 8 {
-		return tok[:8]
-	}
-	return tok
+	return tok[:min(len(tok), 8)]
 }
 
 // NewToken returns a random UUID version 4 string (122 random bits from

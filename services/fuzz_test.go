@@ -1,11 +1,9 @@
 package services
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"math"
 	"net"
 	"os"
@@ -177,6 +175,11 @@ func FuzzParseReadyLine(f *testing.F) {
 func FuzzReadyOutput(f *testing.F) {
 	logPath := filepath.Join(f.TempDir(), "session.log")
 	f.Add([]byte("starting\n{\"hostname\": \"127.0.0.1\", \"port\": 5901}\nafter\n"))
+	// A line longer than maxReadyLine whose second piece looks like a
+	// ready line, and one that is cut at the end without a newline.
+	f.Add(append(bytes.Repeat([]byte("x"), 64<<10), []byte("{\"port\": 5901}\nafter")...))
+	f.Add([]byte("  no newline at the end"))
+	f.Add([]byte("  {\"port\": 0}"))
 	f.Fuzz(func(t *testing.T, out []byte) {
 		lf, err := os.Create(logPath)
 		if err != nil {
@@ -188,26 +191,26 @@ func FuzzReadyOutput(f *testing.F) {
 		inst.readStdout(nopCloser{bytes.NewReader(out)}, ch)
 		r := <-ch
 
-		// What the protocol says the result must be.
-		br := bufio.NewReaderSize(bytes.NewReader(out), 4096)
+		// What the protocol says, written out here: stdout is read in
+		// pieces, each a line with its newline or, for a longer line, its
+		// next maxReadyLine bytes (or what is left at the end); the first
+		// piece that starts with '{' after spaces is the ready line.
 		var before, want, rest []byte
 		found := false
-		for {
-			line, err := readLine(br, maxReadyLine)
-			if len(line) > maxReadyLine+4096 {
-				t.Fatalf("readLine returned %d bytes", len(line))
+		for in := out; len(in) > 0; {
+			n := min(len(in), maxReadyLine)
+			if i := bytes.IndexByte(in[:n], '\n'); i >= 0 {
+				n = i + 1
 			}
-			if tr := bytes.TrimSpace(line); len(tr) > 0 && tr[0] == '{' {
-				want, found = tr, true
-				rest, _ = io.ReadAll(br)
+			piece := in[:n]
+			in = in[n:]
+			if tr := bytes.TrimSpace(piece); len(tr) > 0 && tr[0] == '{' {
+				want, found, rest = tr, true, in
 				break
 			}
-			before = append(before, line...)
-			if len(line) > 0 && line[len(line)-1] != '\n' {
+			before = append(before, piece...)
+			if piece[len(piece)-1] != '\n' {
 				before = append(before, '\n')
-			}
-			if err != nil {
-				break
 			}
 		}
 		if !found {
@@ -228,7 +231,7 @@ func FuzzReadyOutput(f *testing.F) {
 			t.Fatal(err)
 		}
 		if want := append(before, rest...); !bytes.Equal(got, want) {
-			t.Fatalf("session log:\n got %q\nwant %q", got, want)
+			t.Fatalf("session log (%d bytes, want %d):\n got %.300q\nwant %.300q", len(got), len(want), got, want)
 		}
 	})
 }

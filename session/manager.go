@@ -336,14 +336,16 @@ func (m *Manager) Check(tok string) (reservation.Reservation, error) {
 // to reclaim).
 func (m *Manager) claimableLocked(tok string) (*Session, error) {
 	ss, err := m.findLocked(tok)
-	switch {
-	case err != nil:
+	if err != nil {
 		return nil, err
-	case ss.st == Claimed || ss.st == Starting || ss.st == Running:
+	}
+	if ss.st == Claimed || ss.st == Starting || ss.st == Running {
 		return nil, reservation.ErrBusy
-	case ss.st == Stopping || ss.st == Ended:
+	}
+	if ss.st == Stopping || ss.st == Ended {
 		return nil, reservation.ErrEnded
-	case ss.st == Reserved && !m.now().Before(ss.rec.Expires):
+	}
+	if ss.st == Reserved && !m.now().Before(ss.rec.Expires) {
 		return ss, reservation.ErrExpiredToken
 	}
 	return ss, nil
@@ -681,8 +683,8 @@ func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted [
 		r := rs[i]
 		slots, ok := m.held[r.Service]
 		b, isBack := back[r.Token]
-		switch {
-		case isBack && ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && m.byToken[r.Token] == nil:
+		free := ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && m.byToken[r.Token] == nil
+		if isBack && free {
 			// Its service outlived the previous gateway: detached, for
 			// its token to reconnect within the grace.
 			slots[r.Index] = true
@@ -694,7 +696,8 @@ func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted [
 			m.setLocked(ss, Detached)
 			restored = append(restored, ss.recordLocked())
 			continue
-		case isBack:
+		}
+		if isBack {
 			// No slot for it (the config changed): stop what outlived us.
 			p := b.p
 			go func() {
@@ -703,11 +706,11 @@ func (m *Manager) Restore(rs []reservation.Reservation) (restored, interrupted [
 				cancel()
 			}()
 			interrupted = append(interrupted, r)
-		case r.State != string(Reserved):
+		} else if r.State != string(Reserved) {
 			interrupted = append(interrupted, r)
 			m.publishLocked("session.state", r.Owner, map[string]any{"service": r.Service, "index": r.Index,
 				"token_prefix": reservation.TokenPrefix(r.Token), "state": "interrupted"})
-		case ok && r.Index >= 0 && r.Index < len(slots) && !slots[r.Index] && now.Before(r.Expires) && m.byToken[r.Token] == nil:
+		} else if free && now.Before(r.Expires) {
 			slots[r.Index] = true
 			r.Connects, r.LastClaim, r.State = 0, time.Time{}, ""
 			restored = append(restored, m.newSessionLocked(r).recordLocked())

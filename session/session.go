@@ -163,10 +163,10 @@ func (ss *Session) BeginStart() (context.Context, error) {
 	m := ss.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch {
-	case ss.st == Stopping || ss.st == Ended:
+	if ss.st == Stopping || ss.st == Ended {
 		return nil, ErrReleased
-	case ss.st != Claimed || ss.proc != nil || ss.starting:
+	}
+	if ss.st != Claimed || ss.proc != nil || ss.starting {
 		return nil, ErrState
 	}
 	ss.starting = true
@@ -219,10 +219,10 @@ func (ss *Session) Attach(t Tunnel, remote string) error {
 	m := ss.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch {
-	case ss.st == Stopping || ss.st == Ended:
+	if ss.st == Stopping || ss.st == Ended {
 		return ErrReleased
-	case ss.st != Claimed && ss.st != Starting, ss.proc == nil, ss.starting:
+	}
+	if (ss.st != Claimed && ss.st != Starting) || ss.proc == nil || ss.starting {
 		return ErrState
 	}
 	ss.tun = t

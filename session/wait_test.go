@@ -317,3 +317,37 @@ func TestReserveWaitGrantedWhileGivingUp(t *testing.T) {
 		m.Close()
 	}
 }
+
+// TestStopAllTellsOnlyQueuesItEmptied: StopAll answers every waiter with
+// ErrClosing and tells a queue.changed for each queue it emptied, and none
+// for a service whose queue was already empty.
+func TestStopAllTellsOnlyQueuesItEmptied(t *testing.T) {
+	clk := newFakeClock()
+	rec := &recorder{}
+	m := New(Config{Counts: map[string]int{"a": 1, "b": 1}, Timeout: testTimeout, Now: clk.Now, Persist: rec, Publish: rec.publish})
+	t.Cleanup(m.Close)
+	ctx := bg(t)
+	ra := mustReserve(t, m, "a")
+	mustReserve(t, m, "b")
+	// a's waiter is served (its queue is then empty), b's still waits.
+	wa := startWaiter(t, ctx, m, "a", "x", 0, 1)
+	if _, err := m.Release(ctx, ra.Token, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if o := outcome(t, wa); o.err != nil {
+		t.Fatalf("a's waiter: %v", o.err)
+	}
+	wb := startWaiter(t, ctx, m, "b", "y", 0, 1)
+	before := len(rec.queueEvents())
+	if err := m.StopAll(ctx, 1001, "shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	if o := outcome(t, wb); !errors.Is(o.err, ErrClosing) {
+		t.Fatalf("b's waiter after StopAll: %v, want ErrClosing", o.err)
+	}
+	m.Sync()
+	after := rec.queueEvents()[before:]
+	if len(after) != 1 || after[0] != "b:0:[]" {
+		t.Fatalf("queue events on StopAll: %q, want only b's queue emptied", after)
+	}
+}

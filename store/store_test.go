@@ -28,11 +28,18 @@ func TestStoreMigrationsAreVersioned(t *testing.T) {
 	if err != nil || v != SchemaVersion {
 		t.Fatalf("version %d %v, want %d", v, err, SchemaVersion)
 	}
+	created := time.Unix(1700000000, 0).UTC()
+	if err := s.SaveJob(ctx, Job{ID: "kept", Num: 1, Service: "x", State: "queued", QueuePos: 1, Created: created}); err != nil {
+		t.Fatal(err)
+	}
 	s.Close()
 	// Reopening applies nothing again and keeps the data.
 	s = open(t, path)
 	if v, _ := s.Version(ctx); v != SchemaVersion {
 		t.Fatalf("version after reopen %d", v)
+	}
+	if j, err := s.GetJob(ctx, "kept"); err != nil || j.State != "queued" || !j.Created.Equal(created) {
+		t.Fatalf("the job after reopening: %+v %v", j, err)
 	}
 	// A database from a newer wsgateway is refused.
 	if _, err := s.db.Exec(`UPDATE schema_version SET version = 999`); err != nil {

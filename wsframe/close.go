@@ -25,15 +25,9 @@ const (
 // libraries, frameworks and applications (3000-4999). Anything below
 // 1000 and from 5000 up is invalid.
 func ValidCloseCode(code int) bool {
-	switch {
-	case code >= 1000 && code <= 1003:
-		return true
-	case code >= 1007 && code <= 1014:
-		return true
-	case code >= 3000 && code <= 4999:
-		return true
-	}
-	return false
+	return (code >= 1000 && code <= 1003) ||
+		(code >= 1007 && code <= 1014) ||
+		(code >= 3000 && code <= 4999)
 }
 
 // ParseClose reads a close frame's payload: no payload is 1005 (no code);

@@ -124,7 +124,7 @@ func TestTruncateReason(t *testing.T) {
 		n    int
 		want string
 	}{
-		{"abc", 3, "abc"}, {"abcd", 3, "abc"}, {"", 0, ""}, {"aé", 2, "a"}, {"aé", 3, "aé"}, {"éé", 3, "é"},
+		{"abc", 3, "abc"}, {"abcd", 3, "abc"}, {"a\xff", 2, "a\xff"}, {"a\xffb", 2, "a"}, {"", 0, ""}, {"aé", 2, "a"}, {"aé", 3, "aé"}, {"éé", 3, "é"},
 	} {
 		if got := TruncateReason(c.in, c.n); got != c.want {
 			t.Errorf("TruncateReason(%q, %d) = %q, want %q", c.in, c.n, got, c.want)

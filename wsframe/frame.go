@@ -10,7 +10,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"time"
 )
 
@@ -242,28 +241,26 @@ func (f *Parser) endFrame(h Handler) error {
 }
 
 // maskBytes XORs b with the mask key starting at position pos (0-3) and
-// returns the position after b. Eight bytes at a time where it can.
+// returns the position after b. Byte by byte until the key is back at
+// its first byte, then eight bytes at a time, then the tail.
 func maskBytes(key [4]byte, pos int, b []byte) int {
 	pos &= 3
 	i := 0
-	for ; i < len(b) && pos&3 != 0; i++ {
-		b[i] ^= key[pos&3]
-		pos++
+	for ; i < len(b) && pos != 0; i++ {
+		b[i] ^= key[pos]
+		pos = (pos + 1) & 3
 	}
-	if rest := len(b) - i; rest >= 8 {
-		k32 := binary.LittleEndian.Uint32(key[:])
-		k32 = bits.RotateLeft32(k32, -8*(pos&3))
-		k64 := uint64(k32) | uint64(k32)<<32
-		for ; len(b)-i >= 8; i += 8 {
-			v := binary.LittleEndian.Uint64(b[i:])
-			binary.LittleEndian.PutUint64(b[i:], v^k64)
-		}
+	k32 := binary.LittleEndian.Uint32(key[:])
+	k64 := uint64(k32) | uint64(k32)<<32
+	for ; len(b)-i >= 8; i += 8 {
+		v := binary.LittleEndian.Uint64(b[i:])
+		binary.LittleEndian.PutUint64(b[i:], v^k64)
 	}
 	for ; i < len(b); i++ {
-		b[i] ^= key[pos&3]
-		pos++
+		b[i] ^= key[pos]
+		pos = (pos + 1) & 3
 	}
-	return pos & 3
+	return pos
 }
 
 // HeaderRoom is the space kept in front of a payload for a server frame
@@ -274,22 +271,21 @@ const HeaderRoom = 10
 // it ends at buf[HeaderRoom], and returns where it starts. buf must have
 // at least HeaderRoom bytes.
 func PutHeader(buf []byte, op byte, n int) int {
-	switch {
-	case n < 126:
+	if n < 126 {
 		buf[8] = 0x80 | op
 		buf[9] = byte(n)
 		return 8
-	case n < 1<<16:
+	}
+	if n < 1<<16 {
 		buf[6] = 0x80 | op
 		buf[7] = 126
 		binary.BigEndian.PutUint16(buf[8:10], uint16(n))
 		return 6
-	default:
-		buf[0] = 0x80 | op
-		buf[1] = 127
-		binary.BigEndian.PutUint64(buf[2:10], uint64(n))
-		return 0
 	}
+	buf[0] = 0x80 | op
+	buf[1] = 127
+	binary.BigEndian.PutUint64(buf[2:10], uint64(n))
+	return 0
 }
 
 // AppendControl appends an unmasked control frame (server to client) for

@@ -109,7 +109,7 @@ func TestMaskBytesMatchesBytewise(t *testing.T) {
 }
 
 func TestPutHeader(t *testing.T) {
-	for _, n := range []int{0, 125, 126, 65535, 65536, 1 << 20} {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 1 << 20} {
 		buf := make([]byte, HeaderRoom)
 		start := PutHeader(buf, OpBinary, n)
 		h := buf[start:]
@@ -289,5 +289,55 @@ func TestParserUnconsumedResumes(t *testing.T) {
 	}
 	if err := q.Feed(tail[:0], h); err != nil || q.Unconsumed() != 0 {
 		t.Fatalf("empty feed: %v %d", err, q.Unconsumed())
+	}
+}
+
+// TestParserDataErrorMidFrame: a data callback that fails on a chunk that
+// is not the end of its frame leaves the parser inside that frame, so the
+// frame's remaining payload is read as payload, not as a new header.
+func TestParserDataErrorMidFrame(t *testing.T) {
+	key := [4]byte{1, 2, 3, 4}
+	frame := clientFrame(true, OpBinary, []byte("0123456789"), key)
+	next := clientFrame(true, OpText, []byte("next"), key)
+	var p Parser
+	h := &failAfter{n: 3}
+	cut := 6 + 4 // the header and 4 of the 10 payload bytes
+	if err := p.Feed(append([]byte(nil), frame[:cut]...), h); !errors.Is(err, errStop) || p.Unconsumed() != 0 {
+		t.Fatalf("first part: %v, %d unconsumed", err, p.Unconsumed())
+	}
+	h.n = 1 << 30
+	rest := append(append([]byte(nil), frame[cut:]...), next...)
+	if err := p.Feed(rest, h); err != nil {
+		t.Fatalf("rest after a data error mid-frame: %v (%s)", err, p.Reason())
+	}
+	if string(h.got) != "0123456789next" {
+		t.Fatalf("data %q, want the frame's payload and the next frame", h.got)
+	}
+}
+
+// TestParserLimitIsForDataOnly: Limit bounds messages, not control frames:
+// a close or a ping longer than the limit passes, and a close inside a
+// fragmented message neither ends nor restarts the message's count.
+func TestParserLimitIsForDataOnly(t *testing.T) {
+	key := [4]byte{5, 6, 7, 8}
+	var stream []byte
+	stream = append(stream, clientFrame(false, OpText, []byte("ab"), key)...)
+	stream = append(stream, clientFrame(true, OpPing, []byte("ping!"), key)...)
+	stream = append(stream, clientFrame(true, OpClose, append([]byte{0x03, 0xe8}, "bye!"...), key)...)
+	stream = append(stream, clientFrame(true, OpContinuation, []byte("cd"), key)...)
+	p := Parser{Limit: 4}
+	r := &recorder{}
+	if err := p.Feed(stream, r); err != nil {
+		t.Fatalf("%v (%s)", err, p.Reason())
+	}
+	if string(r.got) != "abcd" || len(r.ctrl) != 2 || r.ctrl[1] != string(rune('0'+OpClose))+":\x03\xe8bye!" {
+		t.Fatalf("data %q, control %q", r.got, r.ctrl)
+	}
+	// One more byte in the message is over the limit.
+	over := append(append([]byte(nil), stream[:len(stream)-len(clientFrame(true, OpContinuation, []byte("cd"), key))]...),
+		clientFrame(true, OpContinuation, []byte("cde"), key)...)
+	p = Parser{Limit: 4}
+	if err := p.Feed(over, &recorder{}); !errors.Is(err, ErrTooBig) {
+		t.Fatalf("message of 5 bytes with a limit of 4: %v", err)
 	}
 }
