@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/gorilla/websocket"
 )
 
@@ -369,9 +370,7 @@ func TestReviewHeldBrowserHeaderTricks(t *testing.T) {
 			t.Errorf("%s: /v1/status is the administrator's", name)
 		}
 		// The same headers on /v1/rpc: refused, or open as anonymous.
-		hh := h.Clone()
-		hh.Del("Host")
-		ws, _, _ := dialWS(t, "ws://"+g.httpAddr+"/v1/rpc", hh)
+		ws, _, _ := dialWS(t, "ws://"+g.httpAddr+"/v1/rpc", h) // gorilla sends h["Host"] as the Host
 		if ws != nil {
 			res, rerr, err := reviewRPCCall(ws, 1, "sessions.list", nil)
 			ws.Close()
@@ -418,11 +417,168 @@ func TestReviewHeldUserNames(t *testing.T) {
 		users := filepath.Join(dir, "users.json")
 		writeUsers(t, users, map[string]any{name: map[string]any{"api_keys": []string{"a-long-api-key-0123456"}}})
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		cmd := exec.CommandContext(ctx, gwBin, "--bind_address", "127.0.0.1", "--http_port", "0", "--session_dir", filepath.Join(dir, "s"), "--users", users, "0")
+		cmd := exec.CommandContext(ctx, gwBin, "--bind_address", "127.0.0.1", "--http_port", "0", "--session_dir", filepath.Join(dir, "s"), "--users", users, "--client_hostname", "127.0.0.1", "--client_port", "1", "0")
 		out, err := cmd.CombinedOutput()
 		cancel()
 		if err == nil || !strings.Contains(string(out), "user name") {
 			t.Errorf("user name %q: the gateway started or gave no reason: %v\n%s", name, err, out)
 		}
+	}
+}
+
+// reviewBrowser is newBrowser with attacker.test and rebind.test
+// resolving to 127.0.0.1 (as a DNS name an attacker points there would).
+func reviewBrowser(t *testing.T) *browser {
+	t.Helper()
+	needComponent(t, chromiumPath, "chromium")
+	dataDir := t.TempDir()
+	b := &browser{t: t, dataDir: dataDir, out: &syncBuf{}}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless,
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("host-resolver-rules", "MAP attacker.test 127.0.0.1, MAP rebind.test 127.0.0.1"),
+		chromedp.UserDataDir(dataDir),
+		chromedp.CombinedOutput(b.out),
+	}
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelTab := chromedp.NewContext(allocCtx)
+	b.ctx = ctx
+	t.Cleanup(func() {
+		cancelTab()
+		cancelAlloc()
+		killChromium(t, dataDir)
+		if t.Failed() {
+			t.Logf("chromium output (last 4 kB):\n%s", tail(b.out.String(), 4096))
+		}
+	})
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("starting %s: %v\n%s", chromiumPath, err, b.out.String())
+	}
+	return b
+}
+
+// reviewAttackPage is served on attacker.test (127.0.0.1, another port).
+// ?gw= is the gateway's host:port, ?imgs= how many <img> with a wrong
+// security token to fire first. It then tries, and reports in
+// window.result: /v1/rpc from its own origin, from a sandboxed iframe
+// (Origin null) and under a DNS name for the gateway (rebind.test), a
+// login and a logout by no-cors POST, and /v1/stop by <img>.
+const reviewAttackPage = `<!doctype html><title>attack</title><body><script>
+function rpc(url) {
+  return new Promise(res => {
+    let ws;
+    try { ws = new WebSocket(url); } catch (e) { res('throw ' + e); return; }
+    ws.onopen = () => ws.send(JSON.stringify({jsonrpc: '2.0', id: 1, method: 'sessions.list'}));
+    ws.onmessage = m => { res('answer ' + m.data); ws.close(); };
+    ws.onerror = () => res('refused');
+    setTimeout(() => res('timeout'), 4000);
+  });
+}
+function img(src) { return new Promise(r => { const i = new Image(); i.onload = () => r('load'); i.onerror = () => r('error'); i.src = src; }); }
+window.result = (async () => {
+  const q = new URLSearchParams(location.search), gw = q.get('gw'), port = gw.split(':')[1];
+  const out = {};
+  for (let i = 0; i < Number(q.get('imgs') || 0); i++) await img('http://' + gw + '/v1/status?security_token=wrong' + i);
+  out.rpc = await rpc('ws://' + gw + '/v1/rpc');
+  out.rebind = await rpc('ws://rebind.test:' + port + '/v1/rpc');
+  out.sandboxed = await new Promise(res => {
+    window.addEventListener('message', e => res(String(e.data)));
+    const f = document.createElement('iframe');
+    f.sandbox = 'allow-scripts';
+    f.srcdoc = '<script>const ws = new WebSocket("ws://' + gw + '/v1/rpc"); ws.onopen = () => { ws.send(JSON.stringify({jsonrpc: "2.0", id: 1, method: "sessions.list"})); }; ws.onmessage = m => parent.postMessage("answer " + m.data, "*"); ws.onerror = () => parent.postMessage("refused", "*");<' + '/script>';
+    document.body.appendChild(f);
+    setTimeout(() => res('timeout'), 4000);
+  });
+  for (const p of ['/v1/login', '/v1/logout']) {
+    try { await fetch('http://' + gw + p, {method: 'POST', mode: 'no-cors', credentials: 'include', body: '{"user":"alice","password":"alice password"}'}); } catch (e) {}
+  }
+  out.stop = await img('http://' + gw + '/v1/stop');
+  return out;
+})();
+</script>`
+
+func reviewAttackSite(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, reviewAttackPage)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return "http://attacker.test:" + port
+}
+
+// TestReviewHeldForeignPages: a page on another site (a DNS name for
+// 127.0.0.1), the same page reaching the gateway under a DNS name, and a
+// sandboxed iframe (Origin null), all in a real Chromium, neither open
+// /v1/rpc, nor log a user in, nor stop the gateway; with the default
+// settings and with users configured. The gateway's own user, directly,
+// is the administrator (the positive control).
+func TestReviewHeldForeignPages(t *testing.T) {
+	b := reviewBrowser(t)
+	site := reviewAttackSite(t)
+	dir := t.TempDir()
+	users := filepath.Join(dir, "users.json")
+	writeUsers(t, users, map[string]any{"alice": map[string]any{"password_bcrypt": hashPW(t, "alice password"), "groups": []string{"admin"}}})
+	for _, args := range [][]string{nil, {"--users", users}} {
+		t.Run(fmt.Sprintf("args=%v", args), func(t *testing.T) {
+			g, _ := svcGateway(t, 1, nil, args...)
+			p := b.newTab()
+			p.navigate(site + "/?gw=" + g.httpAddr)
+			var out map[string]string
+			p.mustEval(`window.result`, &out)
+			t.Logf("the page saw: %v", out)
+			for _, k := range []string{"rpc", "rebind", "sandboxed"} {
+				if strings.HasPrefix(out[k], "answer") || out[k] == "timeout" {
+					t.Errorf("%s: /v1/rpc from the page: %s", k, out[k])
+				}
+			}
+			select {
+			case <-g.exited:
+				t.Fatal("the page stopped the gateway")
+			default:
+			}
+			if l := g.log.String(); strings.Contains(l, `"logged in"`) || strings.Contains(l, "stop requested") {
+				t.Error("the page logged a user in or asked for a stop")
+			}
+			if len(args) == 0 {
+				if _, st := getJSON(t, g.httpURL("/v1/status")); st["admin"] != true {
+					t.Fatal("the gateway's own user, directly, is not its administrator")
+				}
+			}
+		})
+	}
+}
+
+// TestReviewFindingForeignPageLocksOutItsVisitor (finding 5): a page on
+// another site fires 40 <img> at /v1/status with a wrong security token.
+// They come from the visitor's address, so the visitor's own scripts,
+// with the right token, then get 429 for a minute (and the page can do it
+// again every minute). A page on another site is Foreign, "never ... by
+// the browser's ambient credentials"; here the visitor's address is the
+// ambient thing it spends. One client may not lock another out.
+func TestReviewFindingForeignPageLocksOutItsVisitor(t *testing.T) {
+	b := reviewBrowser(t)
+	site := reviewAttackSite(t)
+	const secret = "the-security-token-0123"
+	g, _ := svcGateway(t, 1, nil, "--security_token", secret)
+	p := b.newTab()
+	p.navigate(site + "/?imgs=40&gw=" + g.httpAddr)
+	var out map[string]string
+	p.mustEval(`window.result`, &out)
+	if code, m := getJSON(t, g.httpURL("/v1/status?security_token="+secret)); code != http.StatusOK {
+		t.Errorf("after a foreign page's wrong tokens, the visitor's own right token: %d %v", code, m)
 	}
 }
