@@ -582,3 +582,28 @@ func TestReviewFindingForeignPageLocksOutItsVisitor(t *testing.T) {
 		t.Errorf("after a foreign page's wrong tokens, the visitor's own right token: %d %v", code, m)
 	}
 }
+
+// TestReviewFindingReleaseIsATokenOracle (finding 6, low): GET
+// /v1/release/<token> answers an anonymous caller differently for a token
+// that exists ("you may release only your own reservations") and one that
+// does not ("this call is for administrators or the reservation's user"),
+// and unknown tokens there do not count against --auth_fail_limit (40 in
+// a row, no 429), where /v1/check_token and websockets count them. So it
+// is an unlimited oracle for guessing tokens. SECURITY.md: unknown
+// reservation tokens count against --auth_fail_limit.
+func TestReviewFindingReleaseIsATokenOracle(t *testing.T) {
+	g, _ := svcGateway(t, 1, nil)
+	tok := g.reserve(t, "Echo Service", "")["token"].(string)
+	anon := []string{"X-Forwarded-For", "192.0.2.9"} // not the loopback administrator
+	_, known, _ := call(t, "GET", g.httpURL("/v1/release/"+tok), nil, anon...)
+	limited := false
+	var unknown map[string]any
+	for i := 0; i < 40 && !limited; i++ {
+		var code int
+		code, unknown, _ = call(t, "GET", g.httpURL(fmt.Sprintf("/v1/release/00000000-0000-4000-8000-%012d", i)), nil, anon...)
+		limited = code == http.StatusTooManyRequests
+	}
+	if fmt.Sprint(known) != fmt.Sprint(unknown) && !limited {
+		t.Errorf("/v1/release tells a live token (%v) from an unknown one (%v), and 40 unknown ones were never limited", known, unknown)
+	}
+}
