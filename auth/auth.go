@@ -360,21 +360,48 @@ func (u *Users) CheckCookie(v string) (*Identity, error) {
 // none, and ErrBadCredentials when they are wrong. A Bearer value that
 // is not an API key is left to the caller (it may be the security token).
 func (u *Users) Authenticate(r *http.Request) (*Identity, error) {
+	id, _, err := u.authenticate(r)
+	return id, err
+}
+
+// authenticate is Authenticate, with a check that the credentials still
+// hold (see Caller.Valid).
+func (u *Users) authenticate(r *http.Request) (*Identity, func() bool, error) {
 	if u == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if name, pw, ok := r.BasicAuth(); ok {
-		return u.CheckPassword(name, pw)
+		id, err := u.CheckPassword(name, pw)
+		if err != nil {
+			return nil, nil, err
+		}
+		gen := u.generation(name)
+		return id, func() bool { return u.generation(name) == gen && u.same(id) }, nil
 	}
 	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		if id, err := u.CheckAPIKey(strings.TrimPrefix(h, "Bearer ")); err == nil {
-			return id, nil
+		key := strings.TrimPrefix(h, "Bearer ")
+		if id, err := u.CheckAPIKey(key); err == nil {
+			return id, func() bool { now, err := u.CheckAPIKey(key); return err == nil && sameRights(id, now) }, nil
 		}
 	}
 	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
-		return u.CheckCookie(c.Value)
+		id, err := u.CheckCookie(c.Value)
+		if err != nil {
+			return nil, nil, err
+		}
+		v := c.Value
+		return id, func() bool { now, err := u.CheckCookie(v); return err == nil && sameRights(id, now) }, nil
 	}
-	return nil, nil
+	return nil, nil, nil
+}
+
+// same reports whether id's user is still in the file with the same
+// rights.
+func (u *Users) same(id *Identity) bool { return sameRights(id, u.Lookup(id.Name)) }
+
+// sameRights: now is the same user as was, in the same groups.
+func sameRights(was, now *Identity) bool {
+	return now != nil && was.Name == now.Name && was.Admin == now.Admin && slices.Equal(was.Groups, now.Groups)
 }
 
 // TrustedProxies is the --trusted_proxy networks whose X-Forwarded-User
@@ -399,6 +426,16 @@ func ParseCIDRs(list []string) (TrustedProxies, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// HasLoopback reports whether a network holds a loopback address.
+func (t TrustedProxies) HasLoopback() bool {
+	for _, n := range t {
+		if n.Contains(net.IPv4(127, 0, 0, 1)) || n.Contains(net.IPv6loopback) || n.IP.IsLoopback() {
+			return true
+		}
+	}
+	return false
 }
 
 // contains reports whether ip is in one of the networks.
@@ -435,12 +472,10 @@ func (t TrustedProxies) clientFor(r *http.Request, peer string) string {
 	return peer
 }
 
-// Identity returns the identity a trusted proxy asserts for r, or nil
-// (r's peer is not a trusted proxy, or it asserts no user).
-func (t TrustedProxies) Identity(r *http.Request) *Identity {
-	if !t.contains(remoteIP(r.RemoteAddr)) {
-		return nil
-	}
+// assertedIdentity is the identity a trusted proxy asserts in r's
+// X-Forwarded-User and X-Forwarded-Groups (nil: none). The caller has
+// checked that r's peer is a trusted proxy.
+func assertedIdentity(r *http.Request) *Identity {
 	user := strings.TrimSpace(r.Header.Get("X-Forwarded-User"))
 	if user == "" || len(user) > 128 || strings.ContainsFunc(user, isControl) {
 		return nil

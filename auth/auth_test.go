@@ -105,11 +105,10 @@ func TestTrustedProxies(t *testing.T) {
 		remote string
 		want   bool
 	}{{"10.1.2.3:5000", true}, {"[::1]:5000", true}, {"192.168.1.1:5000", false}, {"127.0.0.1:5000", false}} {
-		r := httptest.NewRequest("GET", "/", nil)
-		r.RemoteAddr = c.remote
-		r.Header.Set("X-Forwarded-User", "dave")
-		r.Header.Set("X-Forwarded-Groups", "viz, admin")
-		id := tp.Identity(r)
+		r := request(c.remote, "/", "X-Forwarded-User", "dave", "X-Forwarded-Groups", "viz, admin")
+		p := Policy{TrustedProxies: tp, ProxyUIDs: []int{33}, PeerUID: uidIs(33, nil)}
+		caller, _ := p.Caller(r)
+		id := caller.ID
 		if (id != nil) != c.want {
 			t.Errorf("%s: %+v", c.remote, id)
 		}
@@ -119,6 +118,12 @@ func TestTrustedProxies(t *testing.T) {
 	}
 	if _, err := ParseCIDRs([]string{"not-a-net"}); err == nil {
 		t.Error("bad CIDR accepted")
+	}
+	for cidrs, want := range map[string]bool{"10.0.0.0/8": false, "127.0.0.1": true, "::1": true, "0.0.0.0/0": true, "127.0.0.0/8": true, "192.168.0.0/16": false} {
+		tp, _ := ParseCIDRs([]string{cidrs})
+		if tp.HasLoopback() != want {
+			t.Errorf("HasLoopback(%s) = %v", cidrs, !want)
+		}
 	}
 }
 

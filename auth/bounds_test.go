@@ -150,7 +150,7 @@ func TestAuthenticateAPIKey(t *testing.T) {
 }
 
 func TestProxyUserNames(t *testing.T) {
-	p := mustCIDRs("10.9.0.1")
+	p := Policy{TrustedProxies: mustCIDRs("10.9.0.1")}
 	for _, c := range []struct {
 		user string
 		ok   bool
@@ -166,7 +166,8 @@ func TestProxyUserNames(t *testing.T) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = "10.9.0.1:5"
 		r.Header.Set("X-Forwarded-User", c.user)
-		id := p.Identity(r)
+		caller, _ := p.Caller(r)
+		id := caller.ID
 		if (id != nil) != c.ok {
 			t.Errorf("X-Forwarded-User %q: %+v", c.user, id)
 		}

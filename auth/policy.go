@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 
 	"wsgateway/internal/origin"
@@ -37,6 +39,10 @@ type Policy struct {
 	// nil); only the gateway's own user and root are loopback
 	// administrators.
 	PeerUID func(local, remote net.Addr) (int, error)
+	// ProxyUIDs are the local users a --trusted_proxy on this machine
+	// runs as (--trusted_proxy_user); a local peer of a trusted network
+	// running as anyone else is not trusted.
+	ProxyUIDs []int
 }
 
 // Caller is the policy's answer for one request.
@@ -45,14 +51,26 @@ type Caller struct {
 	ID *Identity
 	// Site is where the request comes from.
 	Site origin.Site
-	// Client is the client's IP address: the peer's, or behind a trusted
-	// proxy the rightmost address of X-Forwarded-For that is not a
-	// trusted proxy. Limits are keyed on it.
+	// Client is the key every per-client limit counts the request
+	// under: the client's IP (behind a trusted proxy, the rightmost
+	// X-Forwarded-For hop that is not a trusted proxy; IPv6 by /64), or
+	// for a process on this machine its user ("local-uid-N"), with
+	// "|pages" added for requests made by a web page other than the
+	// gateway's own (see Policy.client).
 	Client string
 	// Proxied: the request came through a proxy (a trusted one, or one
 	// that added forwarding headers).
 	Proxied bool
+
+	recheck func() bool // nil: the credentials cannot change
 }
+
+// Valid reports whether the credentials the Caller was made from still
+// hold with the same rights: a cookie not ended by a logout or a
+// password change, a password or API key unchanged, the user still in
+// the users file in the same groups. A long-lived connection (/v1/rpc)
+// asks before each request and ends when they do not.
+func (c Caller) Valid() bool { return c.recheck == nil || c.recheck() }
 
 // Admin reports whether the caller administers the gateway.
 func (c Caller) Admin() bool { return c.ID != nil && c.ID.Admin }
@@ -112,11 +130,66 @@ func PresentsCredential(r *http.Request) bool { return presentedToken(r) != "" }
 // forwardingHeaders are added by proxies, never by browsers.
 var forwardingHeaders = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "Via"}
 
+// trustedPeer reports whether r's peer is a --trusted_proxy. A peer on
+// this machine (a loopback address, or the address it connected to) is
+// one only when it runs as one of ProxyUIDs: every local account can
+// connect from 127.0.0.1, and must not be able to assert a user.
+func (p *Policy) trustedPeer(r *http.Request) bool {
+	ip := remoteIP(r.RemoteAddr)
+	if !p.TrustedProxies.contains(ip) {
+		return false
+	}
+	if !localPeer(r, ip) {
+		return true
+	}
+	uid, err := p.peerUID(r)
+	return err == nil && slices.Contains(p.ProxyUIDs, uid)
+}
+
+// localPeer: ip is a loopback address or the address r reached (a
+// process on this machine connecting through one of its addresses).
+func localPeer(r *http.Request, ip net.IP) bool {
+	if ip.IsLoopback() {
+		return true
+	}
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if local == nil {
+		return false
+	}
+	return ip.Equal(remoteIP(local.String()))
+}
+
+// peerUID is the local user of r's peer: PeerUID when set (tests), else
+// the connection's, read from the socket tables once per connection.
+func (p *Policy) peerUID(r *http.Request) (int, error) {
+	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if p.PeerUID == nil {
+		if uid, ok, err := peer.UIDFromContext(r.Context()); ok {
+			return uid, err
+		}
+	}
+	if local == nil {
+		return 0, peer.ErrUnknown
+	}
+	remote, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
+	if err != nil {
+		return 0, err
+	}
+	if p.PeerUID != nil {
+		return p.PeerUID(local, remote)
+	}
+	return peer.UID(local, remote)
+}
+
 // Site says which site r comes from (see origin.Classify); behind a
 // trusted proxy the name the client used is its X-Forwarded-Host.
 func (p *Policy) Site(r *http.Request) origin.Site {
+	return p.site(r, p.trustedPeer(r))
+}
+
+func (p *Policy) site(r *http.Request, trusted bool) origin.Site {
 	host := r.Host
-	if p.TrustedProxies.contains(remoteIP(r.RemoteAddr)) {
+	if trusted {
 		if fh := firstValue(r.Header.Get("X-Forwarded-Host")); fh != "" {
 			host = fh
 		}
@@ -124,28 +197,63 @@ func (p *Policy) Site(r *http.Request) origin.Site {
 	return origin.Classify(r, host, p.AllowedOrigins)
 }
 
-// Client is r's client address as limits key it: the peer's IP, or
-// behind a trusted proxy the client's (see Caller.Client).
+// Client is the key limits count r under (see Caller.Client).
 func (p *Policy) Client(r *http.Request) string {
-	peerIP := remoteIP(r.RemoteAddr)
-	c := ipString(peerIP, r.RemoteAddr)
-	if p.TrustedProxies.contains(peerIP) {
-		c = p.TrustedProxies.clientFor(r, c)
+	trusted := p.trustedPeer(r)
+	return p.client(r, trusted, p.site(r, trusted))
+}
+
+// client: the client's address (behind a trusted proxy, the rightmost
+// untrusted X-Forwarded-For hop), IPv6 by /64; a process on this machine
+// by its user ("local-uid-N", or "local" when unknown), so that
+// rotating loopback addresses changes nothing and one local account
+// cannot lock another out; and, for requests a web page other than the
+// gateway's own made, the suffix "|pages", so that a foreign page can
+// exhaust only what pages share, never the limits of its visitor's own
+// direct requests.
+func (p *Policy) client(r *http.Request, trusted bool, site origin.Site) string {
+	ip := remoteIP(r.RemoteAddr)
+	var key string
+	switch {
+	case trusted:
+		key = groupIP(net.ParseIP(p.TrustedProxies.clientFor(r, ipString(ip, r.RemoteAddr))))
+	case ip != nil && localPeer(r, ip):
+		if uid, err := p.peerUID(r); err == nil {
+			key = "local-uid-" + strconv.Itoa(uid)
+		} else {
+			key = "local"
+		}
+	default:
+		key = groupIP(ip)
+		if key == "" {
+			key = r.RemoteAddr
+		}
 	}
-	return c
+	if !site.Ambient() {
+		key += "|pages"
+	}
+	return key
+}
+
+// groupIP is an address as limits count it: IPv4 whole, IPv6 by /64
+// (one host gets a /64 and could rotate within it).
+func groupIP(ip net.IP) string {
+	if ip == nil {
+		return ""
+	}
+	if ip.To4() == nil {
+		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	return ip.String()
 }
 
 // Caller returns who made r. Wrong explicit credentials (and wrong
 // ambient ones where they count) are ErrBadCredentials, with the rest of
 // the Caller (site, client address) filled in for the failure limits.
 func (p *Policy) Caller(r *http.Request) (Caller, error) {
-	peerIP := remoteIP(r.RemoteAddr)
-	trusted := p.TrustedProxies.contains(peerIP)
-	c := Caller{Client: ipString(peerIP, r.RemoteAddr), Site: p.Site(r)}
-	if trusted {
-		c.Proxied = true
-		c.Client = p.TrustedProxies.clientFor(r, c.Client)
-	}
+	trusted := p.trustedPeer(r)
+	c := Caller{Site: p.site(r, trusted), Proxied: trusted}
+	c.Client = p.client(r, trusted, c.Site)
 	for _, h := range forwardingHeaders {
 		if r.Header.Get(h) != "" {
 			c.Proxied = true
@@ -160,8 +268,10 @@ func (p *Policy) Caller(r *http.Request) (Caller, error) {
 	}
 	if p.Users != nil {
 		if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-			if id, err := p.Users.CheckAPIKey(strings.TrimPrefix(h, "Bearer ")); err == nil {
+			key := strings.TrimPrefix(h, "Bearer ")
+			if id, err := p.Users.CheckAPIKey(key); err == nil {
 				c.ID = id
+				c.recheck = func() bool { now, err := p.Users.CheckAPIKey(key); return err == nil && sameRights(id, now) }
 				return c, nil
 			}
 		}
@@ -176,15 +286,15 @@ func (p *Policy) Caller(r *http.Request) (Caller, error) {
 		return c, nil
 	}
 	if trusted {
-		if id := p.TrustedProxies.Identity(r); id != nil {
+		if id := assertedIdentity(r); id != nil {
 			c.ID = id
 			return c, nil
 		}
 	}
 	if p.Users != nil {
-		id, err := p.Users.Authenticate(r)
+		id, recheck, err := p.Users.authenticate(r)
 		if err != nil || id != nil {
-			c.ID = id
+			c.ID, c.recheck = id, recheck
 			return c, err
 		}
 	}
@@ -204,19 +314,10 @@ func (p *Policy) localAdmin(r *http.Request) bool {
 	if !origin.LocalName(r) {
 		return false
 	}
-	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if local == nil {
+	if local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr); local == nil {
 		return false
 	}
-	remote, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	find := p.PeerUID
-	if find == nil {
-		find = peer.UID
-	}
-	uid, err := find(local, remote)
+	uid, err := p.peerUID(r)
 	if err != nil {
 		return false
 	}

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -50,7 +51,8 @@ func TestLoopbackAdministrator(t *testing.T) {
 		{"listed page", Policy{PeerUID: uidIs(me, nil), AllowedOrigins: []string{"*"}}, request("127.0.0.1:5000", "/", "Origin", "https://evil.example", "Sec-Fetch-Site", "cross-site"), false, false},
 		{"a proxy's forwarding header", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "X-Forwarded-For", "203.0.113.9"), false, true},
 		{"a proxy's Via", Policy{PeerUID: uidIs(me, nil)}, request("127.0.0.1:5000", "/", "Via", "1.1 nginx"), false, true},
-		{"a trusted proxy without a user", Policy{PeerUID: uidIs(me, nil), TrustedProxies: mustCIDRs("127.0.0.1")}, request("127.0.0.1:5000", "/"), false, true},
+		{"a trusted proxy without a user", Policy{PeerUID: uidIs(me, nil), TrustedProxies: mustCIDRs("127.0.0.1"), ProxyUIDs: []int{me}}, request("127.0.0.1:5000", "/"), false, true},
+		{"our own user on a trusted loopback network, not the proxy's", Policy{PeerUID: uidIs(me, nil), TrustedProxies: mustCIDRs("127.0.0.1"), ProxyUIDs: []int{me + 1}}, request("127.0.0.1:5000", "/"), true, false},
 		{"a token is configured", Policy{PeerUID: uidIs(me, nil), SecurityToken: "t"}, request("127.0.0.1:5000", "/"), false, false},
 	}
 	for _, c := range cases {
@@ -195,7 +197,7 @@ func TestAmbientCredentialsNeedOurOwnSite(t *testing.T) {
 }
 
 func TestClientBehindATrustedProxy(t *testing.T) {
-	p := Policy{TrustedProxies: mustCIDRs("10.9.0.0/24", "::1")}
+	p := Policy{TrustedProxies: mustCIDRs("10.9.0.0/24", "::1"), ProxyUIDs: []int{33}, PeerUID: uidIs(33, nil)}
 	cases := []struct {
 		remote, xff, want string
 	}{
@@ -206,7 +208,8 @@ func TestClientBehindATrustedProxy(t *testing.T) {
 		{"10.9.0.1:5", "garbage, 203.0.113.7", "203.0.113.7"},
 		{"10.9.0.1:5", "203.0.113.7, garbage", "10.9.0.1"},
 		{"10.9.0.1:5", "", "10.9.0.1"},
-		{"[::1]:5", "2001:db8::1", "2001:db8::1"},
+		{"[::1]:5", "2001:db8::1", "2001:db8::/64"},
+		{"[::1]:5", "2001:db8:0:1::5", "2001:db8:0:1::/64"},
 		{"203.0.113.50:5", "1.2.3.4", "203.0.113.50"},
 	}
 	for _, c := range cases {
@@ -282,5 +285,37 @@ func TestCookiesEnd(t *testing.T) {
 	}
 	if _, err := u.CheckCookie(u.SessionCookie("bob", -time.Second)); err == nil {
 		t.Error("an expired cookie")
+	}
+}
+
+// TestLimitKeys: what every per-client limit counts a request under.
+func TestLimitKeys(t *testing.T) {
+	me := os.Getuid()
+	p := Policy{PeerUID: uidIs(me, nil)}
+	cases := []struct {
+		name string
+		r    *http.Request
+		want string
+	}{
+		{"remote IPv4", request("203.0.113.5:1", "/"), "203.0.113.5"},
+		{"remote IPv6 by /64", request("[2001:db8::7]:1", "/"), "2001:db8::/64"},
+		{"a local process by its user", request("127.0.0.1:1", "/"), fmt.Sprintf("local-uid-%d", me)},
+		{"another loopback address, the same user", request("127.0.3.9:1", "/"), fmt.Sprintf("local-uid-%d", me)},
+		{"a page on another site, from a remote client", request("203.0.113.5:1", "/", "Sec-Fetch-Site", "cross-site"), "203.0.113.5|pages"},
+		{"our own page", request("203.0.113.5:1", "/", "Sec-Fetch-Site", "same-origin"), "203.0.113.5"},
+	}
+	for _, c := range cases {
+		got, _ := p.Caller(c.r)
+		if got.Client != c.want || p.Client(c.r) != c.want {
+			t.Errorf("%s: %q / %q, want %q", c.name, got.Client, p.Client(c.r), c.want)
+		}
+	}
+	unknown := Policy{PeerUID: uidIs(0, errors.New("gone"))}
+	if got := unknown.Client(request("127.0.0.2:1", "/")); got != "local" {
+		t.Errorf("a local process of unknown user: %q", got)
+	}
+	other := Policy{PeerUID: uidIs(me+7, nil)}
+	if got := other.Client(request("127.0.0.1:1", "/")); got != fmt.Sprintf("local-uid-%d", me+7) {
+		t.Errorf("another local user: %q", got)
 	}
 }

@@ -202,15 +202,24 @@ func (s *Server) handleCheckToken(w http.ResponseWriter, r *http.Request) error 
 // releaseAs releases tok for c: administrators release anything, a user
 // their own reservations. It returns once the service has stopped.
 func (s *Server) releaseAs(ctx context.Context, c auth.Caller, tok string) (reservation.Reservation, error) {
+	// Anyone but an administrator gets the same answer for a token that
+	// does not exist and for one that is not theirs, and an unknown
+	// token counts as a failed authentication: release is no oracle.
+	notYours := httperr.Errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators and the reservation's user)")
+	if !c.Admin() && s.authLimit.exhausted(c.Client) {
+		s.metrics.limited.WithLabelValues("auth_failures").Inc()
+		return reservation.Reservation{}, httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute")
+	}
 	res, err := s.sessions.Get(tok)
 	if err != nil {
 		if !c.Admin() {
-			return res, httperr.Errorf(http.StatusForbidden, "this call is for administrators or the reservation's user")
+			s.authLimit.allow(c.Client)
+			return res, notYours
 		}
 		return res, httperr.Errorf(http.StatusNotFound, "unknown token %s…: nothing to release", reservation.TokenPrefix(tok))
 	}
 	if !c.MayManage(res.Owner) {
-		return res, httperr.Errorf(http.StatusForbidden, "you may release only your own reservations (this call is for administrators)")
+		return res, notYours
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.StopGrace+15*time.Second)
 	defer cancel()

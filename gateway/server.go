@@ -22,6 +22,7 @@ import (
 
 	"wsgateway/auth"
 	"wsgateway/internal/httperr"
+	"wsgateway/internal/peer"
 	"wsgateway/proc"
 	"wsgateway/reservation"
 	"wsgateway/services"
@@ -86,6 +87,9 @@ type Config struct {
 	Users *auth.Users
 	// TrustedProxies may assert X-Forwarded-User and X-Forwarded-Groups.
 	TrustedProxies auth.TrustedProxies
+	// ProxyUIDs are the local users a trusted proxy on this machine runs
+	// as (auth.Policy.ProxyUIDs).
+	ProxyUIDs []int
 	// MaxUserTunnels and MaxUserReservations cap what one user holds
 	// (0: no cap).
 	MaxUserTunnels      int
@@ -235,7 +239,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared, Resume: s.resume})
 	s.clusterTag = services.ClusterTag(cfg.SessionRoot)
 	s.resumedJobs = map[string]bool{}
-	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, AllowedOrigins: cfg.AllowedOrigins}
+	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, ProxyUIDs: cfg.ProxyUIDs, AllowedOrigins: cfg.AllowedOrigins}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
 	s.launchLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))
@@ -290,6 +294,9 @@ func (s *Server) Serve(ctx context.Context, wsLn, httpLn net.Listener) error {
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          newStdLog(s.log),
 			BaseContext:       func(net.Listener) context.Context { return s.baseCtx },
+			// The peer's local user is read at most once per connection
+			// (auth.Policy asks it of loopback peers).
+			ConnContext: peer.WithConn,
 		}
 		s.mu.Lock()
 		s.servers = append(s.servers, srv)

@@ -108,7 +108,9 @@ func (s *Server) status(c auth.Caller) Status {
 		x := SessionStatus{TokenPrefix: reservation.TokenPrefix(r.Token), Service: r.Service, Index: r.Index,
 			State: r.State, Age: now.Sub(r.Since).Seconds(), BytesIn: r.BytesIn, BytesOut: r.BytesOut, Cluster: r.Detail, Replica: s.cfg.ReplicaID}
 		if inst, ok := r.Proc.(*services.Instance); ok && inst != nil {
-			x.PID = inst.PID()
+			if sees(r.Owner) {
+				x.PID = inst.PID()
+			}
 			if admin {
 				x.Log = inst.LogPath()
 			}

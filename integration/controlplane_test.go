@@ -34,6 +34,7 @@ func cpGateway(t *testing.T, args ...string) (*gateway, string) {
 		"ctl":   map[string]any{"kind": "job", "count": 1, "cmd": []string{"./ctl.sh"}, "options": map[string]any{}},
 	}
 	db := filepath.Join(dir, "state.db")
+	args = append(proxyArgs(), args...) // clients told apart by X-Forwarded-For (hbClientFrom)
 	return startGateway(t, append([]string{"--remote_session_config", writeConfig(t, dir, cfg), "--state_db", db}, args...)...), db
 }
 
@@ -415,7 +416,7 @@ func TestControlPlaneConnectionCaps(t *testing.T) {
 // on waiting reservations refuse the rest (-32005), only 32 wait, and a
 // legitimate ?wait=30 from another address queues and gets the slot.
 func TestControlPlaneReserveLimits(t *testing.T) {
-	g, _ := svcGateway(t, 1, nil)
+	g, _ := svcGateway(t, 1, nil, proxyArgs()...)
 	hold := g.reserve(t, "Echo Service", "")
 	const conns, each = 6, 8 // 8: the requests one connection runs at once
 	answers := make(chan rpcResponse, conns*each)

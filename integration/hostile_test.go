@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1107,12 +1108,44 @@ func TestHostileConfigs(t *testing.T) {
 	}
 }
 
-// hbClientFrom makes HTTP and websocket clients whose connections come
-// from a given loopback address, so per-address limits can be told apart.
+// hbClientFrom makes HTTP and websocket clients that stand for a client
+// at ip. Every process on this machine is one client to the gateway (its
+// limits key local peers by user), so the tests play a reverse proxy in
+// front of several clients: the gateway must be started with
+// proxyArgs(), and each request says its client in X-Forwarded-For. The
+// connections come from testProxyAddr, so that the test's other requests
+// (from 127.0.0.1) are not the proxy's.
 func hbClientFrom(ip string) (*http.Client, *websocket.Dialer) {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}},
-		&websocket.Dialer{HandshakeTimeout: 10 * time.Second, NetDialContext: d.DialContext}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(testProxyAddr)}, Timeout: 10 * time.Second}
+	wd := &websocket.Dialer{HandshakeTimeout: 10 * time.Second, NetDialContext: d.DialContext}
+	dialerClient.Store(wd, ip)
+	return &http.Client{Timeout: 30 * time.Second, Transport: forwardedFor{ip, &http.Transport{DialContext: d.DialContext}}}, wd
+}
+
+// dialerClient maps the websocket dialers hbClientFrom made to their
+// client's address (hbDialFrom adds it as X-Forwarded-For).
+var dialerClient sync.Map
+
+// forwardedFor adds the client's address to each request, as a proxy.
+type forwardedFor struct {
+	ip   string
+	next http.RoundTripper
+}
+
+func (f forwardedFor) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("X-Forwarded-For", f.ip)
+	return f.next.RoundTrip(r)
+}
+
+// testProxyAddr is where hbClientFrom's connections come from.
+const testProxyAddr = "127.0.0.254"
+
+// proxyArgs makes the test process, from testProxyAddr, a trusted proxy
+// of the gateway, so that hbClientFrom's clients are told apart by
+// X-Forwarded-For.
+func proxyArgs() []string {
+	return []string{"--trusted_proxy", testProxyAddr, "--trusted_proxy_user", strconv.Itoa(os.Getuid())}
 }
 
 func hbDo(t *testing.T, c *http.Client, method, u string, hdr ...string) (int, map[string]any) {
@@ -1136,6 +1169,13 @@ func hbDo(t *testing.T, c *http.Client, method, u string, hdr ...string) (int, m
 
 func hbDialFrom(t *testing.T, d *websocket.Dialer, u string, hdr http.Header) (*websocket.Conn, int, string) {
 	t.Helper()
+	if ip, ok := dialerClient.Load(d); ok {
+		hdr = hdr.Clone()
+		if hdr == nil {
+			hdr = http.Header{}
+		}
+		hdr.Set("X-Forwarded-For", ip.(string))
+	}
 	ws, resp, err := d.Dial(u, hdr)
 	if err == nil {
 		return ws, 101, ""
@@ -1154,8 +1194,8 @@ func hbDialFrom(t *testing.T, d *websocket.Dialer, u string, hdr http.Header) (*
 // way; and no log line, even at --verbose 3, holds a whole token.
 func TestHostileTokenGuessing(t *testing.T) {
 	const secTok = "Sec-0123456789abcdef-0123456789abcdef"
-	g := startGatewayExact(t, "--verbose", "3", "--bind_address", "127.0.0.1", "--http_port", "0",
-		"--remote_session_config", hbEchoConfig(t), "--auth_fail_limit", "5", "--security_token", secTok, "0")
+	g := startGatewayExact(t, append(proxyArgs(), "--verbose", "3", "--bind_address", "127.0.0.1", "--http_port", "0",
+		"--remote_session_config", hbEchoConfig(t), "--auth_fail_limit", "5", "--security_token", secTok, "0")...)
 	auth := []string{"Authorization", "Bearer " + secTok}
 	_, guesserWS := hbClientFrom("127.0.0.2")
 	restHTTP, _ := hbClientFrom("127.0.0.3")
@@ -1230,8 +1270,8 @@ func TestHostileTokenGuessing(t *testing.T) {
 	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other)); code != http.StatusUnauthorized {
 		t.Errorf("release without credentials: %d %v, want 401", code, m)
 	}
-	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), append(auth, "Origin", "http://evil.example")...); code != http.StatusForbidden {
-		t.Errorf("cross-site release: %d %v, want 403", code, m)
+	if code, m := hbDo(t, userHTTP, "GET", g.httpURL("/v1/release/"+other), "Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"); code != http.StatusUnauthorized {
+		t.Errorf("cross-site release without a credential: %d %v, want 401", code, m)
 	}
 	if _, code, body := hbDialFrom(t, userWS, g.wsURL("/websockify?token="+real), nil); code != http.StatusConflict {
 		t.Errorf("a second websocket on a busy token: %d %s, want 409", code, hbShort(body))

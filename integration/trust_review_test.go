@@ -20,9 +20,10 @@ import (
 
 // A hostile review of the trust boundary (issue 11), run against the real
 // binary. The tests named TestReviewFinding… are attacks that worked when
-// they were written: each fails until the gateway refuses the attack.
-// The tests named TestReviewHeld… are attacks that the policy refused;
-// they stay as regression tests.
+// they were written and failed until the gateway refused them; each
+// comment says what the attack did then, and the test now proves it is
+// refused. The tests named TestReviewHeld… are attacks the policy
+// refused from the start; they stay as regression tests.
 
 // reviewCurlAs runs curl as uid (root is needed to take another uid) and
 // returns the body and the status code.
@@ -93,7 +94,9 @@ func reviewRPCCall(ws *websocket.Conn, id int, method string, params any) (json.
 func TestReviewFindingTrustedLoopbackProxyIsEveryLocalAccount(t *testing.T) {
 	needRoot(t)
 	const secret = "the-security-token-0123"
-	g, _ := svcGateway(t, 1, nil, "--trusted_proxy", "127.0.0.1", "--security_token", secret)
+	// The proxy on this machine runs as www-data: only that user may
+	// assert identities from 127.0.0.1.
+	g, _ := svcGateway(t, 1, nil, "--trusted_proxy", "127.0.0.1", "--trusted_proxy_user", "www-data", "--security_token", secret)
 	code, m, _ := call(t, "GET", g.httpURL("/v1/reserve/Echo%20Service?security_token="+secret), nil)
 	if code != http.StatusOK {
 		t.Fatalf("reserve with the token: %d %v", code, m)
@@ -302,7 +305,7 @@ func TestReviewHeldOtherAccountEveryRoute(t *testing.T) {
 	needRoot(t)
 	g, _ := svcGateway(t, 1, nil, "--bind_address", "::1")
 	base := "http://" + g.httpAddr
-	if _, code := reviewCurlAs(t, 0, base+"/debug/pprof/cmdline"); code != http.StatusOK {
+	if _, code := reviewCurlAs(t, 0, base+"/debug/pprof/"); code != http.StatusOK {
 		t.Fatalf("the gateway's own user over ::1 is not its administrator: %d", code)
 	}
 	_, st := getJSON(t, base+"/v1/reserve/Echo%20Service")

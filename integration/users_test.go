@@ -201,7 +201,7 @@ func TestTrustedProxyHeaders(t *testing.T) {
 	writeUsers(t, usersPath, map[string]any{})
 	g, _ := svcGateway(t, 1, map[string]any{
 		"Viz": map[string]any{"script": "echo.sh", "count": 1, "options": map[string]any{"group": "viz"}},
-	}, "--users", usersPath, "--trusted_proxy", "127.0.0.1")
+	}, "--users", usersPath, "--trusted_proxy", "127.0.0.1", "--trusted_proxy_user", "root")
 	if code, body, _ := call(t, "GET", g.httpURL("/v1/reserve/Viz"), nil, "X-Forwarded-User", "dave", "X-Forwarded-Groups", "ops, viz"); code != 200 {
 		t.Fatalf("proxy-asserted member: %d %v", code, body)
 	}

@@ -105,6 +105,10 @@ func newConn(s *Server, ws *websocket.Conn, caller auth.Caller, remote string) *
 		sem: make(chan struct{}, s.cfg.MaxInFlight), freed: make(chan struct{}, 1), closeCode: websocket.CloseNormalClosure}
 }
 
+// credentialsEnded is the close reason of a connection whose credentials
+// no longer hold (auth.Caller.Valid).
+const credentialsEnded = "your credentials ended (logout, password change, removal or new groups); connect again"
+
 // closeWith ends the connection, sending code and text in the close frame.
 func (c *conn) closeWith(code int, text string) {
 	c.closeOnce.Do(func() {
@@ -137,6 +141,10 @@ func (c *conn) serve() {
 			break
 		}
 		deadline()
+		if !c.caller.Valid() {
+			c.closeWith(websocket.ClosePolicyViolation, credentialsEnded)
+			break
+		}
 		select {
 		case c.sem <- struct{}{}:
 		case <-c.ctx.Done():
@@ -187,6 +195,11 @@ func (c *conn) writer() {
 				return
 			}
 		case <-t.C:
+			if !c.caller.Valid() {
+				// Idle connections end too (their events stop).
+				c.closeWith(websocket.ClosePolicyViolation, credentialsEnded)
+				continue
+			}
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
 				c.closeWith(websocket.CloseGoingAway, "")
 				_ = c.ws.Close()

@@ -232,8 +232,19 @@ func (s *Server) Close(ctx context.Context) error {
 
 // caller helpers
 
-// name is what the caller owns things as (auth.Identity.Key): identities
-// of different kinds never share it.
-func name(id *auth.Identity) string { return id.Key() }
+// name is what the caller owns jobs and sees events as
+// (auth.Identity.Key): identities of different kinds never share it. The
+// loopback administrator, whose key is "" like an anonymous caller's,
+// owns its jobs as "loopback": anonymous callers share the anonymous
+// jobs, never an administrator's.
+func name(id *auth.Identity) string {
+	if id != nil && id.Kind == auth.KindLoopback {
+		return LoopbackOwner
+	}
+	return id.Key()
+}
+
+// LoopbackOwner owns the loopback administrator's jobs.
+const LoopbackOwner = "loopback"
 
 func isAdmin(id *auth.Identity) bool { return id != nil && id.Admin }

@@ -47,6 +47,7 @@ type Config struct {
 	AuthFailLimit       float64
 	UsersFile           string
 	TrustedProxies      []string
+	TrustedProxyUsers   []string
 	MaxUserTunnels      int
 	MaxUserReservations int
 	StateDB             string
@@ -198,6 +199,8 @@ func options() []option {
 			set: func(c *Config, a []string) error { c.UsersFile = a[0]; return nil }},
 		{name: "trusted_proxy", meta: "cidr", help: "Believe X-Forwarded-User and X-Forwarded-Groups from this network (a reverse proxy that authenticates). Repeatable",
 			set: func(c *Config, a []string) error { c.TrustedProxies = append(c.TrustedProxies, a[0]); return nil }},
+		{name: "trusted_proxy_user", meta: "user", help: "The local user a --trusted_proxy on this machine runs as (e.g. www-data); required when a --trusted_proxy network holds a loopback address, since every local account can connect from there. Repeatable",
+			set: func(c *Config, a []string) error { c.TrustedProxyUsers = append(c.TrustedProxyUsers, a[0]); return nil }},
 		{name: "max_user_tunnels", meta: "count", help: "Open sessions one user may have at once; more get 429. 0 means no cap. Default: 10",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxUserTunnels) }},
 		{name: "max_user_reservations", meta: "count", help: "Reservations one user may hold at once; more get 429. 0 means no cap. Default: 10",

@@ -128,7 +128,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		return nil, err
 	}
 	jr.rpc = rpc.New(rpc.Config{
-		Access:   auth.Policy{SecurityToken: g.SecurityToken, Users: g.Users, TrustedProxies: g.TrustedProxies, AllowedOrigins: g.AllowedOrigins},
+		Access:   auth.Policy{SecurityToken: g.SecurityToken, Users: g.Users, TrustedProxies: g.TrustedProxies, ProxyUIDs: g.ProxyUIDs, AllowedOrigins: g.AllowedOrigins},
 		Jobs:     jr.mgr,
 		Hub:      jr.hub,
 		Services: g.Services,

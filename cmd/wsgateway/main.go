@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -190,6 +191,18 @@ func buildGatewayConfig(cfg *Config) (gateway.Config, error) {
 			return g, &usageError{fmt.Sprintf("--trusted_proxy: %v", err)}
 		}
 		g.TrustedProxies = tp
+		for _, name := range cfg.TrustedProxyUsers {
+			uid, err := lookupUID(name)
+			if err != nil {
+				return g, &usageError{fmt.Sprintf("--trusted_proxy_user %q: %v", name, err)}
+			}
+			g.ProxyUIDs = append(g.ProxyUIDs, uid)
+		}
+		if tp.HasLoopback() && len(g.ProxyUIDs) == 0 {
+			return g, &usageError{"--trusted_proxy names a loopback address, from which every account on this machine can connect and assert any user: add --trusted_proxy_user with the user the proxy runs as (www-data for Debian's nginx and Apache)"}
+		}
+	} else if len(cfg.TrustedProxyUsers) > 0 {
+		return g, &usageError{"--trusted_proxy_user is for a --trusted_proxy on this machine: give --trusted_proxy too"}
 	}
 	g.MaxUserTunnels = cfg.MaxUserTunnels
 	g.MaxUserReservations = cfg.MaxUserReservations
@@ -323,4 +336,16 @@ func (f *fallbackWriter) Write(p []byte) (int, error) {
 		fmt.Fprintf(f.fallback, "wsgateway: cannot write --log_file %s (%v); logging to stderr instead\n", f.name, err)
 	}
 	return f.fallback.Write(p)
+}
+
+// lookupUID resolves a user name (or a number) to its uid.
+func lookupUID(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, fmt.Errorf("no such user on this machine: %w", err)
+	}
+	return strconv.Atoi(u.Uid)
 }

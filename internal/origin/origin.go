@@ -115,6 +115,9 @@ func Allowed(r *http.Request, allow []string) bool {
 
 // listed: in allow, or on the request's own host at another port.
 func listed(o, hostName string, allow []string) bool {
+	if o == "null" {
+		return false // an opaque origin (sandbox, data: URL) is nobody's: even "*" does not list it
+	}
 	for _, a := range allow {
 		if a == "*" || strings.EqualFold(strings.TrimRight(a, "/"), o) {
 			return true

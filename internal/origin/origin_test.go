@@ -33,7 +33,7 @@ func TestClassify(t *testing.T) {
 		{"foreign", "10.0.0.1:5", "gw.example.org:9090", "https://evil.example", "cross-site", allow, Foreign},
 		{"foreign suffix", "10.0.0.1:5", "gw.example.org", "https://gw.example.org.evil.com", "", allow, Foreign},
 		{"null origin", "10.0.0.1:5", "gw.example.org:9090", "null", "", allow, Foreign},
-		{"null origin, star", "10.0.0.1:5", "gw.example.org:9090", "null", "", []string{"*"}, Listed},
+		{"null origin, star", "10.0.0.1:5", "gw.example.org:9090", "null", "", []string{"*"}, Foreign},
 		{"file scheme", "10.0.0.1:5", "gw.example.org:9090", "file://gw.example.org", "", allow, Foreign},
 		{"loopback by IP", "127.0.0.1:5", "127.0.0.1:9090", "http://127.0.0.1:9090", "", nil, Own},
 		{"loopback v6", "[::1]:5", "[::1]:9090", "http://[::1]:9090", "", nil, Own},

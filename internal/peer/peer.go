@@ -7,6 +7,7 @@ package peer
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ErrUnknown means the connection was not found in the socket tables
@@ -125,4 +127,33 @@ func parseHexAddr(s string) (netip.AddrPort, error) {
 	}
 	ip, _ := netip.AddrFromSlice(out)
 	return netip.AddrPortFrom(ip, uint16(port)), nil
+}
+
+// conn is what the gateway knows of one accepted connection: its
+// addresses, and its peer's user once asked for.
+type conn struct {
+	local, remote net.Addr
+	once          sync.Once
+	uid           int
+	err           error
+}
+
+type ctxKey struct{}
+
+// WithConn remembers c in ctx (an http.Server's ConnContext), so that
+// UIDFromContext reads the socket tables at most once per connection.
+func WithConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, ctxKey{}, &conn{local: c.LocalAddr(), remote: c.RemoteAddr()})
+}
+
+// UIDFromContext returns the peer's user of the connection WithConn
+// remembered in ctx, looking it up on first use; ok is false when ctx
+// holds no connection.
+func UIDFromContext(ctx context.Context) (uid int, ok bool, err error) {
+	c, _ := ctx.Value(ctxKey{}).(*conn)
+	if c == nil {
+		return 0, false, nil
+	}
+	c.once.Do(func() { c.uid, c.err = UID(c.local, c.remote) })
+	return c.uid, true, c.err
 }
