@@ -11,6 +11,20 @@ import (
 // What the gateway does differently as one replica among several
 // (Config.Shared set): the status lists the whole deployment.
 
+// shareSessions sets up what the session Manager needs as a replica:
+// where started services listen, adoption of a dead replica's sessions,
+// and the replicas' secret.
+func (s *Server) shareSessions(c *session.Config) {
+	if c.Shared == nil {
+		return
+	}
+	c.Describe = s.describeTarget
+	c.Adopt = s.adoptSession
+	if len(s.cfg.ReplicaSecret) > 0 {
+		s.replicaAuth = newReplicaAuth(s.cfg.ReplicaSecret)
+	}
+}
+
 // sharedRecords returns every replica's records (nil when alone or when
 // the shared state cannot be read: the status then shows this replica's
 // own sessions).

@@ -99,6 +99,10 @@ type Config struct {
 	// Persist and Restored are then unused.
 	Shared    session.Shared
 	ReplicaID string
+	// ReplicaSecret, with Shared, signs the requests replicas make to
+	// each other's replica listener (ReplicaHandler) to join a client to
+	// a session another replica owns; nil turns that off.
+	ReplicaSecret []byte
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
 	Publish func(topic, owner string, data map[string]any)
@@ -169,6 +173,7 @@ type Server struct {
 	bufPool      sync.Pool
 	started      time.Time
 	connID       atomic.Uint64
+	replicaAuth  *replicaAuth // signs and checks replica-to-replica requests (nil: none)
 	metrics      *metrics
 	active       atomic.Int64 // websocket handlers running
 	checking     atomic.Bool  // a checkTunnels pass is running
@@ -229,8 +234,10 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		tunnels:    map[wsframe.Tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
-	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
-		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared})
+	scfg := session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
+		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared}
+	s.shareSessions(&scfg)
+	s.sessions = session.New(scfg)
 	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, AllowedOrigins: cfg.AllowedOrigins}
 	s.metrics = newMetrics(s)
 	s.reserveLimit = newRateLimiter(cfg.RateLimit, int(2*cfg.RateLimit))

@@ -189,6 +189,7 @@ func (ss *Session) Started(p Process) error {
 		m.mu.Unlock()
 		return ErrReleased
 	}
+	m.describeLocked(ss)
 	m.mu.Unlock()
 	return nil
 }
