@@ -521,7 +521,7 @@ func (s *Server) adoptSession(r session.Record) session.Process {
 		return nil
 	}
 	s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
-		Str("from_replica", r.Replica).Str("target", r.Target.Address).Msg("session adopted from a replica whose lease ran out")
+		Str("from_replica", r.Replica).Str("target", r.Target.Address).Msg("taking over a session from a replica whose lease ran out")
 	return &remoteService{ep: services.Endpoint{Network: r.Target.Network, Address: r.Target.Address},
 		timeout: s.cfg.DialTimeout, exited: make(chan struct{})}
 }

@@ -382,7 +382,7 @@ for _, tok in ipairs(redis.call('SMEMBERS', P .. 'tokens')) do
   elseif h[3] and h[3] ~= '' and redis.call('EXISTS', P .. 'replica:' .. h[3]) == 0 then
     local grace = tonumber(h[8] or '0') or 0
     if h[3] ~= me and h[7] == '1' and grace > 0 and (h[1] == 'running' or h[1] == 'detached') then
-      redis.call('HSET', k, 'replica', me, 'state', 'detached', 'expires', now + grace)
+      redis.call('HSET', k, 'replica', me, 'state', 'detached', 'expires', string.format('%.0f', now + grace))
       add(tok, 'adopted', h)
     else
       endres(tok, false, 0)

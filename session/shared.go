@@ -335,6 +335,7 @@ func (m *Manager) adopt(ctx context.Context, gone Record) reservation.Reservatio
 	rec, err := m.cfg.Shared.Lookup(ctx, gone.Token)
 	var p Process
 	if err == nil && m.cfg.Adopt != nil {
+		rec.Replica = gone.Replica
 		p = m.cfg.Adopt(rec)
 	}
 	m.mu.Lock()
