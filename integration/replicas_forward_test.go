@@ -171,16 +171,13 @@ func TestReplicasReconnectThroughOwner(t *testing.T) {
 	}
 }
 
-// TestReplicasOwnerKilledSessionAdopted: a session whose target every
-// replica reaches (declared with replica_reachable) is detached on A,
-// then A is killed with SIGKILL: within the lease another replica adopts
-// it; a reconnect on any replica reaches the same service; a release
-// frees the slot everywhere.
-func TestReplicasOwnerKilledSessionAdopted(t *testing.T) {
-	dir := t.TempDir()
-	// The service outlives its start script's process group, as a
-	// service on another host does: the script stays to be the session's
-	// process, the service runs in a session of its own.
+// remoteEchoService is a services config entry (in dir) whose service
+// outlives its start script's process group, as a service on another
+// host does: the script stays as the session's process, the service runs
+// in a session of its own, and its target is declared reachable from
+// every replica. The test's cleanup kills the services left.
+func remoteEchoService(t *testing.T, dir string) map[string]any {
+	t.Helper()
 	writeScript(t, dir, "remote.sh", fmt.Sprintf(`case "$1" in
 start)
   d=%[1]s/svc$WSGW_INDEX; mkdir -p $d; rm -f $d/ready
@@ -190,16 +187,29 @@ start)
   exec sleep 1000 ;;
 esac
 `, dir, svcBin))
-	gws := startLinkedReplicas(t, 3, map[string]any{"Remote Echo": map[string]any{"script": filepath.Join(dir, "remote.sh"), "count": 1,
-		"options": map[string]any{"reconnect_grace": 60, "replica_reachable": true}}}, "--replica_lease", "1")
-	a, b, c := gws[0], gws[1], gws[2]
 	t.Cleanup(func() {
-		if p, err := os.ReadFile(filepath.Join(dir, "svc0", "pid")); err == nil {
-			if pid, _ := strconv.Atoi(strings.TrimSpace(string(p))); pid > 0 {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+		pids, _ := filepath.Glob(filepath.Join(dir, "svc*", "pid"))
+		for _, f := range pids {
+			if p, err := os.ReadFile(f); err == nil {
+				if pid, _ := strconv.Atoi(strings.TrimSpace(string(p))); pid > 0 {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
 			}
 		}
 	})
+	return map[string]any{"script": filepath.Join(dir, "remote.sh"), "count": 1,
+		"options": map[string]any{"reconnect_grace": 60, "replica_reachable": true}}
+}
+
+// TestReplicasOwnerKilledSessionAdopted: a session whose target every
+// replica reaches (declared with replica_reachable) is detached on A,
+// then A is killed with SIGKILL: within the lease another replica adopts
+// it; a reconnect on any replica reaches the same service; a release
+// frees the slot everywhere.
+func TestReplicasOwnerKilledSessionAdopted(t *testing.T) {
+	dir := t.TempDir()
+	gws := startLinkedReplicas(t, 3, map[string]any{"Remote Echo": remoteEchoService(t, dir)}, "--replica_lease", "1")
+	a, b, c := gws[0], gws[1], gws[2]
 	tok := b.reserve(t, "Remote Echo", "")["token"].(string)
 	ws, h := connectToken(t, a, tok)
 	echoThrough(t, ws, "before")
