@@ -1,15 +1,20 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"wsgateway/reservation"
 	"wsgateway/services"
+	"wsgateway/session"
 )
 
 func TestReplicaAuth(t *testing.T) {
@@ -143,4 +148,67 @@ func TestDescribeTarget(t *testing.T) {
 
 func reservationOf(service string) reservation.Reservation {
 	return reservation.Reservation{Token: "t", Service: service}
+}
+
+// fakeShared answers List and Replicas from fixed figures (or err).
+type fakeShared struct {
+	session.Shared
+	recs []session.Record
+	live map[string]string
+	err  error
+}
+
+func (f *fakeShared) List(context.Context) ([]session.Record, error) { return f.recs, f.err }
+func (f *fakeShared) Replicas(context.Context) (map[string]string, error) {
+	return f.live, nil
+}
+func (f *fakeShared) Run(ctx context.Context, _ func(string, int, string)) { <-ctx.Done() }
+
+func TestSharedCollector(t *testing.T) {
+	rec := func(svc, state, rep string) session.Record {
+		return session.Record{Reservation: reservation.Reservation{Service: svc, State: state}, Replica: rep}
+	}
+	collect := func(f *fakeShared) map[string]float64 {
+		m := session.New(session.Config{Counts: map[string]int{"desk": 4, "idle": 1}, Shared: f})
+		defer m.Close()
+		s := &Server{sessions: m, cfg: Config{Shared: f}, baseCtx: context.Background(),
+			svcs: map[string]*services.Service{"desk": {Name: "desk"}, "idle": {Name: "idle"}}}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(&sharedCollector{s: s})
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, mt := range mf.GetMetric() {
+				k := mf.GetName()
+				for _, l := range mt.GetLabel() {
+					k += "," + l.GetName() + "=" + l.GetValue()
+				}
+				out[k] = mt.GetGauge().GetValue()
+			}
+		}
+		return out
+	}
+	got := collect(&fakeShared{recs: []session.Record{rec("desk", "reserved", ""), rec("desk", "running", "A"), rec("desk", "detached", "A"),
+		rec("desk", "running", "B")}, live: map[string]string{"A": "", "B": ""}})
+	want := map[string]float64{
+		"wsgateway_shared_state_up":                                 1,
+		"wsgateway_shared_replicas":                                 2,
+		"wsgateway_shared_slots_used,service=desk":                  4,
+		"wsgateway_shared_slots_used,service=idle":                  0,
+		"wsgateway_shared_reservations,service=desk,state=reserved": 1,
+		"wsgateway_shared_reservations,service=desk,state=running":  2,
+		"wsgateway_shared_reservations,service=desk,state=detached": 1,
+		"wsgateway_shared_sessions,replica=A,service=desk":          2,
+		"wsgateway_shared_sessions,replica=B,service=desk":          1,
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got  %v\nwant %v", got, want)
+	}
+	got = collect(&fakeShared{err: errors.New("redis down")})
+	if fmt.Sprint(got) != fmt.Sprint(map[string]float64{"wsgateway_shared_state_up": 0}) {
+		t.Fatalf("with the shared state down: %v", got)
+	}
 }

@@ -277,3 +277,41 @@ func TestReplicasOwnerKilledSessionAdopted(t *testing.T) {
 		t.Fatalf("%d replicas logged the adoption, want 1", adopted)
 	}
 }
+
+// TestReplicasSharedMetrics: /metrics on any replica gives the whole
+// deployment's slots, reservations and sessions (by replica) and the live
+// replicas, beside the replica's own figures.
+func TestReplicasSharedMetrics(t *testing.T) {
+	rs := startReplicas(t, 3, 3)
+	a, b, c := rs.gws[0], rs.gws[1], rs.gws[2]
+	a.reserve(t, "Echo Service", "")
+	tok := a.reserve(t, "Echo Service", "")["token"].(string)
+	ws, _ := connectToken(t, b, tok)
+	defer ws.Close()
+	echoThrough(t, ws, "metrics")
+	for _, g := range rs.gws {
+		m := scrape(t, g)
+		for series, want := range map[string]float64{
+			`wsgateway_shared_state_up`:                                              1,
+			`wsgateway_shared_replicas`:                                              3,
+			`wsgateway_shared_slots_used{service="Echo Service"}`:                    2,
+			`wsgateway_shared_reservations{service="Echo Service",state="reserved"}`: 1,
+			`wsgateway_shared_reservations{service="Echo Service",state="running"}`:  1,
+			`wsgateway_shared_sessions{replica="B",service="Echo Service"}`:          1,
+		} {
+			if got := metricValue(t, m, series); got != want {
+				t.Errorf("%s on a replica: %v, want %v", series, got, want)
+			}
+		}
+		if strings.Contains(m, `wsgateway_shared_sessions{replica="A"`) {
+			t.Error("sessions listed on A, which runs none")
+		}
+	}
+	// The replica's own figures stay its own.
+	if v := metricValue(t, scrape(t, b), "wsgateway_tunnels_open"); v != 1 {
+		t.Fatalf("B's open tunnels: %v", v)
+	}
+	if v := metricValue(t, scrape(t, c), "wsgateway_tunnels_open"); v != 0 {
+		t.Fatalf("C's open tunnels: %v", v)
+	}
+}
