@@ -57,6 +57,10 @@ func newMetrics(s *Server) *metrics {
 	m.reg.MustRegister(m.tunnelsOpen, m.tunnels, m.bytes, m.launches, m.launchSecs, m.failures, m.refused, m.limited,
 		&stateCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.sessions.IsShared() {
+		// The whole deployment's figures, from the replicas' shared state.
+		m.reg.MustRegister(&sharedCollector{s: s})
+	}
 	return m
 }
 

@@ -103,6 +103,10 @@ type Config struct {
 	// Persist and Restored are then unused.
 	Shared    session.Shared
 	ReplicaID string
+	// ReplicaSecret, with Shared, signs the requests replicas make to
+	// each other's replica listener (ReplicaHandler) to join a client to
+	// a session another replica owns; nil turns that off.
+	ReplicaSecret []byte
 	// Publish, when set, receives the gateway's events: session.state and
 	// reservation.expired (owner restricts who may see them).
 	Publish func(topic, owner string, data map[string]any)
@@ -175,6 +179,7 @@ type Server struct {
 	bufPool      sync.Pool
 	started      time.Time
 	connID       atomic.Uint64
+	replicaAuth  *replicaAuth // signs and checks replica-to-replica requests (nil: none)
 	metrics      *metrics
 	active       atomic.Int64 // websocket handlers running
 	checking     atomic.Bool  // a checkTunnels pass is running
@@ -235,8 +240,10 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		tunnels:    map[wsframe.Tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
-	s.sessions = session.New(session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
-		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared, Resume: s.resume})
+	scfg := session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
+		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared, Resume: s.resume}
+	s.shareSessions(&scfg)
+	s.sessions = session.New(scfg)
 	s.clusterTag = services.ClusterTag(cfg.SessionRoot)
 	s.resumedJobs = map[string]bool{}
 	s.policy = auth.Policy{SecurityToken: cfg.SecurityToken, Users: cfg.Users, TrustedProxies: cfg.TrustedProxies, ProxyUIDs: cfg.ProxyUIDs, AllowedOrigins: cfg.AllowedOrigins}

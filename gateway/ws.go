@@ -168,6 +168,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		}
 	}
 	ss, err := s.sessions.Claim(tok, s.cfg.MaxUserTunnels)
+	if errors.Is(err, session.ErrElsewhere) {
+		// Another replica owns the session (replicas_forward.go).
+		if splice, handled := s.forward(w, r, tok, log); handled {
+			return splice
+		}
+	}
 	if err != nil {
 		if errors.Is(err, reservation.ErrUnknownToken) {
 			s.authLimit.allow(s.clientOf(r))
@@ -177,6 +183,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		}
 		s.refuse(w, r, tokenError(err, tok))
 		return nil
+	}
+	if splice, adopted := s.serveAdopted(w, r, ss, log); adopted {
+		// A session adopted from a dead replica (replicas_forward.go).
+		return splice
 	}
 	svc := s.svcs[ss.Service()]
 	grace := reconnectGrace(svc)
@@ -360,9 +370,7 @@ func (s *Server) start(ss *session.Session, svc *services.Service, log zerolog.L
 // has run out.
 func (s *Server) sweep() {
 	for _, r := range s.sessions.Sweep() {
-		if r.State == "interrupted" {
-			s.log.Warn().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).
-				Msg("session interrupted: the replica running it stopped renewing its lease; slot freed")
+		if s.sweptShared(r) {
 			continue
 		}
 		s.log.Info().Str("service", r.Service).Int("index", r.Index).Str("token", reservation.TokenPrefix(r.Token)).

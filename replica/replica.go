@@ -34,8 +34,8 @@ import (
 type Config struct {
 	// ID names this replica; unique among the replicas (NewID gives one).
 	ID string
-	// Address is where other replicas reach this one (informational
-	// until replica-to-replica forwarding is on).
+	// Address is where other replicas reach this one (its replica
+	// listener, host:port; "" when it has none).
 	Address string
 	// Lease is how long this replica's sessions outlive its last renewal
 	// (default 15 s); it renews every third of it.
@@ -166,6 +166,10 @@ func parse(tok string, h map[string]string) (session.Record, error) {
 	r := session.Record{Reservation: reservation.Reservation{Token: tok, Service: sr.Service, Index: sr.Index, Options: sr.Options,
 		State: sr.State, Created: sr.Created, Expires: sr.Expires, Owner: sr.Owner}, Replica: h["replica"]}
 	r.Connects, _ = strconv.Atoi(h["connects"])
+	r.Target = session.Target{Network: h["target_net"], Address: h["target_addr"], Shared: h["target_shared"] == "1"}
+	if n, _ := strconv.ParseInt(h["grace"], 10, 64); n > 0 {
+		r.Target.Grace = time.Duration(n)
+	}
 	if n, _ := strconv.ParseInt(h["last_claim"], 10, 64); n > 0 {
 		r.LastClaim = time.Unix(0, n).UTC()
 	}
@@ -356,38 +360,101 @@ func (c *Coordinator) Release(ctx context.Context, tok string, code int, reason 
 	}
 }
 
-// expire: ARGV prefix now expiredTTL. Ends unused reservations past their
-// deadline and sessions whose replica's lease is gone; returns
-// {token, kind, service, index, owner, ...}.
+// expire: ARGV prefix now expiredTTL me. Ends unused reservations past
+// their deadline and sessions whose replica's lease is gone, but adopts
+// those of the latter that any replica can reach (a shared target, a
+// grace, running or detached): they become this replica's, detached for
+// the grace. Returns {token, kind, service, index, owner, replica, ...}.
 var expireScript = redis.NewScript(lib + `
-local now, ttl = tonumber(ARGV[2]), ARGV[3]
+local now, ttl, me = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out = {}
+local function add(tok, kind, h) 
+  for _, v in ipairs({tok, kind, h[4], h[5], h[6] or '', h[3] or ''}) do table.insert(out, v) end
+end
 for _, tok in ipairs(redis.call('SMEMBERS', P .. 'tokens')) do
-  local h = redis.call('HMGET', P .. 'res:' .. tok, 'state', 'expires', 'replica', 'service', 'index', 'owner')
+  local k = P .. 'res:' .. tok
+  local h = redis.call('HMGET', k, 'state', 'expires', 'replica', 'service', 'index', 'owner', 'target_shared', 'grace')
   if not h[1] then
     redis.call('SREM', P .. 'tokens', tok)
   elseif h[1] == 'reserved' and tonumber(h[2]) <= now then
     endres(tok, true, ttl)
-    table.insert(out, tok); table.insert(out, 'reserved'); table.insert(out, h[4]); table.insert(out, h[5]); table.insert(out, h[6] or '')
+    add(tok, 'reserved', h)
   elseif h[3] and h[3] ~= '' and redis.call('EXISTS', P .. 'replica:' .. h[3]) == 0 then
-    endres(tok, false, 0)
-    table.insert(out, tok); table.insert(out, 'interrupted'); table.insert(out, h[4]); table.insert(out, h[5]); table.insert(out, h[6] or '')
+    local grace = tonumber(h[8] or '0') or 0
+    if h[3] ~= me and h[7] == '1' and grace > 0 and (h[1] == 'running' or h[1] == 'detached') then
+      redis.call('HSET', k, 'replica', me, 'state', 'detached', 'expires', string.format('%.0f', now + grace))
+      add(tok, 'adopted', h)
+    else
+      endres(tok, false, 0)
+      add(tok, 'interrupted', h)
+    end
   end
 end
 return out`)
 
-// Expire ends what expired, once across replicas.
-func (c *Coordinator) Expire(ctx context.Context, now time.Time) ([]reservation.Reservation, error) {
-	res, err := expireScript.Run(ctx, c.c, nil, c.st.Prefix(), now.UnixNano(), int(c.cfg.ExpiredMemory.Seconds())).StringSlice()
+// Expire ends what expired, and adopts what a dead replica left that
+// this one can reach, once across replicas.
+func (c *Coordinator) Expire(ctx context.Context, now time.Time) ([]session.Record, error) {
+	res, err := expireScript.Run(ctx, c.c, nil, c.st.Prefix(), now.UnixNano(), int(c.cfg.ExpiredMemory.Seconds()), c.cfg.ID).StringSlice()
 	if err != nil {
 		return nil, unavailable("expiring reservations", err)
 	}
-	var out []reservation.Reservation
-	for i := 0; i+4 < len(res); i += 5 {
+	var out []session.Record
+	for i := 0; i+5 < len(res); i += 6 {
 		idx, _ := strconv.Atoi(res[i+3])
-		out = append(out, reservation.Reservation{Token: res[i], State: res[i+1], Service: res[i+2], Index: idx, Owner: res[i+4]})
+		out = append(out, session.Record{Reservation: reservation.Reservation{Token: res[i], State: res[i+1], Service: res[i+2], Index: idx, Owner: res[i+4]},
+			Replica: res[i+5]})
 	}
 	return out, nil
+}
+
+// Lookup returns tok's record with its replica and target.
+func (c *Coordinator) Lookup(ctx context.Context, tok string) (session.Record, error) {
+	h, err := c.get(ctx, tok)
+	if err != nil {
+		return session.Record{}, err
+	}
+	if h == nil {
+		return session.Record{}, c.missing(ctx, tok)
+	}
+	return parse(tok, h)
+}
+
+// setTarget: ARGV prefix tok me net addr shared grace. 1 when set.
+var setTargetScript = redis.NewScript(`
+local k = ARGV[1] .. 'res:' .. ARGV[2]
+if redis.call('HGET', k, 'replica') ~= ARGV[3] then return 0 end
+redis.call('HSET', k, 'target_net', ARGV[4], 'target_addr', ARGV[5], 'target_shared', ARGV[6], 'grace', ARGV[7])
+return 1`)
+
+// SetTarget records where the service of a session of this replica
+// listens.
+func (c *Coordinator) SetTarget(ctx context.Context, tok string, t session.Target) (bool, error) {
+	shared := "0"
+	if t.Shared {
+		shared = "1"
+	}
+	n, err := setTargetScript.Run(ctx, c.c, nil, c.st.Prefix(), tok, c.cfg.ID, t.Network, t.Address, shared, int64(t.Grace)).Int()
+	if err != nil {
+		c.log.Error().Err(err).Str("token", reservation.TokenPrefix(tok)).Msg("session target not shared")
+		return false, unavailable("recording a session's target", err)
+	}
+	return n == 1, nil
+}
+
+// ReplicaAddress is where other replicas reach replica id.
+func (c *Coordinator) ReplicaAddress(ctx context.Context, id string) (string, error) {
+	addr, err := c.c.Get(ctx, c.st.Key("replica:"+id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("%w: %s", session.ErrReplicaGone, id)
+	}
+	if err != nil {
+		return "", unavailable("reading a replica's address", err)
+	}
+	if addr == "-" {
+		addr = ""
+	}
+	return addr, nil
 }
 
 // List returns every record.

@@ -84,7 +84,7 @@ type cluster struct {
 	events []event
 }
 
-func newCluster(t *testing.T, n int, counts map[string]int, lease time.Duration) *cluster {
+func newCluster(t *testing.T, n int, counts map[string]int, lease time.Duration, opts ...func(id string, c *session.Config)) *cluster {
 	t.Helper()
 	srv := redistest.Need(t)
 	prefix := redistest.Prefix(t)
@@ -100,12 +100,16 @@ func newCluster(t *testing.T, n int, counts map[string]int, lease time.Duration)
 		if err := co.Renew(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		m := session.New(session.Config{Counts: counts, Timeout: 10 * time.Second, Now: cl.clk.Now, Shared: co,
+		scfg := session.Config{Counts: counts, Timeout: 10 * time.Second, Now: cl.clk.Now, Shared: co,
 			Publish: func(topic, owner string, data map[string]any) {
 				cl.mu.Lock()
 				cl.events = append(cl.events, event{id, topic, data})
 				cl.mu.Unlock()
-			}})
+			}}
+		for _, o := range opts {
+			o(id, &scfg)
+		}
+		m := session.New(scfg)
 		cl.coords = append(cl.coords, co)
 		cl.mgrs = append(cl.mgrs, m)
 		t.Cleanup(func() {
@@ -483,5 +487,208 @@ func TestRedisDownAnswersUnavailable(t *testing.T) {
 	}
 	if _, err := m.Claim("tok", 0); !errors.Is(err, session.ErrUnavailable) {
 		t.Fatalf("claim: %v", err)
+	}
+}
+
+// adoption gives every replica a Describe telling target and an Adopt
+// that records what it was asked.
+type adoption struct {
+	target session.Target
+	mu     sync.Mutex
+	asked  map[string][]session.Record // replica -> records it was asked to adopt
+	procs  map[string]*proc
+}
+
+func (ad *adoption) opt(id string, c *session.Config) {
+	c.Describe = func(session.Process, reservation.Reservation) (session.Target, bool) { return ad.target, true }
+	c.Adopt = func(r session.Record) session.Process {
+		ad.mu.Lock()
+		defer ad.mu.Unlock()
+		ad.asked[id] = append(ad.asked[id], r)
+		p := newProc()
+		ad.procs[r.Token] = p
+		return p
+	}
+}
+
+func TestTargetRecordedUnderTheOwner(t *testing.T) {
+	ad := &adoption{target: session.Target{Network: "tcp", Address: "10.1.2.3:5901", Shared: true, Grace: 40 * time.Second},
+		asked: map[string][]session.Record{}, procs: map[string]*proc{}}
+	cl := newCluster(t, 2, map[string]int{"desk": 1}, 0, ad.opt)
+	a := cl.mgrs[0]
+	r, _ := a.ReserveFor("desk", "", 0, nil)
+	start(t, a, r.Token)
+	rec, err := cl.coords[1].Lookup(context.Background(), r.Token)
+	if err != nil || rec.Replica != "A" || rec.Target != ad.target || rec.State != "running" {
+		t.Fatalf("B's lookup: %+v %v", rec, err)
+	}
+	// Only the replica holding the session writes its target.
+	if ok, err := cl.coords[1].SetTarget(context.Background(), r.Token, session.Target{Network: "unix", Address: "/x"}); ok || err != nil {
+		t.Fatalf("B set A's target: %v %v", ok, err)
+	}
+	if rec, _ := cl.coords[0].Lookup(context.Background(), r.Token); rec.Target != ad.target {
+		t.Fatalf("target after B's attempt: %+v", rec.Target)
+	}
+	if _, err := cl.coords[0].Lookup(context.Background(), "nope"); !errors.Is(err, reservation.ErrUnknownToken) {
+		t.Fatalf("lookup of an unknown token: %v", err)
+	}
+}
+
+func TestReplicaAddress(t *testing.T) {
+	srv := redistest.Need(t)
+	st, err := redisstore.Open(context.Background(), srv.URL(0)+"?prefix="+redistest.Prefix(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	for _, tc := range []struct{ id, addr, want string }{{"A", "10.0.0.1:9200", "10.0.0.1:9200"}, {"B", "", ""}} {
+		co := New(st, Config{ID: tc.id, Address: tc.addr}, zerolog.Nop())
+		if err := co.Renew(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := co.ReplicaAddress(ctx, tc.id); err != nil || got != tc.want {
+			t.Errorf("%s: %q %v, want %q", tc.id, got, err, tc.want)
+		}
+	}
+	co := New(st, Config{ID: "A"}, zerolog.Nop())
+	if _, err := co.ReplicaAddress(ctx, "C"); !errors.Is(err, session.ErrReplicaGone) {
+		t.Fatalf("a replica without a lease: %v", err)
+	}
+}
+
+// A dead replica's sessions: running and detached ones with a shared
+// target and a grace are adopted by exactly one of the sweeping replicas
+// (detached there, the grace from the sweep); one whose target only its
+// replica reaches, one without a grace and one still being claimed end
+// interrupted, their slots free.
+func TestDeadReplicaSessionsAdoptedOnce(t *testing.T) {
+	shared := session.Target{Network: "tcp", Address: "10.1.2.3:5901", Shared: true, Grace: 40 * time.Second}
+	ad := &adoption{target: shared, asked: map[string][]session.Record{}, procs: map[string]*proc{}}
+	cl := newCluster(t, 3, map[string]int{"desk": 6}, 300*time.Millisecond, ad.opt)
+	a := cl.mgrs[0]
+	ctx := context.Background()
+	toks := map[string]string{}
+	for _, name := range []string{"running", "detached", "local", "nograce", "claimed"} {
+		r, err := a.ReserveFor("desk", "", 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks[name] = r.Token
+	}
+	start(t, a, toks["running"])
+	ss, _, tun := start(t, a, toks["detached"])
+	ss.Detach(tun, time.Minute)
+	start(t, a, toks["local"])
+	start(t, a, toks["nograce"])
+	if _, err := a.Claim(toks["claimed"], 0); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync()
+	// What A recorded: the local one only A reaches, one without grace.
+	if ok, _ := cl.coords[0].SetTarget(ctx, toks["local"], session.Target{Network: "unix", Address: "/run/x.sock", Grace: time.Minute}); !ok {
+		t.Fatal("target of local not set")
+	}
+	if ok, _ := cl.coords[0].SetTarget(ctx, toks["nograce"], session.Target{Network: "tcp", Address: "10.1.2.3:1", Shared: true}); !ok {
+		t.Fatal("target of nograce not set")
+	}
+	cl.stores[0].Close() // A dies
+	var mu sync.Mutex
+	var gone []reservation.Reservation
+	var wg sync.WaitGroup
+	for _, m := range cl.mgrs[1:] {
+		wg.Add(1)
+		go func(m *session.Manager) {
+			defer wg.Done()
+			deadline := time.Now().Add(waitLimit)
+			for time.Now().Before(deadline) {
+				g := m.Sweep()
+				mu.Lock()
+				gone = append(gone, g...)
+				n := len(gone)
+				mu.Unlock()
+				if n >= 5 {
+					return
+				}
+				time.Sleep(10 * time.Millisecond) // polling
+			}
+		}(m)
+	}
+	wg.Wait()
+	got := map[string]string{}
+	for _, r := range gone {
+		for name, tok := range toks {
+			if tok == r.Token {
+				if got[name] != "" {
+					t.Errorf("%s swept twice", name)
+				}
+				got[name] = r.State
+			}
+		}
+	}
+	want := map[string]string{"running": "adopted", "detached": "adopted", "local": "interrupted", "nograce": "interrupted", "claimed": "interrupted"}
+	for name, st := range want {
+		if got[name] != st {
+			t.Errorf("%s: %q, want %q (all: %v)", name, got[name], st, got)
+		}
+	}
+	ad.mu.Lock()
+	askedB, askedC := len(ad.asked["B"]), len(ad.asked["C"])
+	for _, rs := range ad.asked {
+		for _, r := range rs {
+			if r.Replica != "A" || r.Target != shared {
+				t.Errorf("asked to adopt %+v", r)
+			}
+		}
+	}
+	ad.mu.Unlock()
+	if askedB+askedC != 2 {
+		t.Fatalf("adoptions asked: B %d, C %d; want 2 in all", askedB, askedC)
+	}
+	now := cl.clk.Now()
+	for _, name := range []string{"running", "detached"} {
+		rec, err := cl.coords[1].Lookup(ctx, toks[name])
+		if err != nil || rec.State != "detached" || (rec.Replica != "B" && rec.Replica != "C") {
+			t.Fatalf("%s after adoption: %+v %v", name, rec, err)
+		}
+		if d := rec.Expires.Sub(now); d < 39*time.Second || d > 41*time.Second {
+			t.Fatalf("%s: grace %s after adoption, want 40 s", name, d)
+		}
+	}
+	// Three slots are free again, two held by the adopted sessions.
+	free := 0
+	for {
+		if _, err := cl.mgrs[1].ReserveFor("desk", "", 0, nil); err != nil {
+			break
+		}
+		free++
+	}
+	if free != 4 {
+		t.Fatalf("%d slots free after the sweep, want 4 (6 minus the 2 adopted)", free)
+	}
+	// The adopted session reconnects on its adopter and is released from
+	// the other replica: its process is stopped, its slot freed.
+	rec, _ := cl.coords[1].Lookup(ctx, toks["detached"])
+	adopter, other := cl.mgrs[1], cl.mgrs[2]
+	if rec.Replica == "C" {
+		adopter, other = other, adopter
+	}
+	ss2, err := adopter.Claim(toks["detached"], 0)
+	if err != nil {
+		t.Fatalf("reclaiming the adopted session on its adopter: %v", err)
+	}
+	if ss2.Process() != session.Process(ad.procs[toks["detached"]]) {
+		t.Fatal("the adopted session lost its process")
+	}
+	if _, err := other.Claim(toks["detached"], 0); !errors.Is(err, reservation.ErrBusy) {
+		t.Fatalf("a second claim elsewhere: %v", err)
+	}
+	ctx2, cancel := context.WithTimeout(ctx, waitLimit)
+	defer cancel()
+	if _, err := other.Release(ctx2, toks["detached"], 1000, "done"); err != nil {
+		t.Fatal(err)
+	}
+	if ad.procs[toks["detached"]].stops.Load() != 1 {
+		t.Fatal("the adopted session's process was not stopped")
 	}
 }

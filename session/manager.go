@@ -43,6 +43,15 @@ type Config struct {
 	// is gone (Resume has cleaned up after it). It is called without the
 	// Manager's lock.
 	Resume func(r reservation.Reservation) (p Process, grace time.Duration)
+	// Describe, with Shared, tells where a started service listens, for
+	// the other replicas (false: it cannot say). It is called under the
+	// Manager's lock and must not block.
+	Describe func(p Process, r reservation.Reservation) (Target, bool)
+	// Adopt, with Shared, gives this replica a Process for a dead
+	// replica's session whose target every replica reaches (nil: the
+	// session is not adopted and ends, interrupted). It is called
+	// without the Manager's lock.
+	Adopt func(r Record) Process
 }
 
 // Persister records reservations as they change.

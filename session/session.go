@@ -191,6 +191,7 @@ func (ss *Session) Started(p Process) error {
 		m.mu.Unlock()
 		return ErrReleased
 	}
+	m.describeLocked(ss)
 	m.mu.Unlock()
 	return nil
 }

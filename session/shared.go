@@ -49,11 +49,23 @@ type Shared interface {
 	Release(ctx context.Context, tok string, code int, reason string) (reservation.Reservation, error)
 	// Expire ends, once across replicas, the reservations nobody used
 	// before their deadline and the sessions of replicas whose lease ran
-	// out. It returns those this call ended (State "reserved" for the
-	// first kind, "interrupted" for the second).
-	Expire(ctx context.Context, now time.Time) ([]reservation.Reservation, error)
+	// out, and adopts those of the latter whose target every replica can
+	// reach (Target.Shared, running or detached, with a grace): they are
+	// this replica's from now on, detached until their token reconnects
+	// within the grace. It returns those this call ended or adopted
+	// (State "reserved", "interrupted" or "adopted"; Replica is the
+	// replica that held the session).
+	Expire(ctx context.Context, now time.Time) ([]Record, error)
 	// List returns every record, with the replica holding each.
 	List(ctx context.Context) ([]Record, error)
+	// Lookup returns tok's record with its replica and target.
+	Lookup(ctx context.Context, tok string) (Record, error)
+	// SetTarget records where the service of tok, a session this replica
+	// holds, listens; false when the record is no longer this replica's.
+	SetTarget(ctx context.Context, tok string, t Target) (bool, error)
+	// ReplicaAddress is where other replicas reach replica id ("" when
+	// it gave none); ErrReplicaGone when its lease ran out.
+	ReplicaAddress(ctx context.Context, id string) (string, error)
 	// Run keeps this replica's lease and hands it the stop requests of
 	// other replicas (stop is called for each) until ctx ends.
 	Run(ctx context.Context, stop func(tok string, code int, reason string))
@@ -64,6 +76,22 @@ type Shared interface {
 type Record struct {
 	reservation.Reservation
 	Replica string `json:"replica,omitempty"`
+	// Target is where the session's service listens, once started.
+	Target Target `json:"-"`
+}
+
+// Target is where a session's service listens, as the replicas share it.
+type Target struct {
+	// Network is "tcp" or "unix" ("" before the service started).
+	Network string
+	Address string
+	// Shared: every replica can reach Address (a TCP address off this
+	// host, or one the services config declares reachable). Otherwise
+	// (a Unix socket, a loopback address) only the replica that started
+	// the service reaches it, and others go through that replica.
+	Shared bool
+	// Grace is the service's reconnect grace (0: none).
+	Grace time.Duration
 }
 
 // Errors of the shared state; match them with errors.Is.
@@ -73,6 +101,8 @@ var (
 	ErrUnavailable = errors.New("the shared state is unavailable")
 	// ErrElsewhere: the session runs on another replica.
 	ErrElsewhere = errors.New("the session runs on another gateway replica")
+	// ErrReplicaGone: the replica's lease ran out.
+	ErrReplicaGone = errors.New("the gateway replica is gone")
 )
 
 // sharedTimeout bounds one call to the shared state.
@@ -269,7 +299,8 @@ func (m *Manager) stopRequested(tok string, code int, reason string) {
 	}
 }
 
-// expireShared ends what expired in the shared state and publishes it.
+// expireShared ends what expired in the shared state and publishes it,
+// and takes over the sessions this replica adopted.
 func (m *Manager) expireShared() []reservation.Reservation {
 	ctx, cancel := m.sharedCtx()
 	defer cancel()
@@ -277,17 +308,86 @@ func (m *Manager) expireShared() []reservation.Reservation {
 	if err != nil || len(gone) == 0 {
 		return nil
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	out := make([]reservation.Reservation, 0, len(gone))
 	for _, r := range gone {
+		if r.State == "adopted" {
+			out = append(out, m.adopt(ctx, r))
+			continue
+		}
 		data := map[string]any{"service": r.Service, "index": r.Index, "token_prefix": reservation.TokenPrefix(r.Token), "state": r.State}
+		m.mu.Lock()
 		if r.State == "interrupted" {
 			m.publishLocked("session.state", r.Owner, data)
 		} else {
 			m.publishLocked("reservation.expired", r.Owner, data)
 		}
+		m.mu.Unlock()
+		out = append(out, r.Reservation)
 	}
-	return gone
+	return out
+}
+
+// adopt makes a dead replica's session one of this replica's, detached
+// with the Process Config.Adopt gives for its target; without one the
+// session ends, interrupted. It returns the record as adopted (State
+// "adopted") or ended ("interrupted").
+func (m *Manager) adopt(ctx context.Context, gone Record) reservation.Reservation {
+	rec, err := m.cfg.Shared.Lookup(ctx, gone.Token)
+	var p Process
+	if err == nil && m.cfg.Adopt != nil {
+		rec.Replica = gone.Replica
+		p = m.cfg.Adopt(rec)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	data := map[string]any{"service": gone.Service, "index": gone.Index, "token_prefix": reservation.TokenPrefix(gone.Token)}
+	if p == nil || m.closing || m.byToken[gone.Token] != nil {
+		data["state"] = "interrupted"
+		m.publishLocked("session.state", gone.Owner, data)
+		tok := gone.Token
+		m.fx.add(func() {
+			ctx, cancel := m.sharedCtx()
+			defer cancel()
+			_ = m.cfg.Shared.End(ctx, tok)
+		})
+		if p != nil {
+			m.fx.add(func() {
+				ctx, cancel := context.WithTimeout(m.base, m.cfg.StopTimeout)
+				defer cancel()
+				_ = p.Stop(ctx)
+			})
+		}
+		r := gone.Reservation
+		r.State = "interrupted"
+		return r
+	}
+	r := rec.Reservation
+	r.State = ""
+	ss := m.newSessionLocked(r)
+	ss.proc = p
+	ss.since = m.now()
+	m.setLocked(ss, Detached)
+	r = ss.recordLocked()
+	r.State = "adopted"
+	return r
+}
+
+// describeLocked shares where ss's started service listens.
+func (m *Manager) describeLocked(ss *Session) {
+	sh := m.cfg.Shared
+	if sh == nil || m.cfg.Describe == nil || ss.proc == nil {
+		return
+	}
+	t, ok := m.cfg.Describe(ss.proc, ss.recordLocked())
+	if !ok {
+		return
+	}
+	tok := ss.rec.Token
+	m.fx.add(func() {
+		ctx, cancel := m.sharedCtx()
+		defer cancel()
+		_, _ = sh.SetTarget(ctx, tok, t)
+	})
 }
 
 // Records returns every shared record (nil without shared state).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,6 +54,9 @@ type Config struct {
 	StateDB             string
 	ReplicaID           string
 	ReplicaLease        time.Duration
+	ReplicaAddress      string // --replica_address: the replica listener
+	ReplicaSecretFile   string // --replica_secret_file (else $WSGW_REPLICA_SECRET)
+	ReplicaSecret       string
 	MaxRPCPerAddress    int
 	KeepJobs            int
 	KeepJobsFor         time.Duration
@@ -224,6 +228,20 @@ func options() []option {
 				c.ReplicaLease = time.Duration(f * float64(time.Second))
 				return nil
 			}},
+		{name: "replica_address", meta: "host:port", help: "With --state_db redis://…: listen here for the other replicas, which join their clients to the sessions this replica runs (a reconnect that lands on another replica reaches the same service), and tell them this address. Give an address they reach (port 0 picks a free one). Needs --replica_secret_file or WSGW_REPLICA_SECRET",
+			set: func(c *Config, a []string) error {
+				host, port, err := net.SplitHostPort(a[0])
+				if err != nil || port == "" {
+					return fmt.Errorf("%q must be host:port", a[0])
+				}
+				if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+					return fmt.Errorf("%q: give the address the other replicas reach, not a wildcard", a[0])
+				}
+				c.ReplicaAddress = a[0]
+				return nil
+			}},
+		{name: "replica_secret_file", meta: "file", help: "The secret (at least 16 bytes, the same on every replica) that signs requests between replicas; the environment variable WSGW_REPLICA_SECRET is used when this is not given",
+			set: func(c *Config, a []string) error { c.ReplicaSecretFile = a[0]; return nil }},
 		{name: "max_rpc_per_address", meta: "count", help: "JSON-RPC (/v1/rpc) connections one client address may hold open; more get 429. They count against --max_tunnels too. 0 means no cap. Default: 32",
 			set: func(c *Config, a []string) error { return parseCount(a[0], &c.MaxRPCPerAddress) }},
 		{name: "keep_jobs", meta: "count", help: "Finished jobs kept (the newest); older ones are removed with their logs and directories. 0 keeps all. Default: 1000",
@@ -296,6 +314,7 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 		StartTimeout:        30 * time.Second,
 		StopGrace:           5 * time.Second,
 		SecurityToken:       getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
+		ReplicaSecret:       getenv("WSGW_REPLICA_SECRET"),
 		MaxMessageBytes:     16 << 20,
 		MaxTunnels:          5000,
 		Heartbeat:           30 * time.Second,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -39,6 +40,7 @@ type jobsRun struct {
 	grace time.Duration
 
 	stopFollow context.CancelFunc // ends the shared event stream's follower
+	replicaLn  net.Listener       // --replica_address (replicas.go)
 }
 
 // setupJobs loads the job services of --remote_session_config, opens the
@@ -191,6 +193,9 @@ func (jr *jobsRun) close() {
 	}
 	if jr.stopFollow != nil {
 		jr.stopFollow()
+	}
+	if jr.replicaLn != nil {
+		_ = jr.replicaLn.Close()
 	}
 	if jr.st != nil {
 		errs = append(errs, jr.st.Close())

@@ -124,6 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	jr.gw.Bind(srv)
+	jr.serveReplicas(srv)
 	lr.bind(srv)
 
 	lr.serve(ctx, lns.launcher, gcfg.TLS)

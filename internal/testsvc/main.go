@@ -5,7 +5,8 @@
 //
 //	testsvc serve [--grandchild PIDFILE] [--pidfile PIDFILE]
 //	                                       listen, print the ready line, echo
-//	                                       (TESTSVC_IGNORE_TERM=1: ignore SIGTERM)
+//	                                       (TESTSVC_IGNORE_TERM=1: ignore SIGTERM;
+//	                                       TESTSVC_UNIX=PATH: listen on that Unix socket)
 //	testsvc fail MESSAGE                   print MESSAGE on stderr, exit 3
 //	testsvc silent                         print nothing, sleep
 package main
@@ -69,13 +70,23 @@ func serve(args []string) {
 			os.Exit(1)
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	network, addr := "tcp", "127.0.0.1:0"
+	if p := os.Getenv("TESTSVC_UNIX"); p != "" {
+		// A service on a Unix socket, as a desktop's VNC server may be.
+		network, addr = "unix", p
+	}
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "listen:", err)
 		os.Exit(1)
 	}
 	fmt.Fprintln(os.Stderr, "testsvc listening on", ln.Addr())
-	ready, _ := json.Marshal(map[string]any{"hostname": "127.0.0.1", "port": ln.Addr().(*net.TCPAddr).Port})
+	var ready []byte
+	if network == "unix" {
+		ready, _ = json.Marshal(map[string]any{"unix": addr})
+	} else {
+		ready, _ = json.Marshal(map[string]any{"hostname": "127.0.0.1", "port": ln.Addr().(*net.TCPAddr).Port})
+	}
 	fmt.Println(string(ready))
 	hello, _ := json.Marshal(map[string]any{
 		"service":     os.Getenv("WSGW_SERVICE"),
