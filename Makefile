@@ -102,7 +102,7 @@ fuzz:
 # Full reports in test-artifacts/mutate/. Not part of make test (minutes).
 GREMLINS_VERSION ?= v0.6.0
 GREMLINS         ?= $(shell $(GO) env GOPATH)/bin/gremlins
-MUTATE_PKGS ?= session:- wsframe:wsframetest/ reservation:- auth:- internal/origin:- \
+MUTATE_PKGS ?= session:- wsframe:wsframetest/ reservation:- auth:- internal/origin:- internal/peer:- \
                services:'(builtin|launch|supervise)\.go$$' \
                launcher:'(http|launcher|pool|process|proxy)\.go$$'
 mutate:

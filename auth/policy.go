@@ -214,20 +214,15 @@ func (p *Policy) Client(r *http.Request) string {
 func (p *Policy) client(r *http.Request, trusted bool, site origin.Site) string {
 	ip := remoteIP(r.RemoteAddr)
 	var key string
-	switch {
-	case trusted:
+	if trusted {
 		key = groupIP(net.ParseIP(p.TrustedProxies.clientFor(r, ipString(ip, r.RemoteAddr))))
-	case ip != nil && localPeer(r, ip):
+	} else if ip != nil && localPeer(r, ip) {
+		key = "local"
 		if uid, err := p.peerUID(r); err == nil {
 			key = "local-uid-" + strconv.Itoa(uid)
-		} else {
-			key = "local"
 		}
-	default:
-		key = groupIP(ip)
-		if key == "" {
-			key = r.RemoteAddr
-		}
+	} else if key = groupIP(ip); key == "" {
+		key = r.RemoteAddr
 	}
 	if !site.Ambient() {
 		key += "|pages"

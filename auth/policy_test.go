@@ -319,3 +319,69 @@ func TestLimitKeys(t *testing.T) {
 		t.Errorf("another local user: %q", got)
 	}
 }
+
+// TestValidEndsWithTheCredentials: a Caller made from a cookie, a
+// password or an API key stops being valid when they end or the user's
+// rights change; one made from the token or loopback stays valid.
+func TestValidEndsWithTheCredentials(t *testing.T) {
+	h, _ := HashPassword("correct horse")
+	path := writeFile(t, map[string]any{"users": map[string]any{
+		"alice": map[string]any{"password_bcrypt": h, "groups": []string{"viz"}},
+		"bob":   map[string]any{"api_keys": []string{"0123456789abcdef-bob"}},
+		"carol": map[string]any{"password_bcrypt": h},
+	}})
+	u, err := LoadUsers(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Policy{Users: u, SecurityToken: "tok"}
+	cookie, _ := p.Caller(request("10.0.0.1:1", "/", "Cookie", CookieName+"="+u.SessionCookie("alice", time.Hour)))
+	basicReq := request("10.0.0.1:1", "/")
+	basicReq.SetBasicAuth("carol", "correct horse")
+	basic, _ := p.Caller(basicReq)
+	key, _ := p.Caller(request("10.0.0.1:1", "/", "Authorization", "Bearer 0123456789abcdef-bob"))
+	token, _ := p.Caller(request("10.0.0.1:1", "/?security_token=tok"))
+	for name, c := range map[string]Caller{"cookie": cookie, "basic": basic, "key": key, "token": token} {
+		if c.ID == nil || !c.Valid() {
+			t.Fatalf("%s: %+v valid %v", name, c.ID, c.Valid())
+		}
+	}
+	// Alice changes groups, carol's password changes, bob's key goes.
+	h2, _ := HashPassword("another horse")
+	b, _ := jsonUsers(map[string]any{
+		"alice": map[string]any{"password_bcrypt": h, "groups": []string{"viz", "admin"}},
+		"bob":   map[string]any{"api_keys": []string{"0123456789abcdef-bob2"}},
+		"carol": map[string]any{"password_bcrypt": h2},
+	})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]Caller{"cookie (new groups)": cookie, "basic (new password)": basic, "key (removed)": key} {
+		if c.Valid() {
+			t.Errorf("%s is still valid", name)
+		}
+	}
+	if !token.Valid() || !(Caller{}).Valid() {
+		t.Error("the token's or an anonymous caller stopped being valid")
+	}
+	// A user logged out: the cookie's caller ends; a fresh one is valid.
+	fresh, _ := p.Caller(request("10.0.0.1:1", "/", "Cookie", CookieName+"="+u.SessionCookie("alice", time.Hour)))
+	if !fresh.Valid() {
+		t.Fatal("a fresh cookie")
+	}
+	u.EndSessions("alice")
+	if fresh.Valid() {
+		t.Error("a logged-out cookie's caller is still valid")
+	}
+	// Same rights: nothing changes for carol's new caller if the file is
+	// rewritten the same.
+	basicReq2 := request("10.0.0.1:1", "/")
+	basicReq2.SetBasicAuth("carol", "another horse")
+	carol, _ := p.Caller(basicReq2)
+	if err := u.Reload(); err != nil || !carol.Valid() {
+		t.Errorf("an unchanged user after a reload: %v", err)
+	}
+}
