@@ -110,7 +110,7 @@ func (c *conn) queueView(data json.RawMessage) json.RawMessage {
 	if !ok || d["kind"] != "reservations" {
 		return data
 	}
-	me := name(c.id)
+	me := c.caller.Owner() // the queue's owners are reservation owners (auth.Identity.Key)
 	for i, o := range q {
 		if o == me {
 			d["position"] = i + 1

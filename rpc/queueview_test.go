@@ -32,7 +32,7 @@ func TestQueueView(t *testing.T) {
 			map[string]any{"queue": []any{"job-2", "job-1"}}},
 	}
 	for _, tt := range tests {
-		c := &conn{id: tt.id}
+		c := &conn{id: tt.id, caller: auth.Caller{ID: tt.id}}
 		var got map[string]any
 		if err := json.Unmarshal(c.queueView(json.RawMessage(tt.in)), &got); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
