@@ -49,6 +49,8 @@ type Config struct {
 	UsersFile           string
 	TrustedProxies      []string
 	TrustedProxyUsers   []string
+
+	logMaxMB            int // the log file's rotation size (tests); 0: logMaxMB
 	MaxUserTunnels      int
 	MaxUserReservations int
 	StateDB             string

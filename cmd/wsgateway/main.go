@@ -231,6 +231,13 @@ func addBuiltins(cfg *Config, g *gateway.Config) error {
 	return nil
 }
 
+// The log file is rotated at logMaxMB megabytes, logBackups kept
+// (compressed), as --log_file's help says.
+const (
+	logMaxMB   = 100
+	logBackups = 5
+)
+
 // newLogger builds the zerolog logger: --verbose sets the level,
 // --log_file sends it to a rotated file, otherwise stderr (readable text
 // on a terminal, JSON lines elsewhere).
@@ -239,7 +246,11 @@ func newLogger(cfg *Config, stderr io.Writer) (zerolog.Logger, func()) {
 	var w io.Writer = stderr
 	closer := func() {}
 	if cfg.LogFile != "" {
-		lj := &lumberjack.Logger{Filename: cfg.LogFile, MaxSize: 100, MaxBackups: 5, MaxAge: 30, Compress: true}
+		maxMB := cfg.logMaxMB
+		if maxMB <= 0 {
+			maxMB = logMaxMB
+		}
+		lj := &lumberjack.Logger{Filename: cfg.LogFile, MaxSize: maxMB, MaxBackups: logBackups, MaxAge: 30, Compress: true}
 		w = &fallbackWriter{primary: lj, fallback: stderr, name: cfg.LogFile}
 		closer = func() { _ = lj.Close() }
 	} else if f, ok := stderr.(*os.File); ok {
