@@ -1,0 +1,7 @@
+//go:build !linux
+
+package gateway
+
+// download is the zero-copy path, which exists on Linux only: elsewhere
+// every tunnel takes the copy path.
+func (t *tunnel) download() error { return errNoSplice }
