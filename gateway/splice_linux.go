@@ -130,6 +130,7 @@ func (pp *pipePool) close(p *pipe) {
 type splicer struct {
 	t    *tunnel
 	p    *pipe // held while data flows
+	full bool  // p may hold bytes (a frame not sent whole)
 	n    int   // bytes the last fill put in the pipe
 	eof  bool
 	err  error
@@ -228,8 +229,12 @@ func (t *tunnel) download() error {
 	s := &splicer{t: t}
 	s.fill, s.send = s.fillFn, s.sendFn
 	defer func() {
-		if s.p != nil {
-			pipes.close(s.p) // it may hold bytes
+		switch {
+		case s.p == nil:
+		case s.full:
+			pipes.close(s.p)
+		default:
+			pipes.put(s.p)
 		}
 	}()
 	for {
@@ -252,10 +257,12 @@ func (t *tunnel) download() error {
 		if t.trace {
 			t.log.Trace().Int("bytes", s.n).Msg("service → client (splice)")
 		}
+		s.full = true
 		fallback, err := t.sendPipe(s)
 		if err != nil {
 			return err
 		}
+		s.full = false
 		if fallback {
 			return errNoSplice
 		}
@@ -313,3 +320,6 @@ func (t *tunnel) copyPipe(s *splicer) error {
 	}
 	return nil
 }
+
+// pipesOpen is how many pipes exist (kept in the pool or in use).
+func pipesOpen() int { return int(pipes.open.Load()) }
