@@ -323,3 +323,10 @@ func (t *tunnel) copyPipe(s *splicer) error {
 
 // pipesOpen is how many pipes exist (kept in the pool or in use).
 func pipesOpen() int { return int(pipes.open.Load()) }
+
+// setSpliceOff sets spliceOff and returns what restores it (tests).
+func setSpliceOff(off bool) func() {
+	old := spliceOff
+	spliceOff = off
+	return func() { spliceOff = old }
+}

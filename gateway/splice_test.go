@@ -30,7 +30,7 @@ type backend struct {
 	want []byte // what source sends
 }
 
-func startBackend(t *testing.T, network string, want []byte, handle func(b *backend, c net.Conn)) *backend {
+func startBackend(t testing.TB, network string, want []byte, handle func(b *backend, c net.Conn)) *backend {
 	t.Helper()
 	addr := "127.0.0.1:0"
 	if network == "unix" {
@@ -68,7 +68,7 @@ type wrappedConn struct{ net.Conn }
 // tunnelServer serves websockets on an httptest server (TLS with
 // useTLS) whose tunnels go to what dial returns, through the gateway's
 // own tunnel code; it returns the websocket URL and a dialer for it.
-func tunnelServer(t *testing.T, cfg Config, useTLS bool, dial func() (net.Conn, error)) (*Server, string, *websocket.Dialer) {
+func tunnelServer(t testing.TB, cfg Config, useTLS bool, dial func() (net.Conn, error)) (*Server, string, *websocket.Dialer) {
 	t.Helper()
 	if cfg.SessionRoot == "" {
 		cfg.SessionRoot = t.TempDir()
