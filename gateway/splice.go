@@ -281,6 +281,9 @@ func (t *tunnel) release() {
 		if _, err := t.writeControl(); err != nil {
 			t.writeFailed()
 		}
+		if beforeTokenBack != nil {
+			beforeTokenBack(t)
+		}
 		t.own <- struct{}{}
 		if !t.controlPending() {
 			return
@@ -292,6 +295,11 @@ func (t *tunnel) release() {
 		}
 	}
 }
+
+// beforeTokenBack, when set (tests), runs in release between writing
+// the control frames and giving the token back: the window in which a
+// request finds the token taken and relies on the holder's second look.
+var beforeTokenBack func(t *tunnel)
 
 // controlPending reports whether a control frame waits to be written.
 func (t *tunnel) controlPending() bool {

@@ -330,3 +330,6 @@ func setSpliceOff(off bool) func() {
 	spliceOff = off
 	return func() { spliceOff = old }
 }
+
+// pipesIdle is how many pipes wait in the pool.
+func pipesIdle() int { return len(pipes.free) }

@@ -318,6 +318,11 @@ func TestSpliceNoFDLeak(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Logf("descriptors: %d before, %d after 1,000 tunnels; pipes kept %d → %d", before, after, pipesBefore, pipesAfter)
+	// With every tunnel over, every pipe that exists is in the pool (one
+	// neither kept nor closed would be a leak the count above misses).
+	if open, idle := pipesOpen(), pipesIdle(); open != idle {
+		t.Errorf("%d pipes open, %d of them in the pool", open, idle)
+	}
 }
 
 // echoOnce opens a websocket, has 64 KiB echoed, and closes cleanly.
@@ -509,6 +514,45 @@ func TestSpliceTokenNoLostRequest(t *testing.T) {
 	}
 }
 
+// TestSpliceRequestWhileTokenReturns: a ping asked for after the holder
+// wrote its control frames and before it gave the token back (the
+// request finds the token taken) is still written, by the holder's
+// second look.
+func TestSpliceRequestWhileTokenReturns(t *testing.T) {
+	idle := startBackend(t, "tcp", nil, func(_ *backend, c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	s, url, d := tunnelServer(t, Config{}, false, dialBackend(idle, false))
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	pinged := make(chan struct{}, 4)
+	ws.SetPingHandler(func(string) error { pinged <- struct{}{}; return nil })
+	go func() {
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+	tn := onlyTunnel(t, s)
+	var once sync.Once
+	beforeTokenBack = func(x *tunnel) {
+		if x == tn {
+			once.Do(func() { tn.Check(time.Now(), true) }) // finds the token taken
+		}
+	}
+	defer func() { beforeTokenBack = nil }()
+	<-tn.own
+	tn.release() // nothing pending at first: the request comes in the window
+	select {
+	case <-pinged:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the ping asked for while the token went back was never written")
+	}
+	waitUntil(t, "nothing pending", func() bool { return !tn.controlPending() })
+}
+
 // TestSpliceCloseNeverWaits: with a client that stopped reading and a
 // service that keeps sending, closeWith returns at once, and the
 // tunnel ends within the close timeout (the connection is closed).
@@ -552,6 +596,41 @@ func TestSpliceCloseNeverWaits(t *testing.T) {
 			case <-time.After(10 * wsframe.CloseTimeout):
 				t.Fatal("the tunnel did not end after the close timeout")
 			}
+			// The frame left in its pipe is not handed to the next tunnel.
+			want := randomBytes(1<<20, 11)
+			src := startBackend(t, pc.network, want, source)
+			_, url, d = tunnelServer(t, Config{}, pc.tls, dialBackend(src, pc.wrap))
+			checkSource(t, url, d, want)
+			waitUntil(t, "every pipe back in the pool", func() bool { return pipesOpen() == pipesIdle() })
 		})
+	}
+}
+
+// TestSpliceNothingAfterClose: once the close frame is written, pings
+// asked for afterwards are not: the client reads exactly one frame, the
+// close with the gateway's code and reason.
+func TestSpliceNothingAfterClose(t *testing.T) {
+	idle := startBackend(t, "tcp", nil, func(_ *backend, c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	s, url, d := tunnelServer(t, Config{}, false, dialBackend(idle, false))
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	tn := onlyTunnel(t, s)
+	tn.closeWith(wsframe.ClosePolicy, "policy")
+	for range 10 {
+		tn.Check(time.Now(), true)
+		tn.mu.Lock()
+		tn.pingDue = true // Check stops asking once the tunnel is closing
+		tn.mu.Unlock()
+		tn.kick()
+	}
+	raw := ws.NetConn()
+	_ = raw.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, _ := io.ReadAll(raw) // until the gateway closes (close timeout)
+	want := wsframe.AppendClose(nil, wsframe.ClosePolicy, "policy")
+	if !bytes.Equal(got, want) {
+		t.Fatalf("client read % x, want only the close frame % x", got, want)
 	}
 }
