@@ -17,22 +17,31 @@ import (
 	"wsgateway/wsframe"
 )
 
-// spliceBuf is the size of the pooled copy buffers.
-const spliceBuf = 64 << 10
+// spliceBuf is the size of the pooled copy buffers: what one read of the
+// client (several frames at a time) or, where the kernel cannot splice,
+// of the service takes.
+const spliceBuf = 128 << 10
 
 // tunnel joins one websocket to one service connection. The websocket
 // handshake is gorilla's; the frames are ours (package wsframe), read and
-// written directly on the connection with pooled buffers, so the hot path
-// allocates nothing and an idle tunnel holds no buffer (on plain TCP and
-// Unix sockets it waits for readability before taking one).
+// written directly on the connection, so the hot path allocates nothing
+// and an idle tunnel holds no buffer and no pipe (it waits for
+// readability before taking one).
 //
-// Three goroutines: clientToService reads the client and writes the
-// service; serviceToClient reads the service and hands each buffer to
-// writeLoop, the only goroutine that writes to the client. Pongs, pings
-// and the close frame are requests to the writer (closeWith never
-// blocks); a close that the writer cannot deliver within
-// wsframe.CloseTimeout (a client that stopped reading) ends in closing
-// the connection, never in a deadline another goroutine could clear.
+// Two goroutines: clientToService reads the client, unmasks in place and
+// writes the service (one write per read); serviceToClient reads the
+// service and writes its data frames to the client itself, on Linux with
+// splice(2) so the payload never enters user space (splice_linux.go).
+//
+// Writes to the client have one owner at a time: whoever holds the
+// token t.own. The service reader takes it for each data frame; pongs,
+// pings and the close frame are requests (flags under t.mu) that the
+// holder writes before it gives the token back (release), or, when
+// nobody holds it, a goroutine started for the purpose (kick). No
+// request waits: closeWith and the policy sweep never block. A close
+// that cannot be delivered within wsframe.CloseTimeout (a client that
+// stopped reading) ends in closing the connection, never in a deadline
+// another goroutine could clear.
 type tunnel struct {
 	s      *Server
 	client net.Conn // the websocket's connection (after the handshake)
@@ -53,17 +62,15 @@ type tunnel struct {
 	onPolicy    func(reason string) // called when a policy ends the tunnel
 
 	parser wsframe.Parser
+	iov    net.Buffers // payload of one client read, written at once
 
 	// initiated is set once, by whoever decides the tunnel ends: the
 	// gateway (closeWith, a service end, a protocol error) or the client
 	// (a close frame, a vanished connection).
 	initiated atomic.Bool
 
-	out        chan outFrame // data frames for the writer
-	wake       chan struct{} // control work is pending for the writer
-	readDone   chan struct{} // clientToService returned
-	writerDone chan struct{} // the writer returned
-	done       chan struct{} // the tunnel is over
+	own  chan struct{} // the write token: holds a value while nobody writes
+	done chan struct{} // the tunnel is over
 
 	mu          sync.Mutex // guards what follows, never held during I/O
 	pingDue     bool
@@ -71,17 +78,19 @@ type tunnel struct {
 	pong        [wsframe.MaxControlPayload]byte
 	pongN       int
 	closeDue    bool // a close frame is to be sent (ours or an echo)
+	closeSent   bool // it was written (nothing is written after it)
+	readOver    bool // nothing more is read from the client: data is dropped
 	closeCode   int
 	closeReason string
 	byGateway   bool // the gateway decided the close
 	clientCode  int
 	force       *time.Timer // closes the client when the close takes too long
 
-	ctrlBuf [3 * (2 + wsframe.MaxControlPayload)]byte // the writer's
+	ctrlBuf [3 * (2 + wsframe.MaxControlPayload)]byte // the token holder's
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
-	// one readiness probe per direction, made once (no allocation per
+	// the readiness probe of the client, made once (no allocation per
 	// wait); a socket error the probe saw is kept for the reader, since
 	// the probe consumes it (a reset must not look like a clean EOF)
 	clientPeek, connPeek       func(fd uintptr) bool
@@ -91,13 +100,6 @@ type tunnel struct {
 	// connection ended whether the service crashed (a reason), waiting at
 	// most the given time for its exit status; "" for a clean end.
 	exitReason func(wait time.Duration) string
-}
-
-// outFrame is a pooled buffer holding n payload bytes after
-// wsframe.HeaderRoom, on its way to the writer.
-type outFrame struct {
-	bp *[]byte
-	n  int
 }
 
 var (
@@ -121,8 +123,8 @@ func (t *tunnel) Bytes() (in, out int64) { return t.up.Load(), t.down.Load() }
 func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger) *tunnel {
 	t := &tunnel{s: s, client: ws.NetConn(), conn: conn, log: log, opened: time.Now(),
 		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol(),
-		out: make(chan outFrame), wake: make(chan struct{}, 1), readDone: make(chan struct{}),
-		writerDone: make(chan struct{}), done: make(chan struct{})}
+		own: make(chan struct{}, 1), done: make(chan struct{})}
+	t.own <- struct{}{}
 	t.clientPeek = func(fd uintptr) bool { return peek(fd, &t.clientPeekErr) }
 	t.connPeek = func(fd uintptr) bool { return peek(fd, &t.connPeekErr) }
 	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
@@ -150,13 +152,15 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 }
 
 // rawConn returns the connection's RawConn when readiness can be waited
-// for without a buffer (plain TCP and Unix sockets, not TLS).
+// for without a buffer (plain TCP and Unix sockets, not TLS nor a
+// wrapped connection).
 func rawConn(c net.Conn) syscall.RawConn {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
 		return nil
 	}
-	rc, err := sc.SyscallConn()
+	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		return nil
 	}
@@ -174,15 +178,23 @@ func (s *Server) dropTunnel(t *tunnel) {
 // caller's goroutine.
 func (t *tunnel) run() {
 	svcDone := make(chan struct{})
-	go t.writeLoop()
 	go func() { defer close(svcDone); t.serviceToClient() }()
 	t.clientToService()
 	// Nothing more is read from the client: what is left (an echo of its
-	// close, the service's last bytes) gets CloseTimeout.
+	// close, the service's last bytes) gets CloseTimeout, and data the
+	// service still sends is dropped.
 	t.armForce()
-	close(t.readDone)
+	t.mu.Lock()
+	t.readOver = true
+	t.mu.Unlock()
 	<-svcDone
-	<-t.writerDone
+	// Take the token for good: a control frame being written finishes
+	// (or fails when the close timeout closes the client), what is still
+	// pending is written now, and nothing is written after.
+	<-t.own
+	if _, err := t.writeControl(); err != nil {
+		t.writeFailed()
+	}
 	t.mu.Lock()
 	if t.force != nil {
 		t.force.Stop()
@@ -205,8 +217,8 @@ func (t *tunnel) run() {
 
 // closeWith starts a close from the gateway's side: a close frame with
 // code and reason to the client, and the service connection closed. It
-// never blocks: the writer sends the frame, and a client that does not
-// take it within wsframe.CloseTimeout has its connection closed.
+// never blocks: the token's holder sends the frame, and a client that
+// does not take it within wsframe.CloseTimeout has its connection closed.
 func (t *tunnel) closeWith(code int, reason string) {
 	if !t.initiated.CompareAndSwap(false, true) {
 		return
@@ -215,9 +227,9 @@ func (t *tunnel) closeWith(code int, reason string) {
 	_ = t.conn.Close()
 }
 
-// requestClose asks the writer for a close frame (once) and arms the
-// close timeout. The code and reason kept (for the log) are those
-// wsframe.ClosePayload will send.
+// requestClose asks for a close frame (once) and arms the close timeout.
+// The code and reason kept (for the log) are those wsframe.ClosePayload
+// will send.
 func (t *tunnel) requestClose(code int, reason string, byGateway bool) {
 	if code != 0 && code != wsframe.CloseNoStatus && !wsframe.ValidCloseCode(code) {
 		code = wsframe.CloseInternalError
@@ -245,69 +257,113 @@ func (t *tunnel) armForce() {
 	t.mu.Unlock()
 }
 
-// kick wakes the writer for pending control work.
+// kick gets pending control frames written without waiting: when nobody
+// holds the write token a goroutine takes it, writes them and gives it
+// back; otherwise the holder writes them in release.
 func (t *tunnel) kick() {
 	select {
-	case t.wake <- struct{}{}:
+	case <-t.own:
+		go t.release()
 	default:
 	}
 }
 
-// writeLoop is the only writer to the client: data frames from
-// serviceToClient, then pending pongs, pings and the close frame. It
-// returns after the close frame, on a write error, or when nothing more
-// is read from the client.
-func (t *tunnel) writeLoop() {
-	defer close(t.writerDone)
+// release writes the pending control frames and gives the token back.
+// A request that came after the holder looked and found the token taken
+// is seen by the second look, after the token is back, so none is lost:
+// the requester sets its flag, then tries the token; the holder gives the
+// token back, then looks at the flags (both under t.mu or the channel),
+// so either the requester's try finds the token or the holder's look
+// finds the flag, and then it takes the token again if it still can
+// (whoever took it instead writes the frame).
+func (t *tunnel) release() {
 	for {
-		last := false
-		select {
-		case f := <-t.out:
-			if err := t.writeData(f); err != nil {
-				t.writeFailed()
-				return
-			}
-		case <-t.wake:
-		case <-t.readDone:
-			last = true
-		}
-		closed, err := t.writeControl()
-		if err != nil {
+		if _, err := t.writeControl(); err != nil {
 			t.writeFailed()
+		}
+		if beforeTokenBack != nil {
+			beforeTokenBack(t)
+		}
+		t.own <- struct{}{}
+		if !t.controlPending() {
 			return
 		}
-		if closed || last {
+		select {
+		case <-t.own:
+		default:
 			return
 		}
 	}
 }
 
-// writeData frames f's payload as one binary message and writes it with
-// the header in the room in front: one write, no copy.
-func (t *tunnel) writeData(f outFrame) error {
-	buf := *f.bp
-	start := wsframe.PutHeader(buf, wsframe.OpBinary, f.n)
-	_, err := t.client.Write(buf[start : wsframe.HeaderRoom+f.n])
-	t.s.bufPool.Put(f.bp)
-	if err != nil {
-		return err
+// beforeTokenBack, when set (tests), runs in release between writing
+// the control frames and giving the token back: the window in which a
+// request finds the token taken and relies on the holder's second look.
+var beforeTokenBack func(t *tunnel)
+
+// controlPending reports whether a control frame waits to be written.
+func (t *tunnel) controlPending() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.closeSent && (t.pongDue || t.pingDue || t.closeDue)
+}
+
+// dataStops reports, for the token's holder, whether data frames are
+// over: the close frame went out or nothing is read from the client.
+func (t *tunnel) dataStops() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closeSent || t.readOver
+}
+
+// writeData is the fallback download path: it frames the payload of bp
+// (n bytes after wsframe.HeaderRoom) as one binary message and writes
+// it with the header in the room in front (one write, no copy), holding
+// the token. errWritesOver: the frame was dropped (the tunnel is
+// closing) or the client cannot be written to.
+func (t *tunnel) writeData(bp *[]byte, n int) error {
+	<-t.own
+	defer t.release()
+	if t.dataStops() {
+		return errWritesOver
 	}
-	now := time.Now().UnixNano()
-	t.down.Add(int64(f.n))
-	t.lastActive.Store(now)
-	t.lastAlive.Store(now) // the client is taking what we send
-	t.s.metrics.bytesOut.Add(float64(f.n))
-	if t.trace {
-		t.log.Trace().Int("bytes", f.n).Msg("service → client")
+	buf := *bp
+	start := wsframe.PutHeader(buf, wsframe.OpBinary, n)
+	if _, err := t.client.Write(buf[start : wsframe.HeaderRoom+n]); err != nil {
+		t.writeFailed()
+		return errWritesOver
 	}
+	t.sent(n)
 	return nil
 }
 
-// writeControl writes the pending pong, ping and close frame in one
-// write, and reports whether the close frame went out.
+// sent counts n payload bytes that reached the client's socket.
+func (t *tunnel) sent(n int) {
+	now := time.Now().UnixNano()
+	t.down.Add(int64(n))
+	t.lastActive.Store(now)
+	t.lastAlive.Store(now) // the client is taking what we send
+	t.s.metrics.bytesOut.Add(float64(n))
+	if t.trace {
+		t.log.Trace().Int("bytes", n).Msg("service → client")
+	}
+}
+
+// errWritesOver ends the service reader: the client is not written to
+// any more.
+var errWritesOver = errors.New("writes to the client are over")
+
+// writeControl, for the token's holder, writes the pending pong, ping
+// and close frame in one write, and reports whether the close frame went
+// out. Nothing is written after the close frame.
 func (t *tunnel) writeControl() (closed bool, err error) {
 	b := t.ctrlBuf[:0]
 	t.mu.Lock()
+	if t.closeSent {
+		t.pongDue, t.pingDue = false, false
+		t.mu.Unlock()
+		return true, nil
+	}
 	if t.pongDue {
 		b = wsframe.AppendControl(b, wsframe.OpPong, t.pong[:t.pongN])
 		t.pongDue = false
@@ -318,6 +374,7 @@ func (t *tunnel) writeControl() (closed bool, err error) {
 	}
 	if t.closeDue {
 		b = wsframe.AppendClose(b, t.closeCode, t.closeReason)
+		t.closeSent = true
 		closed = true
 	}
 	t.mu.Unlock()
@@ -335,6 +392,9 @@ func (t *tunnel) writeFailed() {
 		t.clientCode = wsframe.CloseAbnormal
 		t.mu.Unlock()
 	}
+	t.mu.Lock()
+	t.closeSent = true // nothing more can be written
+	t.mu.Unlock()
 	_ = t.conn.Close()
 	_ = t.client.Close()
 }
@@ -368,11 +428,34 @@ func (t *tunnel) waitReadable(rc syscall.RawConn, probe func(uintptr) bool, errp
 	return *errp
 }
 
-// Data is the wsframe.Handler callback: payload for the service. Once
-// the tunnel is ending, what the service cannot take is dropped, so the
-// client's close frame is still read.
+// Data is the wsframe.Handler callback: payload for the service,
+// collected and written once per client read (flushUp).
 func (t *tunnel) Data(p []byte) error {
-	_, err := t.conn.Write(p)
+	t.iov = append(t.iov, p)
+	return nil
+}
+
+// flushUp writes the payload collected from one client read to the
+// service: one write (writev when it spans frames). Once the tunnel is
+// ending, what the service cannot take is dropped, so the client's close
+// frame is still read.
+func (t *tunnel) flushUp() error {
+	if len(t.iov) == 0 {
+		return nil
+	}
+	var n int
+	for _, p := range t.iov {
+		n += len(p)
+	}
+	var err error
+	if len(t.iov) == 1 {
+		_, err = t.conn.Write(t.iov[0])
+	} else {
+		bufs := t.iov // WriteTo consumes the slice it is given
+		_, err = bufs.WriteTo(t.conn)
+	}
+	clear(t.iov)
+	t.iov = t.iov[:0]
 	if err != nil {
 		if t.initiated.Load() {
 			return nil
@@ -380,8 +463,8 @@ func (t *tunnel) Data(p []byte) error {
 		return err
 	}
 	t.lastActive.Store(time.Now().UnixNano())
-	t.up.Add(int64(len(p)))
-	t.s.metrics.bytesIn.Add(float64(len(p)))
+	t.up.Add(int64(n))
+	t.s.metrics.bytesIn.Add(float64(n))
 	return nil
 }
 
@@ -417,6 +500,9 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 		t.mu.Lock()
 		t.clientCode = code
 		t.mu.Unlock()
+		// What the client sent before its close reaches the service
+		// before the service hears of the close.
+		_ = t.flushUp() // a service that failed hears of the close anyway
 		// Echo the close (RFC 6455 §5.5.1) unless ours went first.
 		if t.initiated.CompareAndSwap(false, true) {
 			t.requestClose(code, "", false)
@@ -444,9 +530,16 @@ func (t *tunnel) clientToService() {
 				if t.trace {
 					t.log.Trace().Int("bytes", n).Msg("client → service")
 				}
-				if ferr := t.parser.Feed(buf[:n], t); ferr != nil {
+				ferr := t.parser.Feed(buf[:n], t)
+				if werr := t.flushUp(); werr != nil && ferr == nil {
+					// The service failed; the parser is in step.
+					ferr, rest = werr, buf[n:n]
+				}
+				if ferr != nil {
 					err = ferr
-					rest = buf[n-t.parser.Unconsumed() : n]
+					if rest == nil {
+						rest = buf[n-t.parser.Unconsumed() : n]
+					}
 					break
 				}
 			}
@@ -581,32 +674,17 @@ func (t *tunnel) halfCloseService() {
 	}
 }
 
+// serviceToClient moves the service's bytes to the client, each read as
+// one binary message: by splice(2) where the kernel can (download in
+// splice_linux.go), by a pooled buffer otherwise; then it asks for the
+// close frame that says how the service ended.
 func (t *tunnel) serviceToClient() {
-	var err error
-	more := false
-	for err == nil {
-		// A full buffer means more may be waiting; otherwise wait without
-		// a buffer while the service is quiet.
-		if !more {
-			if err = t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
-				break
-			}
-		}
-		bp := t.s.bufPool.Get().(*[]byte)
-		buf := *bp
-		var n int
-		n, err = t.conn.Read(buf[wsframe.HeaderRoom:])
-		more = n == len(buf)-wsframe.HeaderRoom && t.connRaw != nil
-		if n == 0 {
-			t.s.bufPool.Put(bp)
-			continue
-		}
-		select {
-		case t.out <- outFrame{bp: bp, n: n}:
-		case <-t.writerDone:
-			t.s.bufPool.Put(bp)
-			return
-		}
+	err := t.download()
+	if errors.Is(err, errNoSplice) {
+		err = t.downloadCopy()
+	}
+	if errors.Is(err, errWritesOver) {
+		return
 	}
 	if t.initiated.CompareAndSwap(false, true) {
 		if t.exitReason != nil && (errors.Is(err, io.EOF) || isReadErr(err)) {
@@ -621,6 +699,41 @@ func (t *tunnel) serviceToClient() {
 			t.requestClose(wsframe.CloseNormal, "Target closed", true)
 		} else {
 			t.requestClose(wsframe.CloseInternalError, "service connection error", true)
+		}
+	}
+}
+
+// errNoSplice: the zero-copy path is not available for this tunnel (and
+// nothing was moved by it); the copy path takes over.
+var errNoSplice = errors.New("splice not available")
+
+// downloadCopy reads the service into a pooled buffer and writes each
+// read as a frame: for TLS, wrapped connections and kernels that refuse
+// splice. It returns the service's read error (io.EOF at its end), or
+// errWritesOver.
+func (t *tunnel) downloadCopy() error {
+	more := false
+	for {
+		// A full buffer means more may be waiting; otherwise wait without
+		// a buffer while the service is quiet.
+		if !more {
+			if err := t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
+				return err
+			}
+		}
+		bp := t.s.bufPool.Get().(*[]byte)
+		buf := *bp
+		n, err := t.conn.Read(buf[wsframe.HeaderRoom:])
+		more = n == len(buf)-wsframe.HeaderRoom && t.connRaw != nil
+		if n > 0 {
+			if werr := t.writeData(bp, n); werr != nil {
+				t.s.bufPool.Put(bp)
+				return werr
+			}
+		}
+		t.s.bufPool.Put(bp)
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -658,7 +771,7 @@ func (t *tunnel) Check(now time.Time, ping bool) {
 		return
 	}
 	if ping {
-		// The writer sends it; nothing here waits.
+		// Whoever holds the write token sends it; nothing here waits.
 		t.mu.Lock()
 		t.pingDue = true
 		t.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,5 +112,105 @@ func BenchmarkSpliceDownload(b *testing.B) {
 		if err != nil && err != io.EOF {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkSplicePaths measures each path of the splice in one process
+// (client, gateway and service share the cores): download and upload of
+// 64 KiB messages over TCP (zero-copy download on Linux), a Unix-socket
+// service, the copy path (splice off), TLS and a wrapped service
+// connection.
+//
+//	go test -run '^$' -bench SplicePaths ./gateway
+func BenchmarkSplicePaths(b *testing.B) {
+	for _, pc := range []struct {
+		pathCase
+		off bool
+	}{
+		{pathCase: pathCase{name: "tcp", network: "tcp"}},
+		{pathCase: pathCase{name: "unix", network: "unix"}},
+		{pathCase: pathCase{name: "copy", network: "tcp"}, off: true},
+		{pathCase: pathCase{name: "tls", network: "tcp", tls: true}},
+		{pathCase: pathCase{name: "wrapped", network: "tcp", wrap: true}},
+	} {
+		b.Run(pc.name+"/download", func(b *testing.B) {
+			defer setSpliceOff(pc.off)()
+			sb := startBackend(b, pc.network, make([]byte, 64<<10), func(bk *backend, c net.Conn) {
+				for {
+					if _, err := c.Write(bk.want); err != nil {
+						return
+					}
+				}
+			})
+			_, url, d := tunnelServer(b, Config{}, pc.tls, dialBackend(sb, pc.wrap))
+			ws, _, err := d.Dial(url, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ws.Close()
+			buf := make([]byte, 256<<10)
+			b.SetBytes(64 << 10)
+			b.ResetTimer()
+			need := int64(b.N) * (64 << 10)
+			for n := int64(0); n < need; {
+				_, r, err := ws.NextReader()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for {
+					m, err := r.Read(buf)
+					n += int64(m)
+					if err != nil {
+						break
+					}
+				}
+			}
+		})
+		b.Run(pc.name+"/upload", func(b *testing.B) {
+			defer setSpliceOff(pc.off)()
+			got := make(chan struct{}, 1)
+			want := int64(-1)
+			var mu sync.Mutex
+			sb := startBackend(b, pc.network, nil, func(_ *backend, c net.Conn) {
+				buf := make([]byte, 256<<10)
+				var n int64
+				for {
+					m, err := c.Read(buf)
+					n += int64(m)
+					mu.Lock()
+					w := want
+					mu.Unlock()
+					if w >= 0 && n >= w {
+						got <- struct{}{}
+						return
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+			_, url, d := tunnelServer(b, Config{}, pc.tls, dialBackend(sb, pc.wrap))
+			ws, _, err := d.Dial(url, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ws.Close()
+			msg := make([]byte, 64<<10)
+			mu.Lock()
+			want = int64(b.N) * (64 << 10)
+			mu.Unlock()
+			b.SetBytes(64 << 10)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := ws.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-got:
+			case <-time.After(60 * time.Second):
+				b.Fatal("the service did not receive everything")
+			}
+		})
 	}
 }

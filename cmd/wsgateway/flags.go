@@ -184,7 +184,7 @@ func options() []option {
 				c.MaxMessageBytes = n
 				return nil
 			}},
-		{name: "max_tunnels", meta: "count", help: "Most websockets served at once; more get 503. 0 means no cap. Default: 5000",
+		{name: "max_tunnels", meta: "count", help: "Most websockets served at once; more get 503. 0 means no cap. Default: what the open-file limit leaves room for (two descriptors per websocket, after 320 for the rest)",
 			set: func(c *Config, a []string) error {
 				n, err := strconv.Atoi(a[0])
 				if err != nil || n < 0 {
@@ -318,7 +318,7 @@ func parseArgs(args []string, getenv func(string) string) (*Config, error) {
 		SecurityToken:       getenv("WEBSOCKETSERVER_SECURITY_TOKEN"),
 		ReplicaSecret:       getenv("WSGW_REPLICA_SECRET"),
 		MaxMessageBytes:     16 << 20,
-		MaxTunnels:          5000,
+		MaxTunnels:          autoMaxTunnels,
 		Heartbeat:           30 * time.Second,
 		RateLimit:           20,
 		AuthFailLimit:       30,

@@ -77,6 +77,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "wsgateway %s\n", version)
 		return nil
 	}
+	if cfg.MaxTunnels == autoMaxTunnels {
+		nofile, err := openFileLimit()
+		if err != nil {
+			return err
+		}
+		cfg.MaxTunnels = defaultMaxTunnels(nofile)
+	}
 	gcfg, err := buildGatewayConfig(cfg)
 	if err != nil {
 		return err
