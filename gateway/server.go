@@ -96,7 +96,10 @@ type Config struct {
 	MaxUserReservations int
 	// Persist, when set, records reservations as they change, and
 	// Restored are the reservations it recorded before a restart.
-	Persist  session.Persister
+	Persist session.Persister
+	// Durable: Persist outlives the process (--state_db is a file), so
+	// cluster jobs are left running at shutdown for the next gateway.
+	Durable  bool
 	Restored []reservation.Reservation
 	// Shared, when set, is the state this gateway shares with its
 	// replicas (--state_db redis://…), and ReplicaID its name among them;
@@ -240,7 +243,7 @@ func New(cfg Config, log zerolog.Logger) (*Server, error) {
 		tunnels:    map[wsframe.Tunnel]struct{}{},
 		stopCh:     make(chan struct{}),
 	}
-	scfg := session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist,
+	scfg := session.Config{Counts: counts, Timeout: cfg.Timeout, Persist: cfg.Persist, Durable: cfg.Durable,
 		StopTimeout: 2*cfg.StopGrace + 10*time.Second, Publish: cfg.Publish, Shared: cfg.Shared, Resume: s.resume}
 	s.shareSessions(&scfg)
 	s.sessions = session.New(scfg)

@@ -116,6 +116,7 @@ func TestSlurm(t *testing.T) {
 	t.Run("ScancelOutside", func(t *testing.T) { slurmScancelOutside(t, cl) })
 	t.Run("FullPartition", func(t *testing.T) { slurmFullPartition(t, cl) })
 	t.Run("Restart", func(t *testing.T) { slurmRestart(t, cl) })
+	t.Run("GracefulRestart", func(t *testing.T) { slurmGracefulRestart(t, cl) })
 	t.Run("ShippedConfigInChromium", func(t *testing.T) { slurmBrowser(t, cl) })
 }
 
@@ -417,6 +418,65 @@ func slurmRestart(t *testing.T, cl *slurmCluster) {
 	ws.Close()
 	waitFor(t, "A's job to be cancelled", 60*time.Second, func() bool { return !cl.jobActive(idA) })
 	waitFor(t, "all slots back", 30*time.Second, func() bool { return g2.free(t, "Cluster Desktop") == 3 })
+	waitFor(t, "an empty queue", 30*time.Second, func() bool { return len(cl.queue()) == 0 })
+}
+
+// The gateway is stopped with SIGTERM, as an operator restarting it:
+// with a state database the running cluster job is left running, and
+// after the restart its token reconnects to the same desktop. Without
+// one, the stop cancels the job (nothing could take it back).
+func slurmGracefulRestart(t *testing.T, cl *slurmCluster) {
+	dir := t.TempDir()
+	sessions := filepath.Join(dir, "sessions")
+	db := filepath.Join(dir, "state.db")
+	cfg := clusterConfig(t, dir, "Cluster Desktop", 1, nil)
+	args := []string{"--verbose", "2", "--bind_address", "127.0.0.1", "--http_port", "0",
+		"--remote_session_config", cfg, "--state_db", db, "--session_dir", sessions, "0"}
+	g := startGatewayArgs(t, args...)
+	tok := g.reserve(t, "Cluster Desktop", "")["token"].(string)
+	ws, code, body := dialWS(t, g.wsURL("/websockify?token="+tok), nil)
+	if ws == nil {
+		t.Fatalf("websocket refused: %d %v", code, body)
+	}
+	rfbNoneHandshake(t, ws)
+	id := jobIDOf(clusterOf(t, g, tok))
+	g.stop()
+	ws.Close()
+	if err := g.exitErr; err != nil {
+		t.Fatalf("the gateway's stop: %v", err)
+	}
+	if st := cl.jobState(id); st != "RUNNING" {
+		t.Fatalf("a graceful stop with a state database left the job %s, want RUNNING", st)
+	}
+	g2 := startGatewayArgs(t, args...)
+	ws, code, body = dialWS(t, g2.wsURL("/websockify?token="+tok), nil)
+	if ws == nil {
+		t.Fatalf("the token after a graceful restart: %d %v", code, body)
+	}
+	rfbNoneHandshake(t, ws)
+	if got := jobIDOf(clusterOf(t, g2, tok)); got != id {
+		t.Fatalf("reconnected to job %q, want %s", got, id)
+	}
+	ws.Close()
+	if code, m := getJSON(t, g2.httpURL("/v1/release/"+tok)); code != 200 {
+		t.Fatalf("release: %d %v", code, m)
+	}
+	waitFor(t, "the job to be cancelled", 60*time.Second, func() bool { return !cl.jobActive(id) })
+
+	// Without a state database a stop cancels the job.
+	noDB := []string{"--verbose", "2", "--bind_address", "127.0.0.1", "--http_port", "0",
+		"--remote_session_config", cfg, "--session_dir", filepath.Join(dir, "s2"), "0"}
+	g3 := startGatewayArgs(t, noDB...)
+	tok = g3.reserve(t, "Cluster Desktop", "")["token"].(string)
+	ws, code, body = dialWS(t, g3.wsURL("/websockify?token="+tok), nil)
+	if ws == nil {
+		t.Fatalf("websocket refused: %d %v", code, body)
+	}
+	rfbNoneHandshake(t, ws)
+	id = jobIDOf(clusterOf(t, g3, tok))
+	g3.stop()
+	ws.Close()
+	waitFor(t, "the job of a gateway without a state database to be cancelled", 60*time.Second, func() bool { return !cl.jobActive(id) })
 	waitFor(t, "an empty queue", 30*time.Second, func() bool { return len(cl.queue()) == 0 })
 }
 

@@ -632,6 +632,11 @@ func (j *SlurmJob) ExitErr() error {
 // Detached is false: a cluster session is kept for reconnections.
 func (j *SlurmJob) Detached() bool { return false }
 
+// OutlivesGateway: a cluster job runs on its node whatever happens to
+// the gateway; with a state database, a gateway that stops leaves it
+// running for the next one (session.Outliving).
+func (j *SlurmJob) OutlivesGateway() bool { return true }
+
 // CrashReason asks Slurm at once whether the job has ended and says how
 // ("" while it runs). A job whose connection ended is given at least
 // crashWait to reach its final state, since Slurm shows an ending job as

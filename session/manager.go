@@ -33,6 +33,11 @@ type Config struct {
 	// queue.changed events (owner restricts who may see them), in order,
 	// never under the Manager's lock.
 	Publish func(topic, owner string, data map[string]any)
+	// Durable says Persist outlives this process (a state database):
+	// StopAll then leaves running the sessions whose process outlives
+	// the gateway (Outliving: a cluster job), with their records, for
+	// the next gateway's Restore to take back.
+	Durable bool
 	// Shared, when set, is the state this gateway shares with its
 	// replicas (see Shared); Persist and Restore are then not used.
 	Shared Shared
@@ -550,10 +555,19 @@ func (m *Manager) StopAll(ctx context.Context, code int, reason string) error {
 	// it may still hand over a process that must be stopped first.
 	var dones []chan struct{}
 	for _, ss := range m.byToken {
-		if ss.st != Reserved {
-			m.stopLocked(ss, code, reason)
-			dones = append(dones, ss.done)
+		if ss.st == Reserved {
+			continue
 		}
+		if m.outlivesLocked(ss) {
+			// Left running, recorded: its websocket goes, its job stays.
+			ss.kept = true
+			if ss.tun != nil {
+				ss.tun.Close(code, reason)
+			}
+			continue
+		}
+		m.stopLocked(ss, code, reason)
+		dones = append(dones, ss.done)
 	}
 	for svc, q := range m.waiters {
 		for _, w := range q {
@@ -578,6 +592,21 @@ func (m *Manager) StopAll(ctx context.Context, code int, reason string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("recording the sessions' ends: %w", ctx.Err())
 	}
+}
+
+// Outliving is a Process that can outlive the gateway (a cluster job).
+type Outliving interface {
+	OutlivesGateway() bool
+}
+
+// outlivesLocked: ss runs (or waits for its token) a process that
+// outlives the gateway, and its record survives this process.
+func (m *Manager) outlivesLocked(ss *Session) bool {
+	if !m.cfg.Durable || m.cfg.Persist == nil || (ss.st != Running && ss.st != Detached) {
+		return false
+	}
+	o, ok := ss.proc.(Outliving)
+	return ok && o.OutlivesGateway() && !exited(ss.proc)
 }
 
 // Close stops the Manager's background work once what is queued is

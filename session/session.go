@@ -93,6 +93,7 @@ type Session struct {
 	st  State
 
 	starting bool    // a start is in flight (between BeginStart and Started/StartFailed)
+	kept     bool    // left running at shutdown for the next gateway (StopAll)
 	proc     Process // the started service, once Started
 	tun      Tunnel  // the websocket's splice while Running
 	remote   string
@@ -245,6 +246,9 @@ func (ss *Session) Detach(t Tunnel, grace time.Duration) {
 		ss.bytesIn += in
 		ss.bytesOut += out
 		ss.tun = nil
+	}
+	if ss.kept {
+		return // left running for the next gateway (StopAll)
 	}
 	switch ss.st {
 	case Claimed, Starting, Running:

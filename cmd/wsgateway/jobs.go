@@ -142,6 +142,7 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	// other replicas' in Redis).
 	if shared == nil {
 		jr.restoreReservations(ctx, g)
+		g.Durable = path != store.Memory
 	}
 	// The gateway's events go to the same hub as the jobs'.
 	g.Publish = func(topic, owner string, data map[string]any) { jr.hub.Publish(topic, owner, data) }
