@@ -89,6 +89,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case tok != "":
 		splice = s.serveToken(w, r, tok, log)
+	case r.URL.Query().Get("share") != "":
+		splice = s.serveShare(w, r, r.URL.Query().Get("share"), log)
 	case s.cfg.ClientAddr != "":
 		splice = s.serveBasic(w, r, log)
 	default:
