@@ -283,6 +283,35 @@ func TestShareControlRevokeAndEnd(t *testing.T) {
 		t.Errorf("revoking twice: %d, want 404", code)
 	}
 
+	// The same over /v1/rpc.
+	ws, _, err := dialer.Dial("ws://"+g.httpAddr+"/v1/rpc", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &rpcClient{t: t, ws: ws}
+	defer ws.Close()
+	var made struct {
+		Share string `json:"share"`
+		Mode  string `json:"mode"`
+	}
+	rc.must("shares.create", map[string]any{"token": tok, "mode": "control", "expires_in": 60}, &made)
+	var listed struct {
+		Shares []struct {
+			Share string `json:"share"`
+		} `json:"shares"`
+	}
+	rc.must("shares.list", map[string]any{"token": tok}, &listed)
+	if made.Mode != "control" || len(listed.Shares) != 1 || listed.Shares[0].Share != made.Share {
+		t.Fatalf("rpc shares: %+v %+v", made, listed)
+	}
+	if _, e := rc.call("shares.create", map[string]any{"token": tok, "mode": "root"}); e == nil {
+		t.Errorf("rpc shares.create with a bad mode succeeded")
+	}
+	rc.must("shares.revoke", map[string]any{"token": tok, "share": made.Share}, nil)
+	if _, e := rc.call("shares.revoke", map[string]any{"token": tok, "share": made.Share}); e == nil {
+		t.Errorf("rpc: revoking twice succeeded")
+	}
+
 	// Shares end with the session.
 	code, sh2 := postJSON(t, "POST", g.httpURL("/v1/share/"+tok), "")
 	if code != 200 || sh2["mode"] != "view" {
