@@ -260,6 +260,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.metrics.launches.WithLabelValues(svc.Name, "ok").Inc()
 		s.metrics.launchSecs.WithLabelValues(svc.Name).Observe(time.Since(launchStart).Seconds())
 	}
+	c = s.startRecording(ss, svc, c, log)
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
 		ss.Detach(nil, 0)

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -358,5 +361,101 @@ func TestShareRequiresOwner(t *testing.T) {
 	}
 	if code, m, _ := call(t, "GET", g.httpURL("/v1/viewers"), nil); code != 400 {
 		t.Errorf("presence without a token: %d %v", code, m)
+	}
+}
+
+// recordingsOf lists the recordings the caller sees.
+func recordingsOf(t *testing.T, g *gateway, hdr ...string) []map[string]any {
+	t.Helper()
+	code, m := getJSON(t, g.httpURL("/v1/recordings"), hdr...)
+	if code != 200 {
+		t.Fatalf("/v1/recordings: %d %v", code, m)
+	}
+	var out []map[string]any
+	for _, r := range m["recordings"].([]any) {
+		out = append(out, r.(map[string]any))
+	}
+	return out
+}
+
+func TestRecordingLimitsAndAccess(t *testing.T) {
+	bearer := []string{"Authorization", "Bearer s3cret-token-for-tests"}
+	g, _ := fakeVNCGateway(t, map[string]any{"record": true, "record_max_mb": 0.0002, "record_keep_days": 0.00005},
+		"--security_token", "s3cret-token-for-tests")
+	code, m := getJSON(t, g.httpURL("/v1/reserve/Fake"), bearer...)
+	if code != 200 {
+		t.Fatalf("reserve: %d %v", code, m)
+	}
+	tok := m["token"].(string)
+	ws, _, err := dialer.Dial(g.wsURL("/websockify?token="+tok), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rfbClient(t, ws, 1)
+	var recs []map[string]any
+	waitFor(t, "the recording to be listed", 10*time.Second, func() bool {
+		recs = recordingsOf(t, g, bearer...)
+		return len(recs) == 1
+	})
+	id := recs[0]["id"].(string)
+	if recs[0]["service"] != "Fake" || recs[0]["end"] != nil {
+		t.Errorf("recording while running: %v", recs[0])
+	}
+	ws.Close()
+	waitFor(t, "the recording to end", 10*time.Second, func() bool {
+		recs = recordingsOf(t, g, bearer...)
+		return len(recs) == 1 && recs[0]["end"] != nil
+	})
+	// 0.0002 MiB is 209 bytes: the greeting and security types fit, the
+	// ServerInit does not; the file is still complete.
+	if recs[0]["truncated"] != true || recs[0]["size"].(float64) > 209 {
+		t.Errorf("size limit: %v", recs[0])
+	}
+	if code, _, _ := call(t, "GET", g.httpURL("/v1/recordings/"+id), nil, bearer...); code != 200 {
+		t.Fatalf("GET recording: %d", code)
+	}
+	req, _ := http.NewRequest("GET", g.httpURL("/v1/recordings/"+id), nil)
+	req.Header.Set(bearer[0], bearer[1])
+	resp, err := insecureClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(data), "var VNC_frame_encoding = 'binary';\nvar VNC_frame_data = [\n'{") ||
+		!strings.Contains(string(data), `RFB 003.008\x0a`) || !strings.HasSuffix(string(data), "'EOF'];\n") {
+		t.Errorf("recording file:\n%s", data)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("served as %q", ct)
+	}
+	files, _ := filepath.Glob(filepath.Join(g.dir, "sessions", "*", "recording-*"))
+	if len(files) != 2 {
+		t.Fatalf("recording files: %v", files)
+	}
+	for _, f := range files {
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v %v", f, st.Mode(), err)
+		}
+	}
+	// Only credentials see recordings; names outside the pattern are
+	// not files.
+	for _, p := range []string{"/v1/recordings", "/v1/recordings/" + id} {
+		if code, _, _ := call(t, "GET", g.httpURL(p), nil); code != 401 {
+			t.Errorf("%s without credentials: %d", p, code)
+		}
+	}
+	for _, p := range []string{"/v1/recordings/..%2F..%2Fetc/passwd", "/v1/recordings/" + strings.Split(id, "/")[0] + "/session.log",
+		"/v1/recordings/.%2E/recording-1"} {
+		if code, _, _ := call(t, "GET", g.httpURL(p), nil, bearer...); code != 404 {
+			t.Errorf("%s: %d, want 404", p, code)
+		}
+	}
+	// record_keep_days of 0.00005 is 4.3 s: then it is deleted.
+	waitFor(t, "the old recording to be deleted", 30*time.Second, func() bool {
+		return len(recordingsOf(t, g, bearer...)) == 0
+	})
+	if files, _ := filepath.Glob(filepath.Join(g.dir, "sessions", "*", "recording-*")); len(files) != 0 {
+		t.Errorf("files left: %v", files)
 	}
 }
