@@ -91,7 +91,7 @@ type shareViewer struct {
 
 func (sh *share) info() ShareInfo {
 	in := ShareInfo{Share: sh.token, Mode: sh.mode.String(), Service: sh.service, Created: sh.created,
-		URL: PagesPrefix + "viewer.html#share=" + sh.token, Path: "websockify?share=" + sh.token, Viewers: []ViewerInfo{}}
+		URL: PagesPrefix + "viewer.html#share=" + sh.token + "&mode=" + sh.mode.String(), Path: "websockify?share=" + sh.token, Viewers: []ViewerInfo{}}
 	if !sh.expires.IsZero() {
 		e := sh.expires
 		in.Expires = &e
