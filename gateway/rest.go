@@ -29,8 +29,14 @@ func (s *Server) httpPortHandler() http.Handler {
 	v1.Handle("/login", s.handle(s.handleLogin)).Methods(http.MethodPost)
 	v1.Handle("/logout", s.handle(s.handleLogout)).Methods(http.MethodPost)
 	v1.Handle("/whoami", s.handle(s.handleWhoami)).Methods(http.MethodGet)
+	v1.Handle("/share/{token}", s.handle(s.handleShareCreate)).Methods(http.MethodPost)
+	v1.Handle("/share/{token}", s.handle(s.handleShareList)).Methods(http.MethodGet)
+	v1.Handle("/share/{token}/{share}", s.handle(s.handleShareRevoke)).Methods(http.MethodDelete)
+	v1.Handle("/viewers", s.handle(s.handleViewers)).Methods(http.MethodGet)
+	v1.Handle("/recordings", s.handle(s.handleRecordings)).Methods(http.MethodGet)
+	v1.Handle("/recordings/{dir}/{name}", s.handle(s.handleRecording)).Methods(http.MethodGet, http.MethodHead)
 	v1.NotFoundHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
-		return httperr.Errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop", r.URL.Path)
+		return httperr.Errorf(http.StatusNotFound, "no such API call %s; the API is /v1/reserve/<service>, /v1/release/<token>, /v1/status, /v1/status_view, /v1/stop, /v1/share/<token>, /v1/viewers, /v1/recordings", r.URL.Path)
 	})
 	v1.MethodNotAllowedHandler = s.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return httperr.Errorf(http.StatusMethodNotAllowed, "method %s not allowed on %s; the REST API uses GET", r.Method, r.URL.Path)

@@ -191,7 +191,8 @@ type Server struct {
 	reserveLimit *rateLimiter
 	launchLimit  *rateLimiter
 	authLimit    *rateLimiter
-	addr         *addrLimits // per-address limits shared with the control plane (limit.go)
+	addr         *addrLimits   // per-address limits shared with the control plane (limit.go)
+	shares       shareRegistry // share links of running sessions (share.go)
 
 	baseCtx    context.Context
 	baseCancel context.CancelFunc

@@ -89,6 +89,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case tok != "":
 		splice = s.serveToken(w, r, tok, log)
+	case r.URL.Query().Get("share") != "":
+		splice = s.serveShare(w, r, r.URL.Query().Get("share"), log)
 	case s.cfg.ClientAddr != "":
 		splice = s.serveBasic(w, r, log)
 	default:
@@ -258,6 +260,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		s.metrics.launches.WithLabelValues(svc.Name, "ok").Inc()
 		s.metrics.launchSecs.WithLabelValues(svc.Name).Observe(time.Since(launchStart).Seconds())
 	}
+	c = s.startRecording(ss, svc, c, log)
 	t := s.newTunnel(ws, c, log)
 	if t == nil {
 		ss.Detach(nil, 0)

@@ -66,6 +66,9 @@ func (s *Server) registry() map[string]method {
 		"reservations.release": typed(s.reservationsRelease),
 		"sessions.list":        typed(s.sessionsList),
 		"sessions.stop":        typed(s.sessionsStop),
+		"shares.create":        typed(s.sharesCreate),
+		"shares.list":          typed(s.sharesList),
+		"shares.revoke":        typed(s.sharesRevoke),
 	}
 	return m
 }

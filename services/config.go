@@ -13,7 +13,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Service is one kind of launchable program with a number of slots.
@@ -353,4 +355,51 @@ func parseSlurmEntry(file, dir, name string, rs *rawService) (*Service, error) {
 		return nil, &ConfigError{File: file, Service: name, Key: "slurm." + key, Msg: err.Error()}
 	}
 	return &Service{Name: name, Count: int(cnt), Options: rs.Options, ClientOptions: copts, Kind: KindSlurm, Slurm: o}, nil
+}
+
+// Recording defaults (service options record_max_mb and record_keep_days).
+const (
+	DefaultRecordMaxMB    = 256
+	DefaultRecordKeepDays = 30
+)
+
+// RecordPolicy is what a service says about recording its sessions.
+type RecordPolicy struct {
+	// On: record this session (the service's "record" option, or, when
+	// the operator left it unset and client_options allow it, the
+	// reservation's record=true).
+	On bool
+	// MaxBytes bounds each recording (record_max_mb); it is cut there.
+	MaxBytes int64
+	// Keep is how long recordings are kept (record_keep_days).
+	Keep time.Duration
+}
+
+// Record reads the service's recording options for a reservation with
+// the client options opts.
+func (s *Service) Record(opts map[string]string) RecordPolicy {
+	p := RecordPolicy{MaxBytes: DefaultRecordMaxMB << 20, Keep: DefaultRecordKeepDays * 24 * time.Hour}
+	if raw, ok := s.Options["record"]; ok {
+		v := strings.Trim(strings.TrimSpace(string(raw)), `"`)
+		p.On = v == "true"
+	} else if _, allowed := s.ClientOptions["record"]; allowed {
+		p.On = opts["record"] == "true"
+	}
+	if f, ok := s.numberOption("record_max_mb"); ok && f > 0 {
+		p.MaxBytes = int64(f * (1 << 20))
+	}
+	if f, ok := s.numberOption("record_keep_days"); ok && f > 0 {
+		p.Keep = time.Duration(f * float64(24*time.Hour))
+	}
+	return p
+}
+
+// numberOption reads a numeric option (a number or a numeric string).
+func (s *Service) numberOption(key string) (float64, bool) {
+	raw, ok := s.Options[key]
+	if !ok {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(string(raw)), `"`), 64)
+	return f, err == nil
 }

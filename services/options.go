@@ -30,6 +30,7 @@ const MaxClientOptionKey = 64
 var gatewayOptions = map[string]bool{
 	"group": true, "file_ext": true, "reconnect_grace": true, "idle_timeout": true,
 	"max_duration": true, "wait": true, "security_token": true,
+	"record_max_mb": true, "record_keep_days": true,
 }
 
 // ClientOption is one option a client may set on a reservation: a type

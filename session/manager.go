@@ -324,6 +324,10 @@ func (m *Manager) Get(tok string) (reservation.Reservation, error) {
 	return ss.recordLocked(), nil
 }
 
+// Lookup returns this gateway's session of tok (a session another
+// replica runs is not found).
+func (m *Manager) Lookup(tok string) (*Session, error) { return m.lookup(tok) }
+
 // lookup returns the session of tok.
 func (m *Manager) lookup(tok string) (*Session, error) {
 	m.mu.Lock()

@@ -11,6 +11,9 @@ const reasonEl = $('#reason');
 const reconnectBtn = $('#reconnect');
 const params = new URLSearchParams(location.hash.slice(1));
 let token = params.get('token') || '';
+// A share link (#share=…) opens someone else's desktop: view-only or with
+// control, as the gateway enforces.
+const share = params.get('share') || '';
 const service = params.get('service') || '';
 const viewer = { state: 'reserving', rfb: null, closeCode: 0, closeReason: '' };
 window.wsgwViewer = viewer;
@@ -43,6 +46,15 @@ async function reserve() {
 // HTTP answer of a refused upgrade, so the page asks the same question
 // over plain HTTP, with the token in a header rather than a URL.
 async function explain() {
+  if (share) {
+    try {
+      await api('/v1/viewers', { headers: { 'X-Wsgw-Share': share } });
+      return '';
+    } catch (e) {
+      if (e.status === 403) return 'This share link was revoked or has expired, or its desktop has ended.';
+      return plainReason(e.status, e.message);
+    }
+  }
   try {
     await api('/v1/check_token', { headers: { 'X-Wsgw-Token': token } });
     return '';
@@ -142,7 +154,8 @@ async function connect() {
   setState('starting', 'Connecting to the gateway…');
   const stopWatch = await watchCluster();
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(`${scheme}//${location.host}/websockify?token=${encodeURIComponent(token)}`);
+  const q = share ? 'share=' + encodeURIComponent(share) : 'token=' + encodeURIComponent(token);
+  const ws = new WebSocket(`${scheme}//${location.host}/websockify?${q}`);
   ws.binaryType = 'arraybuffer';
   let opened = false;
   ws.addEventListener('open', () => {
@@ -160,6 +173,8 @@ async function connect() {
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.focusOnClick = true;
+  // The gateway drops a view share's input; the browser need not send it.
+  if (share && viewer.shareMode === 'view') rfb.viewOnly = true;
   rfb.addEventListener('connect', () => {
     stopWatch();
     setState('connected', 'Connected');
@@ -208,7 +223,28 @@ $('#clipboard').addEventListener('input', () => {
   if (viewer.rfb) viewer.rfb.clipboardPasteFrom($('#clipboard').value);
 });
 
+// presence polls who watches this desktop and shows it in the header.
+async function presence() {
+  const hdr = share ? { 'X-Wsgw-Share': share } : { 'X-Wsgw-Token': token };
+  try {
+    const r = await api('/v1/viewers', { headers: hdr });
+    viewer.viewers = r.viewers;
+    const el = $('#presence');
+    el.textContent = r.viewers.length > 1 ? `${r.viewers.length} watching` : '';
+    el.title = r.viewers.map((v) => `${v.name} (${v.mode})`).join('\n');
+    el.dataset.names = r.viewers.map((v) => v.name).join(',');
+  } catch (e) { /* presence is a courtesy: errors leave it as it was */ }
+}
+
 async function main() {
+  if (share) {
+    viewer.shareMode = params.get('mode') || 'view';
+    $('#title').textContent = 'Shared desktop';
+    connect();
+    presence();
+    setInterval(presence, 3000);
+    return;
+  }
   if (!token && !service) {
     setState('error', 'Nothing to open', 'this page needs #token=<token> or #service=<name> in its address');
     return;
@@ -217,6 +253,8 @@ async function main() {
     try { await reserve(); } catch (e) { setState('error', 'Could not reserve', e.message); return; }
   }
   connect();
+  presence();
+  setInterval(presence, 3000);
 }
 
 main();
