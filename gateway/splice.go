@@ -364,14 +364,15 @@ func (t *tunnel) writeControl() (closed bool, err error) {
 		t.mu.Unlock()
 		return true, nil
 	}
-	if t.pongDue {
+	// Once a close is due, it is all that goes: a pong or ping asked for
+	// meanwhile would only delay it.
+	if t.pongDue && !t.closeDue {
 		b = wsframe.AppendControl(b, wsframe.OpPong, t.pong[:t.pongN])
-		t.pongDue = false
 	}
-	if t.pingDue {
+	if t.pingDue && !t.closeDue {
 		b = wsframe.AppendControl(b, wsframe.OpPing, nil)
-		t.pingDue = false
 	}
+	t.pongDue, t.pingDue = false, false
 	if t.closeDue {
 		b = wsframe.AppendClose(b, t.closeCode, t.closeReason)
 		t.closeSent = true
