@@ -75,9 +75,10 @@ func TestBrowserShares(t *testing.T) {
 		return err == nil && string(b) == "control-typed\n"
 	})
 
-	// Presence: the owner's viewer shows who watches.
+	// Presence: the owner's viewer shows who watches, and how.
 	v.waitJS("the owner's viewer to show the watchers", 30*time.Second,
-		`document.body.textContent.includes('watching')`, `document.body.textContent.slice(0, 400)`)
+		`(t => t.includes('watching') && t.includes('(view)') && t.includes('(control)'))(document.getElementById('presence').textContent)`,
+		`document.getElementById('presence').textContent`)
 
 	// Revoking the view share closes its viewer at once, with the reason.
 	req, _ := http.NewRequest(http.MethodDelete, g.httpURL("/v1/share/"+tok+"/"+viewShare), nil)

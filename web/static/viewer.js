@@ -230,7 +230,8 @@ async function presence() {
     const r = await api('/v1/viewers', { headers: hdr });
     viewer.viewers = r.viewers;
     const el = $('#presence');
-    el.textContent = r.viewers.length > 1 ? `${r.viewers.length} watching` : '';
+    const who = r.viewers.map((v) => `${v.name || 'anonymous'} (${v.mode})`).join(', ');
+    el.textContent = r.viewers.length > 1 ? `${r.viewers.length} watching: ${who}` : '';
     el.title = r.viewers.map((v) => `${v.name} (${v.mode})`).join('\n');
     el.dataset.names = r.viewers.map((v) => v.name).join(',');
   } catch (e) { /* presence is a courtesy: errors leave it as it was */ }
