@@ -74,7 +74,7 @@ vet:
 
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout 30m ./...
-	$(MAKE) fuzz FUZZTIME=5s
+	$(MAKE) fuzz FUZZTIME=3s
 
 # Each fuzz target for a short time (seeds in each package's testdata/fuzz).
 FUZZTIME ?= 10s

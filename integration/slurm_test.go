@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -308,16 +309,27 @@ func slurmFullPartition(t *testing.T, cl *slurmCluster) {
 		toks = append(toks, tok)
 		wss = append(wss, ws)
 	}
+	// The two jobs wait behind the blocker, in the order they were
+	// submitted (the websockets' sbatch calls may run in either order):
+	// the older job is first.
+	var cs []map[string]any
 	for i, tok := range toks {
 		c := waitCluster(t, g, tok, "a pending job with a position", func(c map[string]any) bool {
 			return c["job_state"] == "PENDING" && c["position"] != nil && c["reason"] != ""
 		})
-		if pos := int(c["position"].(float64)); pos != i+1 {
-			t.Fatalf("session %d: position %d, want %d (%v)", i, pos, i+1, c)
-		}
 		if r := c["reason"].(string); r != "Resources" && r != "Priority" {
 			t.Fatalf("session %d: reason %q, want Resources or Priority", i, r)
 		}
+		cs = append(cs, c)
+	}
+	first, second := cs[0], cs[1]
+	id0, _ := strconv.Atoi(jobIDOf(cs[0]))
+	id1, _ := strconv.Atoi(jobIDOf(cs[1]))
+	if id1 < id0 {
+		first, second = cs[1], cs[0]
+	}
+	if int(first["position"].(float64)) != 1 || int(second["position"].(float64)) != 2 {
+		t.Fatalf("positions %v and %v, want 1 for the older job and 2 for the newer", first, second)
 	}
 	ev := rpc.waitEvent("a session.state event with the job's reason and position", 30*time.Second, func(e rpcEvent) bool {
 		return e.Data["token_prefix"] == toks[0][:8] && e.Data["job_state"] == "PENDING" && e.Data["position"] != nil
