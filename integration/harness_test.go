@@ -55,6 +55,17 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// Everything the tests start (gateways, the desktops' shells,
+	// Chromium, curl, nginx) gets a home of its own: the machine user's
+	// dotfiles are not part of the test (a ~/.bashrc that runs a tool
+	// taking a lock, killed with a desktop, would leave the next
+	// desktop's shell waiting on it).
+	home := filepath.Join(dir, "home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("HOME", home)
 	// After the tests: none left a process behind (the gateway, its
 	// supervisors, scripts and their children, Xvnc, Chromium, ...), nor
 	// anything running this run's binaries wherever its parent is.
