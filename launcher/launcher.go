@@ -584,9 +584,20 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*appSess
 	l.note(zerolog.InfoLevel, "session starting", "id", id, "application", appName, "host", host, "port", port,
 		"pid", proc.pgid, "log", s.logPath)
 	if err := ss.Started(proc); err != nil {
-		// Released during the start (the launcher is closing): the
-		// Manager stops the process.
+		// Ended during the start: the process exited at once (watch
+		// stopped the session), or the launcher is closing (the Manager
+		// stops the process).
 		l.waitForgotten(s)
+		select {
+		case <-proc.exited:
+			if l.baseCtx.Err() == nil {
+				status := proc.status()
+				l.note(zerolog.WarnLevel, "session exited before it was ready", "id", id, "application", appName,
+					"status", status, "log", s.logPath)
+				return nil, httperr.Errorf(http.StatusServiceUnavailable, "Session did not start: the process ended (%s) before it was ready. Check session logs.", status)
+			}
+		default:
+		}
 		return nil, errShuttingDown
 	}
 
