@@ -156,14 +156,24 @@ func checkOptions(svc *services.Service, opts map[string]string) error {
 	return nil
 }
 
-func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
+// callerAndToken is the caller (requireAuth) and the reservation token of
+// a route /v1/…/{token}.
+func (s *Server) callerAndToken(r *http.Request) (auth.Caller, string, error) {
 	c, err := s.requireAuth(r)
 	if err != nil {
-		return err
+		return c, "", err
 	}
 	tok, err := unescapeVar(mux.Vars(r)["token"])
 	if err != nil {
-		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
+		return c, "", httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
+	}
+	return c, tok, nil
+}
+
+func (s *Server) handleRelease(w http.ResponseWriter, r *http.Request) error {
+	c, tok, err := s.callerAndToken(r)
+	if err != nil {
+		return err
 	}
 	res, err := s.releaseAs(r.Context(), c, tok)
 	if err != nil {

@@ -293,13 +293,9 @@ type shareRequest struct {
 const maxShareBody = 4 << 10
 
 func (s *Server) handleShareCreate(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.requireAuth(r)
+	c, tok, err := s.callerAndToken(r)
 	if err != nil {
 		return err
-	}
-	tok, err := unescapeVar(mux.Vars(r)["token"])
-	if err != nil {
-		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
 	var req shareRequest
 	q := r.URL.Query()
@@ -335,13 +331,9 @@ func (s *Server) handleShareCreate(w http.ResponseWriter, r *http.Request) error
 }
 
 func (s *Server) handleShareList(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.requireAuth(r)
+	c, tok, err := s.callerAndToken(r)
 	if err != nil {
 		return err
-	}
-	tok, err := unescapeVar(mux.Vars(r)["token"])
-	if err != nil {
-		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
 	list, err := s.Shares(c, tok)
 	if err != nil {
@@ -352,13 +344,9 @@ func (s *Server) handleShareList(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleShareRevoke(w http.ResponseWriter, r *http.Request) error {
-	c, err := s.requireAuth(r)
+	c, tok, err := s.callerAndToken(r)
 	if err != nil {
 		return err
-	}
-	tok, err := unescapeVar(mux.Vars(r)["token"])
-	if err != nil {
-		return httperr.Errorf(http.StatusBadRequest, "bad token in the path: %v", err)
 	}
 	st, err := unescapeVar(mux.Vars(r)["share"])
 	if err != nil {

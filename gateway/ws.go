@@ -148,17 +148,18 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 // the token's session, starts (or reattaches to) its service, and returns
 // the splice to run (nil when it is done already).
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
+	client := s.clientOf(r) // the key of every limit below, worked out once
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
-		s.authLimit.allow(s.clientOf(r))
+		s.authLimit.allow(client)
 		s.refuse(w, r, httperr.Errorf(http.StatusForbidden, "unknown token"))
 		return nil
 	}
-	if s.authLimit.exhausted(s.clientOf(r)) {
+	if s.authLimit.exhausted(client) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
 		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many unknown tokens from your address; wait a minute"))
 		return nil
 	}
-	if !s.launchLimit.allow(s.clientOf(r)) {
+	if !s.launchLimit.allow(client) {
 		s.metrics.limited.WithLabelValues("rate_launch").Inc()
 		s.refuse(w, r, httperr.Errorf(http.StatusTooManyRequests, "too many connections from your address; slow down"))
 		return nil
@@ -178,7 +179,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	}
 	if err != nil {
 		if errors.Is(err, reservation.ErrUnknownToken) {
-			s.authLimit.allow(s.clientOf(r))
+			s.authLimit.allow(client)
 		}
 		if errors.Is(err, session.ErrUserTunnels) {
 			s.metrics.limited.WithLabelValues("user_tunnels").Inc()
