@@ -105,28 +105,42 @@ func TestAttackPageOnAnotherPort(t *testing.T) {
 	}
 }
 
-// nginxConf is a reverse proxy in front of the gateway as Debian's
+// startNginx runs a reverse proxy in front of the gateway as Debian's
 // defaults write it: Host rewritten to the upstream's address, no
 // forwarding headers unless extra says so. Workers run as nobody.
 func startNginx(t *testing.T, upstream, extra string) string {
 	t.Helper()
 	needComponent(t, "/usr/sbin/nginx", "nginx-light")
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	runNginx(t, t.TempDir(), addr, fmt.Sprintf(`server {
+		listen %s;
+		location / {
+			proxy_pass http://%s;
+			%s
+		}
+	}`, addr, upstream, extra))
+	return addr
+}
+
+// runNginx runs nginx in dir (made writable by its workers) with http
+// holding the inside of its http block, until the test ends, and waits
+// until it listens on addr.
+func runNginx(t *testing.T, dir, addr, http string) {
+	t.Helper()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	conf := fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes 1;
 pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
-events { worker_connections 64; }
+events { worker_connections 256; }
 http {
 	access_log off;
 	client_body_temp_path %[1]s/body;
@@ -134,15 +148,9 @@ http {
 	fastcgi_temp_path %[1]s/fastcgi;
 	uwsgi_temp_path %[1]s/uwsgi;
 	scgi_temp_path %[1]s/scgi;
-	server {
-		listen %[2]s;
-		location / {
-			proxy_pass http://%[3]s;
-			%[4]s
-		}
-	}
+	%[2]s
 }
-`, dir, addr, upstream, extra)
+`, dir, http)
 	if os.Getuid() == 0 {
 		conf = "user nobody nogroup;\n" + conf
 	}
@@ -171,13 +179,17 @@ http {
 		}
 	})
 	waitFor(t, "nginx to listen", 20*time.Second, func() bool {
+		select {
+		case <-done:
+			t.Fatalf("nginx exited: %s", out.String())
+		default:
+		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
 	})
-	return addr
 }
 
 // TestAttackThroughAReverseProxy: behind nginx with its defaults (Host
