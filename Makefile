@@ -74,8 +74,10 @@ vet:
 
 # Every test with the race detector; each fuzz target's seed corpus runs
 # as a test here. Active fuzzing is make fuzz (minutes: not in make test).
+# GORACE: a race-built process otherwise sleeps 1 s on exit (every test
+# binary, and every gateway, supervisor and service the tests start).
 test: deps fmt-check vet
-	$(GO) test -race -count=1 -timeout 30m ./...
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -count=1 -timeout 30m ./...
 
 # Each fuzz target for a short time (seeds in each package's testdata/fuzz).
 FUZZTIME ?= 10s

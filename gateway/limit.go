@@ -201,13 +201,15 @@ func (a *addrLimits) put(m map[string]int, key string) {
 // failure. caller says who r is (nil: anonymous). The REST API and the
 // JSON-RPC upgrade both go through it.
 func (s *Server) Authenticate(r *http.Request) (auth.Caller, error) {
-	c, err := s.policy.Caller(r)
 	required := s.authRequired()
-	if required && s.authLimit.exhausted(c.Client) {
+	// The limit is checked before the credentials are: a client over it
+	// costs no password hash check (bcrypt), however many it sends.
+	if client := s.policy.Client(r); required && s.authLimit.exhausted(client) {
 		s.metrics.limited.WithLabelValues("auth_failures").Inc()
-		return c, &httperr.Error{Status: http.StatusTooManyRequests, Err: ErrAuthFailures,
+		return auth.Caller{Client: client}, &httperr.Error{Status: http.StatusTooManyRequests, Err: ErrAuthFailures,
 			Msg: "too many failed authentications from your address; wait a minute"}
 	}
+	c, err := s.policy.Caller(r)
 	if err != nil {
 		s.authLimit.allow(c.Client)
 		return c, httperr.Errorf(http.StatusUnauthorized, "wrong user name, password, API key, security token or session; log in again")

@@ -2,11 +2,18 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"wsgateway/auth"
 	"wsgateway/internal/httperr"
@@ -192,5 +199,50 @@ func TestReserveFromLimits(t *testing.T) {
 	}
 	if !errors.Is(last, ErrRateLimited) {
 		t.Fatalf("third reservation with a rate of 1 (burst 2): %v", last)
+	}
+}
+
+// TestAuthenticateOverTheLimitChecksNoPassword: a client over the
+// failed-authentication limit is refused before its password is checked,
+// so it cannot make the gateway spend a bcrypt check per request. The
+// user's hash has the highest cost bcrypt allows (2^31 rounds: minutes
+// of CPU), so a check that ran would not return within the deadline.
+func TestAuthenticateOverTheLimitChecksNoPassword(t *testing.T) {
+	cheap, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dear := strings.Replace(string(cheap), fmt.Sprintf("$%02d$", bcrypt.MinCost), "$31$", 1)
+	file := filepath.Join(t.TempDir(), "users.json")
+	body, _ := json.Marshal(map[string]any{"users": map[string]any{"alice": map[string]any{"password_bcrypt": dear}}})
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users, err := auth.LoadUsers(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestServer(t, Config{Users: users, AuthFailLimit: 1})
+	wrongKey := httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
+	wrongKey.RemoteAddr = "10.0.0.9:1"
+	wrongKey.Header.Set("Authorization", "Bearer not-a-key-of-anyone")
+	if _, err := s.Authenticate(wrongKey); httperr.Status(err) != http.StatusUnauthorized {
+		t.Fatalf("a wrong API key: %v, want 401", err)
+	}
+	password := httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
+	password.RemoteAddr = "10.0.0.9:2"
+	password.SetBasicAuth("alice", "pw")
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Authenticate(password)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if httperr.Status(err) != http.StatusTooManyRequests || !errors.Is(err, ErrAuthFailures) {
+			t.Fatalf("a password over the limit: %v, want 429", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a client over the limit had its password checked (bcrypt ran)")
 	}
 }

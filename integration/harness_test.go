@@ -66,6 +66,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Setenv("HOME", home)
+	// A binary built with -race sleeps a second when it exits (so that
+	// late race reports get out); every gateway, supervisor and test
+	// service these tests stop would pay it. Races are still reported
+	// (the gateway's log is checked for them) and fail the test.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	// After the tests: none left a process behind (the gateway, its
 	// supervisors, scripts and their children, Xvnc, Chromium, ...), nor
 	// anything running this run's binaries wherever its parent is.
