@@ -60,6 +60,18 @@ func TestMain(m *testing.M) {
 	// dotfiles are not part of the test (a ~/.bashrc that runs a tool
 	// taking a lock, killed with a desktop, would leave the next
 	// desktop's shell waiting on it).
+	// The go command keeps its build and module caches under $HOME by
+	// default: pinned here, the builds the tests run later (the wslink
+	// server, make install) use the warm caches instead of downloading
+	// and compiling every module again.
+	if out, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH").Output(); err == nil {
+		vals := strings.Split(strings.TrimSpace(string(out)), "\n")
+		for i, k := range []string{"GOCACHE", "GOMODCACHE", "GOPATH"} {
+			if i < len(vals) && vals[i] != "" && os.Getenv(k) == "" {
+				os.Setenv(k, vals[i])
+			}
+		}
+	}
 	home := filepath.Join(dir, "home")
 	if err := os.Mkdir(home, 0o700); err != nil {
 		fmt.Fprintln(os.Stderr, err)
