@@ -25,6 +25,7 @@ import (
 func echo(c net.Conn) { io.Copy(c, c); c.Close() }
 
 func TestSeedBasicCommandLineVerbatim(t *testing.T) {
+	t.Parallel()
 	// The seed: websocketserver.py --http_directory DIR --http_port 9000
 	//   --client_hostname localhost --client_port 5900 --verbose 1 9090
 	target, _ := tcpServer(t, echo)
@@ -104,6 +105,7 @@ func basicGateway(t *testing.T, handle func(net.Conn), extra ...string) (*gatewa
 }
 
 func TestBasicSubprotocols(t *testing.T) {
+	t.Parallel()
 	g, _ := basicGateway(t, echo)
 	for _, c := range []struct {
 		offer []string
@@ -129,6 +131,7 @@ func TestBasicSubprotocols(t *testing.T) {
 }
 
 func TestBasicAnyPathAndByteExact(t *testing.T) {
+	t.Parallel()
 	g, _ := basicGateway(t, echo)
 	for _, p := range []string{"/", "/websockify", "/some/deep/path?x=1"} {
 		ws, code, body := dialWS(t, g.wsURL(p), nil)
@@ -141,6 +144,7 @@ func TestBasicAnyPathAndByteExact(t *testing.T) {
 }
 
 func TestBasicClientCloseClosesTarget(t *testing.T) {
+	t.Parallel()
 	g, conns := basicGateway(t, func(c net.Conn) {})
 	ws, _, _ := dialWS(t, g.wsURL("/"), nil)
 	var c net.Conn
@@ -163,6 +167,7 @@ func TestBasicClientCloseClosesTarget(t *testing.T) {
 }
 
 func TestBasicTargetCloseDeliversQueuedBytesThen1000(t *testing.T) {
+	t.Parallel()
 	payload := make([]byte, 1<<20)
 	rand.Read(payload)
 	g, _ := basicGateway(t, func(c net.Conn) {
@@ -183,6 +188,7 @@ func TestBasicTargetCloseDeliversQueuedBytesThen1000(t *testing.T) {
 }
 
 func TestBasicTargetDownIs502(t *testing.T) {
+	t.Parallel()
 	port := freePort(t) // nothing listens there
 	g := startGateway(t, "--client_hostname", "127.0.0.1", "--client_port", port)
 	ws, code, body := dialWS(t, g.wsURL("/"), nil)
@@ -195,6 +201,7 @@ func TestBasicTargetDownIs502(t *testing.T) {
 }
 
 func TestHTTPPortTakesWebsockets(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g, _ := basicGateway(t, echo, "--http_directory", dir)
 	ws, code, body := dialWS(t, "ws://"+g.httpAddr+"/websockify", nil)
@@ -206,6 +213,7 @@ func TestHTTPPortTakesWebsockets(t *testing.T) {
 }
 
 func TestStaticFiles(t *testing.T) {
+	t.Parallel()
 	root := t.TempDir()
 	dir := filepath.Join(root, "www")
 	os.MkdirAll(filepath.Join(dir, "sub", "empty"), 0o755)
@@ -305,6 +313,7 @@ func writeCert(t *testing.T, dir string) (string, string) {
 }
 
 func TestTLSOnBothPorts(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cert, key := writeCert(t, dir)
 	www := filepath.Join(dir, "www")

@@ -12,6 +12,7 @@ import (
 // Chromium against real job processes: submit from the declared params,
 // progress and output, the queue (reorder, remove), stop, the history.
 func TestBrowserJobsView(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	b := newBrowser(t)

@@ -234,6 +234,7 @@ func noVNCPath(token string) string {
 // served with --http_directory) with the token in its path setting and the
 // websocket on the gateway's websocket port.
 func TestBrowserNovncLite(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--http_directory", debianNoVNC)
 	b := newBrowser(t)
 	// The reservation asks for a size other than the service's default.
@@ -262,6 +263,7 @@ func TestBrowserNovncLite(t *testing.T) {
 // settings in the fragment (autoconnect, host, port, path) and the
 // websocket on the gateway's HTTP port.
 func TestBrowserNovncFull(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--http_directory", debianNoVNC)
 	b := newBrowser(t)
 	r := g.reserve(t, browserDesktop, "")
@@ -334,6 +336,7 @@ func cellText(sel string) string {
 // closing the viewer's tab stops Xvnc and frees the slot, which the
 // dashboard shows too.
 func TestBrowserDashboardLaunch(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t))
 	b := newBrowser(t)
 	dash := b.newTab()
@@ -402,6 +405,7 @@ func TestBrowserDashboardLaunch(t *testing.T) {
 // with a requested geometry; the dashboard's Stop ends the session and the
 // viewer says it was disconnected, with the gateway's reason.
 func TestBrowserViewerReservesAndStop(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t))
 	b := newBrowser(t)
 	v := b.newTab()
@@ -440,6 +444,7 @@ func TestBrowserViewerReservesAndStop(t *testing.T) {
 // TestBrowserViewerRefusedToken: a token the gateway refuses shows why on
 // the page: an unknown token, and a reservation that expired unused.
 func TestBrowserViewerRefusedToken(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t), "--timeout", "1")
 	b := newBrowser(t)
 
@@ -474,6 +479,7 @@ func TestBrowserViewerRefusedToken(t *testing.T) {
 // TestBrowserViewerDebianNoVNC: the viewer also works with Debian's noVNC
 // (1.3.0), the gateway's fallback when npm's is not installed.
 func TestBrowserViewerDebianNoVNC(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat(filepath.Join(debianNoVNC, "core", "rfb.js")); err != nil {
 		needComponent(t, "/usr/share/novnc/core/rfb.js", "novnc")
 	}

@@ -27,6 +27,7 @@ func runBin(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestHelpReadsLikeTheSeed(t *testing.T) {
+	t.Parallel()
 	code, out, _ := runBin(t, "-h")
 	if code != 0 {
 		t.Fatalf("-h exited %d", code)
@@ -45,6 +46,7 @@ func TestHelpReadsLikeTheSeed(t *testing.T) {
 }
 
 func TestBadCommandLines(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	notExec := filepath.Join(dir, "notexec.sh")
 	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)

@@ -95,6 +95,7 @@ func cpReason(e *rpcError) any {
 // the batch runs; the rest are refused with -32005 rate_limited. Another
 // address keeps its own budget.
 func TestControlPlaneSubmitRateLimited(t *testing.T) {
+	t.Parallel()
 	g, _ := cpGateway(t, "--rate_limit", "2")
 	c := cpClient(t, g, "127.0.0.2")
 	calls := make([]map[string]any, 30)
@@ -133,6 +134,7 @@ func TestControlPlaneSubmitRateLimited(t *testing.T) {
 // the newest three go, record, log and directory; with an age
 // (--keep_jobs_days), a job goes once it has been finished that long.
 func TestControlPlaneJobRetention(t *testing.T) {
+	t.Parallel()
 	t.Run("count", func(t *testing.T) {
 		g, db := cpGateway(t, "--keep_jobs", "3")
 		c := cpClient(t, g, "127.0.0.1")
@@ -201,6 +203,7 @@ func TestControlPlaneJobRetention(t *testing.T) {
 // answer would pass 4 MiB stops there, each call told; a single answer
 // over 4 MiB is an error, and the same read in pieces works.
 func TestControlPlaneAnswerAndBatchCaps(t *testing.T) {
+	t.Parallel()
 	g, _ := cpGateway(t)
 	c := cpClient(t, g, "127.0.0.1")
 	var calls []map[string]any
@@ -275,6 +278,7 @@ func procMem(t *testing.T, pid int) (rss, peak int64) {
 // bounded. The review's own attack (16 batches of 100 jobs.list(1000),
 // never read) costs nothing: each is refused before it runs.
 func TestControlPlaneSlowReaders(t *testing.T) {
+	t.Parallel()
 	g, _ := cpGateway(t)
 	c := cpClient(t, g, "127.0.0.1")
 	big := cpRun(t, c, "big")
@@ -371,6 +375,7 @@ func TestControlPlaneSlowReaders(t *testing.T) {
 // upgrade with a JSON reason; the gateway's own websockets share the
 // --max_tunnels count; a closed socket gives its place back.
 func TestControlPlaneConnectionCaps(t *testing.T) {
+	t.Parallel()
 	g, _ := cpGateway(t, "--max_rpc_per_address", "5", "--max_tunnels", "8")
 	var held []*websocket.Conn
 	for i := 0; i < 5; i++ {
@@ -416,6 +421,7 @@ func TestControlPlaneConnectionCaps(t *testing.T) {
 // on waiting reservations refuse the rest (-32005), only 32 wait, and a
 // legitimate ?wait=30 from another address queues and gets the slot.
 func TestControlPlaneReserveLimits(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil, proxyArgs()...)
 	hold := g.reserve(t, "Echo Service", "")
 	const conns, each = 6, 8 // 8: the requests one connection runs at once
@@ -511,6 +517,7 @@ func TestControlPlaneReserveLimits(t *testing.T) {
 // from one address: after --auth_fail_limit of them every attempt gets
 // 429, the right password too, while another address still connects.
 func TestControlPlaneAuthFailures(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users.json")
 	writeUsers(t, users, map[string]any{"alice": map[string]any{"password_bcrypt": hashPW(t, "right-password-1")}})

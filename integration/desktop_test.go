@@ -13,6 +13,7 @@ import (
 // TestDesktopBuiltinReachesXvnc launches the built-in desktop service (a
 // real TigerVNC Xvnc) and reads its RFB greeting through the websocket.
 func TestDesktopBuiltinReachesXvnc(t *testing.T) {
+	t.Parallel()
 	needComponent(t, "Xvnc", "tigervnc-standalone-server")
 	g := startGateway(t, "--local_session", "desktop", "1")
 	r := g.reserve(t, "desktop", "geometry=1024x768")

@@ -70,6 +70,7 @@ func ftSessionGone(t *testing.T, g *gateway, tok string) bool {
 // cleanly has everything it sent delivered, then 1000 "Target closed"; a
 // target that resets gives 1011 with a reason; other tunnels go on.
 func TestFaultBasicTargetDiesMidStream(t *testing.T) {
+	t.Parallel()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	g, _ := basicGateway(t, func(c net.Conn) {
 		defer c.Close()
@@ -138,6 +139,7 @@ func TestFaultBasicTargetDiesMidStream(t *testing.T) {
 // service sent before are delivered, the group is gone, the slot is free,
 // the session log records the end, and another session goes on.
 func TestFaultServiceDiesMidStream(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 3, nil)
 	other := ftOther(t, g, "Echo Service")
 
@@ -202,6 +204,7 @@ func TestFaultServiceDiesMidStream(t *testing.T) {
 // RST, or silence with --heartbeat) has its service stopped and its slot
 // freed, and the log says the client went away.
 func TestFaultClientVanishes(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 4, nil)
 	other := ftOther(t, g, "Echo Service")
 
@@ -256,6 +259,7 @@ func TestFaultClientVanishes(t *testing.T) {
 // reading while its target floods it must not stall the gateway: the
 // heartbeat still drops it, and reservations elsewhere still expire.
 func TestFaultClientStopsReading(t *testing.T) {
+	t.Parallel()
 	chunk := bytes.Repeat([]byte("flood"), 13107)
 	target, _ := tcpServer(t, func(c net.Conn) {
 		defer c.Close()
@@ -301,6 +305,7 @@ func TestFaultClientStopsReading(t *testing.T) {
 // line ends with 1011 and a reason after --start_timeout, its process
 // group is killed, its slot is free, and others are served meanwhile.
 func TestFaultScriptHangsBeforeReady(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeScript(t, dir, "hang.sh", fmt.Sprintf(`case "$1" in
 start)
@@ -377,6 +382,7 @@ func ftVmHWM(t *testing.T, pid int) int64 {
 // stays responsive with bounded memory, the session works, and the log
 // has it all.
 func TestFaultScriptFloodsOutput(t *testing.T) {
+	t.Parallel()
 	const (
 		pre    = 64 << 20  // stdout before the ready line, one long line
 		errOut = 256 << 20 // stderr
@@ -477,6 +483,7 @@ func logSize(g *gateway, service string) int64 {
 // each launch with a JSON error and returns the port; a --log_file that
 // cannot be written does not stop the gateway serving.
 func TestFaultLogDirectoryNotWritable(t *testing.T) {
+	t.Parallel()
 	t.Run("session_dir at start", func(t *testing.T) {
 		dir := t.TempDir()
 		file := filepath.Join(dir, "a-file")
@@ -618,6 +625,7 @@ func TestFaultLogDirectoryNotWritable(t *testing.T) {
 // memory; TestReservationsSurviveSIGKILL covers --state_db), and the new
 // run serves.
 func TestFaultGatewayKilledAndRestarted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := hbEchoConfig(t)
 	sessions := filepath.Join(dir, "sessions")

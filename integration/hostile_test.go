@@ -238,6 +238,7 @@ func hbSnapshot(t *testing.T, root string) map[string]string {
 // --http_directory, the gateway's pages, noVNC, the launcher's content
 // and its /upload, on the exact bytes of the request line.
 func TestHostilePathTraversal(t *testing.T) {
+	t.Parallel()
 	root := hbTree(t)
 	e := lchStart(t, false, 1, map[string]any{"configuration": map[string]any{"port": hbPort(t),
 		"content": filepath.Join(root, "content"), "upload_dir": filepath.Join(root, "uploads"), "upload_max_size": 100000}},
@@ -549,6 +550,7 @@ func hbBackendGot(t *testing.T, got <-chan []byte) []byte {
 // over --max_message_bytes close with 1009 without being buffered, and
 // nothing of a refused frame reaches the target.
 func TestHostileFrames(t *testing.T) {
+	t.Parallel()
 	target, got := hbRecorder(t)
 	host, port, _ := net.SplitHostPort(target)
 	g := startGateway(t, "--client_hostname", host, "--client_port", port, "--max_message_bytes", "4096")
@@ -690,6 +692,7 @@ func hbFragments(n, size int) [][]byte {
 // second is dropped by the 10 s header timeout on every listener, and
 // others are served meanwhile.
 func TestHostileSlowloris(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 1, map[string]any{"configuration": map[string]any{"port": hbPort(t)}}, "--remote_session_config", hbEchoConfig(t), "--http_port", "0")
 	g := e.g
 	addrs := map[string]string{"http": g.httpAddr, "websocket": strings.TrimPrefix(g.wsURL(""), "ws://"), "launcher": strings.TrimPrefix(e.base, "http://")}
@@ -797,6 +800,7 @@ func hbServesSession(t *testing.T, g *gateway, service string, hdr ...string) {
 // only inside WSGW_OPTIONS, byte for byte, never as arguments or
 // variables, and no shell ever runs them.
 func TestHostileOptionInjection(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pwned := filepath.Join(dir, "pwned")
 	os.Mkdir(pwned, 0o755)
@@ -947,6 +951,7 @@ esac
 // nowhere, and bodies too big, too deep, truncated or not an object are
 // refused with a status and a reason.
 func TestHostileLauncherInjection(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 2, nil)
 	pwned := t.TempDir()
 	file := "$(touch " + filepath.Join(pwned, "1") + "); `touch " + filepath.Join(pwned, "2") + "` ; touch " + filepath.Join(pwned, "3")
@@ -1059,6 +1064,7 @@ func TestHostileLauncherInjection(t *testing.T) {
 // truncated or hostile stop the start with exit status 2 and a message
 // naming the file, in bounded time.
 func TestHostileConfigs(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeScript(t, dir, "s.sh", "exit 0\n")
 	write := func(name, data string) string {
@@ -1193,6 +1199,7 @@ func hbDialFrom(t *testing.T, d *websocket.Dialer, u string, hdr http.Header) (*
 // other addresses are served; long and odd tokens are refused the same
 // way; and no log line, even at --verbose 3, holds a whole token.
 func TestHostileTokenGuessing(t *testing.T) {
+	t.Parallel()
 	const secTok = "Sec-0123456789abcdef-0123456789abcdef"
 	g := startGatewayExact(t, append(proxyArgs(), "--verbose", "3", "--bind_address", "127.0.0.1", "--http_port", "0",
 		"--remote_session_config", hbEchoConfig(t), "--auth_fail_limit", "5", "--security_token", secTok, "0")...)
@@ -1329,6 +1336,7 @@ func TestHostileTokenGuessing(t *testing.T) {
 // websocket (ws port, HTTP port, /proxy) or use the admin REST calls,
 // whatever form their Origin takes.
 func TestHostileCrossSite(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 1, nil, "--remote_session_config", hbEchoConfig(t))
 	g := e.g
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
@@ -1387,6 +1395,7 @@ func TestHostileCrossSite(t *testing.T) {
 // Origin; it must not be taken for the gateway's own page, nor for a
 // loopback administrator.
 func TestHostileDNSRebinding(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	evil := "rebind.evil.example:" + strings.Split(g.httpAddr, ":")[1]
@@ -1413,6 +1422,7 @@ func TestHostileDNSRebinding(t *testing.T) {
 // codes, a message over 1 MiB closes with 1009, nothing crashes, and the
 // control plane still answers afterwards.
 func TestHostileRPC(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	u := "ws://" + g.httpAddr + "/v1/rpc"
 	ws, code, body := dialWS(t, u, nil)

@@ -13,6 +13,7 @@ import (
 // TestServicesDieWithTheGatewayEvenBySIGKILL: the per-service supervisor
 // notices the gateway is gone and takes the whole process group down.
 func TestServicesDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 2, nil)
 	var pids []int
 	for i := 0; i < 2; i++ {
@@ -43,6 +44,7 @@ func TestServicesDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
 // TestNoZombiesAfterStop: the supervisor reaps the service's orphans, so
 // a stopped session leaves no process behind, not even a zombie.
 func TestNoZombiesAfterStop(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	ws, h := connectToken(t, g, tok)
@@ -60,6 +62,7 @@ func TestNoZombiesAfterStop(t *testing.T) {
 // TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL: launcher
 // applications run under the same supervisor as services.
 func TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 2, map[string]any{"apps": map[string]any{
 		"kids": map[string]any{"cmd": []string{"${srv}", "--port", "${port}", "--grandchild"}, "ready_line": "Starting factory"},
 	}})
@@ -78,6 +81,6 @@ func TestLauncherSessionsDieWithTheGatewayEvenBySIGKILL(t *testing.T) {
 	e.g.cmd.Process.Signal(syscall.SIGKILL)
 	<-e.g.exited
 	waitFor(t, "the application, its grandchild and its supervisor to be gone", 20*time.Second, func() bool {
-		return !alive(pid) && !alive(gc) && len(processesWithArg(e.srvPath)) == 0
+		return !alive(pid) && !alive(gc) && len(lchProcesses(e.srvPath, e.lo, e.hi)) == 0
 	})
 }

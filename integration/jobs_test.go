@@ -233,6 +233,7 @@ func startJobsGateway(t *testing.T, dir, db string, sleeperCount int, extra ...s
 }
 
 func TestRPCJobLifecycle(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -352,6 +353,7 @@ func TestRPCJobLifecycle(t *testing.T) {
 }
 
 func TestRPCErrorsAndBatches(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -431,6 +433,7 @@ func TestRPCErrorsAndBatches(t *testing.T) {
 
 // TestRPCNotificationIgnored: a notification gets no reply at all.
 func TestRPCNotificationIgnored(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -446,6 +449,7 @@ func TestRPCNotificationIgnored(t *testing.T) {
 }
 
 func TestRPCAuthAndOrigin(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1, "--security_token", "s3cret")
 	if _, code, _ := dialWS(t, "ws://"+g.httpAddr+"/v1/rpc", nil); code != http.StatusUnauthorized {
@@ -470,6 +474,7 @@ func TestRPCAuthAndOrigin(t *testing.T) {
 // many connections queue in submission order, queue.move reorders them,
 // and they start in the queue's order as the slot frees.
 func TestRPCQueueOrderConcurrent(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -565,6 +570,7 @@ func TestRPCQueueOrderConcurrent(t *testing.T) {
 // TestRPCEventsReplaySince: a client that reconnects with since gets
 // exactly what it missed, then live events, without gaps or duplicates.
 func TestRPCEventsReplaySince(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 2)
 	c := dialRPC(t, g, "")
@@ -614,6 +620,7 @@ func TestRPCEventsReplaySince(t *testing.T) {
 // is interrupted (and its process gone), the queued ones run in order,
 // and the history and logs are intact.
 func TestJobsSIGKILLRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "state.db")
 	g := startJobsGateway(t, dir, db, 1)
@@ -687,6 +694,7 @@ func TestJobsSIGKILLRestart(t *testing.T) {
 // TestJobsWatchdog: a job whose processes are killed behind the gateway's
 // back is marked failed, and the slot is freed.
 func TestJobsWatchdog(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -710,6 +718,7 @@ func TestJobsWatchdog(t *testing.T) {
 // TestJobsStopEscalates: a job that ignores SIGTERM is SIGKILLed after
 // the grace period, whole group included.
 func TestJobsStopEscalates(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	c := dialRPC(t, g, "")
@@ -736,6 +745,7 @@ func TestJobsStopEscalates(t *testing.T) {
 // own jobs and events only; administrators see all; only they reorder the
 // queue.
 func TestRPCUsersSeeTheirOwnJobs(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	usersPath := filepath.Join(dir, "users.json")
 	writeUsers(t, usersPath, map[string]any{
@@ -796,6 +806,7 @@ func TestRPCUsersSeeTheirOwnJobs(t *testing.T) {
 // TestRPCWithoutJobServices: a gateway whose config has no jobs still
 // serves /v1/rpc (state in memory, no file in the working directory).
 func TestRPCWithoutJobServices(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeScript(t, dir, "svc.sh", "exit 1\n")
 	cfg := writeConfig(t, dir, map[string]any{"Desk": map[string]any{"script": "svc.sh", "count": 1, "options": map[string]any{}}})
@@ -816,6 +827,7 @@ func TestRPCWithoutJobServices(t *testing.T) {
 }
 
 func TestRPCReservationsAndSessions(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil, "--timeout", "2")
 	c := dialRPC(t, g, "")
 	c.must("events.subscribe", map[string]any{"topics": []string{"session.state", "reservation.expired", "queue.changed"}}, nil)

@@ -43,6 +43,7 @@ func (e *lchEnv) sessionLogs() []string {
 // (multipart/form-data, simple too) to the launcher: both are refused
 // with 403, no process starts and no file is written.
 func TestLauncherAttackCrossSitePage(t *testing.T) {
+	t.Parallel()
 	up := filepath.Join(t.TempDir(), "uploads")
 	e := lchStart(t, false, 2, map[string]any{"configuration": map[string]any{"upload_dir": up}})
 	launcherURL := e.base // http://127.0.0.1:port
@@ -86,7 +87,7 @@ attack();
 	if logs := e.sessionLogs(); len(logs) != 0 {
 		t.Errorf("a cross-site launch started a session: %v", logs)
 	}
-	if pids := processesWithArg(e.srvPath); len(pids) != 0 {
+	if pids := lchProcesses(e.srvPath, e.lo, e.hi); len(pids) != 0 {
 		t.Errorf("a cross-site launch started processes %v", pids)
 	}
 	if ents, _ := os.ReadDir(up); len(ents) != 0 {
@@ -100,6 +101,7 @@ attack();
 // 403 and a JSON reason on POST, GET and DELETE of a session, /upload and
 // /proxy, with the launcher on its own port and on the gateway's.
 func TestLauncherAttackCrossSiteEveryRoute(t *testing.T) {
+	t.Parallel()
 	for _, mounted := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mounted=%v", mounted), func(t *testing.T) { lchCrossSiteRoutes(t, mounted) })
 	}
@@ -155,6 +157,7 @@ func lchCrossSiteRoutes(t *testing.T, mounted bool) {
 // cannot hold the ports for good: each session is stopped after
 // connect_timeout and the next launch gets its port.
 func TestLauncherAttackPoolReclaimed(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 1, map[string]any{"configuration": map[string]any{"connect_timeout": 1}})
 	first := e.launch(`{"application": "wslink"}`)
 	if code, m := e.do("POST", "/paraview/", `{"application": "wslink"}`); code != 503 {
@@ -183,6 +186,7 @@ func TestLauncherAttackPoolReclaimed(t *testing.T) {
 // TestLauncherAttackPropertyLeak is finding 9: a client value naming a
 // property is data, in argv and in the answer.
 func TestLauncherAttackPropertyLeak(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 1, map[string]any{
 		"properties":  map[string]any{"srv": lchWslinksrv(t), "licenseKey": "LICENSE-SECRET-99"},
 		"sessionData": map[string]any{"who": "${user}"},
@@ -207,6 +211,7 @@ func TestLauncherAttackPropertyLeak(t *testing.T) {
 // sequences in every client-controlled field never reach the launcher's
 // logs raw.
 func TestLauncherAttackLogInjection(t *testing.T) {
+	t.Parallel()
 	up := filepath.Join(t.TempDir(), "uploads")
 	logFile := filepath.Join(t.TempDir(), "gw.log")
 	e := lchStart(t, false, 2, map[string]any{"configuration": map[string]any{"upload_dir": up,
@@ -268,6 +273,7 @@ func TestLauncherAttackLogInjection(t *testing.T) {
 // existing file (409), and log_dir, the session logs and proxy_file are
 // the gateway's user's only.
 func TestLauncherAttackUploadReplaceAndModes(t *testing.T) {
+	t.Parallel()
 	up := filepath.Join(t.TempDir(), "uploads")
 	os.MkdirAll(up, 0o755)
 	os.WriteFile(filepath.Join(up, "index.html"), []byte("original"), 0o644)
@@ -299,6 +305,7 @@ func TestLauncherAttackUploadReplaceAndModes(t *testing.T) {
 // not held open. (The 60 s body bound is checked with shortened timeouts
 // in the launcher package's TestServerTimeouts.)
 func TestLauncherAttackTrickledHeader(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 1, nil)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(e.base, "http://"))
 	if err != nil {

@@ -58,7 +58,9 @@ func lchWslinksrv(t *testing.T) string {
 func lchPorts(t *testing.T, n int) (int, int) {
 	t.Helper()
 	for try := 0; try < 100; try++ {
-		base := 20000 + rand.IntN(30000)
+		// Below Linux's ephemeral range (32768-60999), so that no
+		// outgoing connection of another test takes a port meanwhile.
+		base := 10000 + rand.IntN(22000)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
 			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
@@ -133,7 +135,8 @@ func lchStart(t *testing.T, mounted bool, ports int, conf map[string]any, args .
 	if mounted {
 		// configuration.port 0 is --http_port 0: the same (free) port.
 		e.g = startGatewayExact(t, append(full, "--http_port", "0", "0")...)
-		e.base = "http://" + lchListener(t, e.g, "http")
+		e.g.httpAddr = lchListener(t, e.g, "http")
+		e.base = "http://" + e.g.httpAddr
 	} else {
 		e.g = startGatewayExact(t, append(full, "0")...)
 		e.base = "http://" + lchListener(t, e.g, "launcher")
@@ -141,12 +144,30 @@ func lchStart(t *testing.T, mounted bool, ports int, conf map[string]any, args .
 	t.Cleanup(func() {
 		e.g.stop()
 		// No launched process outlives the gateway.
-		for _, pid := range processesWithArg(srv) {
+		for _, pid := range lchProcesses(srv, lo, hi) {
 			t.Errorf("wslinksrv pid %d still running after the gateway stopped", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
 	return e
+}
+
+// lchProcesses lists the live processes running srv (the test server,
+// or a supervisor running it) with a --port in lo..hi: the processes of
+// one test's launcher, while other tests run theirs.
+func lchProcesses(srv string, lo, hi int) []int {
+	var pids []int
+	for _, pid := range processesWithArg(srv) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(b), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if p, err := strconv.Atoi(args[i+1]); args[i] == "--port" && err == nil && p >= lo && p <= hi {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
 }
 
 // lchListener waits for the gateway's "listening" line of a listener.
@@ -222,6 +243,7 @@ func lchListening(port int) bool {
 }
 
 func TestLauncherConfigErrorsExit2(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -282,6 +304,7 @@ func TestLauncherConfigErrorsExit2(t *testing.T) {
 }
 
 func TestLauncherRESTStatusCodes(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 1, map[string]any{"configuration": map[string]any{"timeout": 1}})
 	// Missing and malformed requests: 400, and no port is taken.
 	for _, body := range []string{`{}`, `{"secret": "x"}`, `not json`, `{"application": 7}`} {
@@ -363,6 +386,7 @@ func TestLauncherRESTStatusCodes(t *testing.T) {
 }
 
 func TestLauncherProcessExitFreesPortAtOnce(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 1, nil)
 	s := e.launch(`{"application": "wslink"}`)
 	id := s["id"].(string)
@@ -392,6 +416,7 @@ func TestLauncherProcessExitFreesPortAtOnce(t *testing.T) {
 }
 
 func TestLauncherProxyFileSubstitutionSanitizeFields(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 3, map[string]any{
 		"configuration": map[string]any{
 			"fields": []string{"file", "updir", "port"},
@@ -466,6 +491,7 @@ func sortedCopy(s []string) []string {
 }
 
 func TestLauncherUploadAndContent(t *testing.T) {
+	t.Parallel()
 	content := t.TempDir()
 	os.WriteFile(filepath.Join(content, "index.html"), []byte("<p>viz</p>"), 0o644)
 	os.Mkdir(filepath.Join(content, "empty"), 0o755)
@@ -566,6 +592,7 @@ func lchExpectClose(t *testing.T, ws *websocket.Conn, code int, reason string) {
 }
 
 func TestProxyPassthroughThroughGateway(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 1, nil)
 	id := e.launch(`{"application": "wslink"}`)["id"].(string)
 
@@ -622,6 +649,7 @@ func TestProxyPassthroughThroughGateway(t *testing.T) {
 }
 
 func TestLauncherShutdownStopsSessions(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, false, 2, nil)
 	id := e.launch(`{"application": "wslink"}`)["id"].(string)
 	ws := e.dial(id, "echo")
@@ -746,6 +774,7 @@ func lchRunClient(t *testing.T, clientDir, pageURL string) wslinkResult {
 }
 
 func TestWslinkRealClientThroughProxy(t *testing.T) {
+	t.Parallel()
 	clientDir := lchWslinkClient(t)
 	content := lchPage(t, clientDir)
 	e := lchStart(t, true, 2, map[string]any{"configuration": map[string]any{"content": content}})
@@ -784,6 +813,7 @@ func TestWslinkRealClientThroughProxy(t *testing.T) {
 }
 
 func TestWslinkRealClientWrongSecret(t *testing.T) {
+	t.Parallel()
 	clientDir := lchWslinkClient(t)
 	content := lchPage(t, clientDir)
 	// The launcher on its own port; "fixed" runs with --authKey

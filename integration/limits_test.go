@@ -12,6 +12,7 @@ import (
 )
 
 func TestMaxMessageBytesCloses1009(t *testing.T) {
+	t.Parallel()
 	g, _ := basicGateway(t, echo, "--max_message_bytes", "4096")
 	ws, _, _ := dialWS(t, g.wsURL("/"), nil)
 	roundTrip(t, ws, 4096) // at the limit: fine
@@ -37,6 +38,7 @@ func TestMaxMessageBytesCloses1009(t *testing.T) {
 }
 
 func TestMaxTunnels503(t *testing.T) {
+	t.Parallel()
 	g, _ := basicGateway(t, echo, "--max_tunnels", "2")
 	var open []*websocket.Conn
 	for i := 0; i < 2; i++ {
@@ -63,6 +65,7 @@ func TestMaxTunnels503(t *testing.T) {
 }
 
 func TestRateLimits429(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 100, nil, "--rate_limit", "2", "--auth_fail_limit", "3")
 	var got429 bool
 	for i := 0; i < 10; i++ {
@@ -91,6 +94,7 @@ func TestRateLimits429(t *testing.T) {
 }
 
 func TestIdleTimeoutAndMaxDuration(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, map[string]any{
 		"Idle":  map[string]any{"script": "echo.sh", "count": 1, "options": map[string]any{"idle_timeout": 1, "reconnect_grace": 30}},
 		"Short": map[string]any{"script": "echo.sh", "count": 1, "options": map[string]any{"max_duration": 2}},
@@ -126,6 +130,7 @@ func TestIdleTimeoutAndMaxDuration(t *testing.T) {
 }
 
 func TestHeartbeatDropsSilentClient(t *testing.T) {
+	t.Parallel()
 	g, conns := basicGateway(t, func(c net.Conn) {}, "--heartbeat", "1")
 	// A raw websocket client that never answers pings.
 	ws, _, err := dialer.Dial(g.wsURL("/"), nil)

@@ -36,6 +36,7 @@ func metricValue(t *testing.T, text, series string) float64 {
 }
 
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 2, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	ws, _ := connectToken(t, g, tok)

@@ -14,6 +14,7 @@ import (
 // same pixels at the same points as the live viewer showed (the xterm's
 // inside, its title bar, the desktop's background).
 func TestBrowserRecordingPlayback(t *testing.T) {
+	t.Parallel()
 	needComponent(t, "Xvnc", "tigervnc-standalone-server")
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, map[string]any{browserDesktop: map[string]any{

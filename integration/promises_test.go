@@ -39,6 +39,7 @@ func TestSecurityTokenFromEnvironment(t *testing.T) {
 // --max_user_tunnels; the next websocket gets 429, and once one closes
 // the user may open another.
 func TestMaxUserTunnels429(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	usersPath := filepath.Join(dir, "users.json")
 	writeUsers(t, usersPath, map[string]any{"bob": map[string]any{"api_keys": []string{"bob-key-0123456789abcdef"}}})
@@ -81,6 +82,7 @@ func TestMaxUserTunnels429(t *testing.T) {
 // is served, the login cookie is Secure (and HttpOnly, SameSite=Strict),
 // and POST /v1/logout clears it, Secure too.
 func TestLoginPageLogoutAndSecureCookie(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cert, key := writeCert(t, dir)
 	usersPath := filepath.Join(dir, "users.json")
@@ -151,6 +153,7 @@ func readAll(t *testing.T, resp *http.Response) string {
 // fails is counted in wsgateway_failures_total{reason="start_failed"},
 // once per failed launch.
 func TestFailuresTotalCountsStartFailures(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeScript(t, dir, "broken.sh", "case \"$1\" in\nstart) echo 'cannot start' >&2; exit 3 ;;\nstop) exit 0 ;;\nesac\n")
 	g, _ := svcGateway(t, 1, map[string]any{"Broken": map[string]any{"script": filepath.Join(dir, "broken.sh"), "count": 1, "options": map[string]any{}}})
@@ -188,6 +191,7 @@ func TestFailuresTotalCountsStartFailures(t *testing.T) {
 // applies --rate_limit to an IPv6 client (the /64 grouping itself is
 // TestLimitsKeyIPv6By64 in package gateway: one host has one address).
 func TestIPv6ClientsAreLimited(t *testing.T) {
+	t.Parallel()
 	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("no ::1 on this machine: %v", err)

@@ -88,6 +88,7 @@ func sessionOn(t *testing.T, g *gateway, tok string) (state, replica string) {
 // the release's code; a request to A's replica listener without the
 // secret is refused.
 func TestReplicasReconnectThroughOwner(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	gws := startLinkedReplicas(t, 3, map[string]any{"Unix Echo": unixEchoService(t, dir, 1)})
 	a, b, c := gws[0], gws[1], gws[2]
@@ -207,6 +208,7 @@ esac
 // it; a reconnect on any replica reaches the same service; a release
 // frees the slot everywhere.
 func TestReplicasOwnerKilledSessionAdopted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	gws := startLinkedReplicas(t, 3, map[string]any{"Remote Echo": remoteEchoService(t, dir)}, "--replica_lease", "1")
 	a, b, c := gws[0], gws[1], gws[2]
@@ -282,6 +284,7 @@ func TestReplicasOwnerKilledSessionAdopted(t *testing.T) {
 // deployment's slots, reservations and sessions (by replica) and the live
 // replicas, beside the replica's own figures.
 func TestReplicasSharedMetrics(t *testing.T) {
+	t.Parallel()
 	rs := startReplicas(t, 3, 3)
 	a, b, c := rs.gws[0], rs.gws[1], rs.gws[2]
 	a.reserve(t, "Echo Service", "")

@@ -86,6 +86,7 @@ func joinedElsewhere(g *gateway, tok string) int {
 // within the lease and another replica adopts the detached one whose
 // target all reach, which then reconnects through nginx.
 func TestReplicasBehindNginx(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	gws := startLinkedReplicas(t, 3, map[string]any{"Unix Echo": unixEchoService(t, dir, 5), "Remote Echo": remoteEchoService(t, dir)},
 		"--replica_lease", "1")

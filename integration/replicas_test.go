@@ -65,6 +65,7 @@ func statusSessions(t *testing.T, g *gateway) []map[string]any {
 // TestReplicasFiftyReserveForFiveSlots: 50 reservations race over three
 // replicas for five slots: exactly five succeed, indexes 0 to 4 once each.
 func TestReplicasFiftyReserveForFiveSlots(t *testing.T) {
+	t.Parallel()
 	rs := startReplicas(t, 3, 5)
 	var mu sync.Mutex
 	var idx []int
@@ -106,6 +107,7 @@ func TestReplicasFiftyReserveForFiveSlots(t *testing.T) {
 // on B, release on C; the token serves one websocket at a time across
 // replicas; every replica's status and /v1/rpc events show the session.
 func TestReplicasReserveConnectReleaseOnThree(t *testing.T) {
+	t.Parallel()
 	rs := startReplicas(t, 3, 1)
 	a, b, c := rs.gws[0], rs.gws[1], rs.gws[2]
 	ev := dialRPC(t, c, "")
@@ -176,6 +178,7 @@ func TestReplicasReserveConnectReleaseOnThree(t *testing.T) {
 // TestReplicasExpiryIsGlobalAndOnce: an unused reservation expires once
 // for the whole deployment, and its token is "expired" on every replica.
 func TestReplicasExpiryIsGlobalAndOnce(t *testing.T) {
+	t.Parallel()
 	rs := startReplicas(t, 3, 2, "--timeout", "1")
 	tok := rs.gws[1].reserve(t, "Echo Service", "")["token"].(string)
 	for _, g := range rs.gws {
@@ -204,6 +207,7 @@ func TestReplicasExpiryIsGlobalAndOnce(t *testing.T) {
 // TestReplicasOwnerKilled: kill -9 of the replica running a session frees
 // its slot within the lease, on the others, which mark it interrupted.
 func TestReplicasOwnerKilled(t *testing.T) {
+	t.Parallel()
 	rs := startReplicas(t, 2, 1, "--replica_lease", "1")
 	a, b := rs.gws[0], rs.gws[1]
 	tok := a.reserve(t, "Echo Service", "")["token"].(string)
@@ -249,6 +253,7 @@ func jsonDecode(resp *http.Response, v any) error {
 // its append-only file) the replicas resume by themselves and a token
 // reserved before the restart still works, on another replica.
 func TestReplicasRedisRestart(t *testing.T) {
+	t.Parallel()
 	needComponent(t, "redis-server", "redis-server")
 	srv, err := redistest.StartAt(t.TempDir(), 0)
 	if err != nil {

@@ -85,6 +85,7 @@ func saRun(t *testing.T, env []string, args ...string) (int, string) {
 // start-up deletes their choice of files. The gateway refuses to start,
 // names the path and the fix, and the files survive.
 func TestAttackSessionDirOfAnotherUser(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		t.Skip("needs root to act as another local user")
 	}
@@ -190,6 +191,7 @@ func saServicesConfig(t *testing.T) *gateway {
 // JSON-RPC; an undeclared option is refused with 400 naming it and what
 // the service allows, and takes no slot; declared ones reach the script.
 func TestAttackClientOptionReplacesOperators(t *testing.T) {
+	t.Parallel()
 	g := saServicesConfig(t)
 	refusals := []struct {
 		service string
@@ -265,6 +267,7 @@ func TestAttackClientOptionReplacesOperators(t *testing.T) {
 // 405 and reserves nothing (its answer has no body, so the token would be
 // lost with its slot); GET still reserves.
 func TestAttackHeadReserve(t *testing.T) {
+	t.Parallel()
 	g := saServicesConfig(t)
 	for _, path := range []string{"/v1/reserve/Viz", "/v1/reserve/Viz?wait=1", "/v1/reserve/Legacy?geometry=800x600"} {
 		for i := 0; i < 3; i++ {

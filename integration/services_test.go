@@ -81,6 +81,7 @@ func grandchildPID(t *testing.T, h hello) int {
 }
 
 func TestReserveLaunchSpliceStop(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 2, nil)
 	if n := g.free(t, "Echo Service"); n != 2 {
 		t.Fatalf("free = %d, want 2", n)
@@ -161,6 +162,7 @@ func TestReserveLaunchSpliceStop(t *testing.T) {
 }
 
 func TestReserveErrors(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	g.reserve(t, "Echo Service", "")
 	code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service"))
@@ -182,6 +184,7 @@ func TestReserveErrors(t *testing.T) {
 }
 
 func TestTokenRefusals(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 2, nil, "--allowed_origins", "https://app.example.org")
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	cases := []struct {
@@ -225,6 +228,7 @@ func TestTokenRefusals(t *testing.T) {
 }
 
 func TestUnusedReservationExpires(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil, "--timeout", "1")
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	if g.free(t, "Echo Service") != 0 {
@@ -238,6 +242,7 @@ func TestUnusedReservationExpires(t *testing.T) {
 }
 
 func TestFailingScriptCloses1011AndFreesSlot(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeScript(t, dir, "fail.sh", fmt.Sprintf("exec %s fail 'cannot open display :42 (disk full)'\n", svcBin))
 	writeScript(t, dir, "silent.sh", fmt.Sprintf("exec %s silent\n", svcBin))
@@ -275,6 +280,7 @@ func TestFailingScriptCloses1011AndFreesSlot(t *testing.T) {
 }
 
 func TestReleaseActiveSession(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	ws, h := connectToken(t, g, tok)
@@ -304,6 +310,7 @@ func TestReleaseActiveSession(t *testing.T) {
 }
 
 func TestDetachedServiceGetsStopScript(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	// start: launch the server in its own session (a "daemon"), print its
 	// line, exit 0. stop: record WSGW_START_OUTPUT and kill the daemon.
@@ -345,6 +352,7 @@ esac
 }
 
 func TestSecurityToken(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 2, nil, "--security_token", "s3cret-token")
 	for _, p := range []string{"/v1/reserve/Echo%20Service", "/v1/status", "/v1/status_view", "/v1/stop", "/v1/release/x"} {
 		code, body := getJSON(t, g.httpURL(p))
@@ -374,6 +382,7 @@ func TestSecurityToken(t *testing.T) {
 }
 
 func TestStatusHidesTokensFromNonAdmins(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	// From loopback without a security token the caller is an admin...
@@ -406,6 +415,7 @@ func TestStatusHidesTokensFromNonAdmins(t *testing.T) {
 }
 
 func TestShutdownClosesTunnelsAndStopsServices(t *testing.T) {
+	t.Parallel()
 	for _, how := range []string{"SIGTERM", "SIGINT", "/v1/stop"} {
 		t.Run(how, func(t *testing.T) {
 			g, _ := svcGateway(t, 2, nil)
@@ -444,6 +454,7 @@ func TestShutdownClosesTunnelsAndStopsServices(t *testing.T) {
 }
 
 func TestLogFile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	lf := filepath.Join(dir, "gw.log")
 	g, _ := basicGateway(t, echo, "--log_file", lf)
@@ -460,6 +471,7 @@ func TestLogFile(t *testing.T) {
 }
 
 func TestReserveWaitsForAFreeSlot(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	first := g.reserve(t, "Echo Service", "")["token"].(string)
 	// A waiter that gives up: 503 after its wait.
@@ -515,6 +527,7 @@ func TestReserveWaitsForAFreeSlot(t *testing.T) {
 // TestReservationsSurviveSIGKILL: with --state_db, unused reservations
 // outlive the gateway; sessions that were running come back interrupted.
 func TestReservationsSurviveSIGKILL(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "state.db")
 	g, cfgDir := svcGateway(t, 3, nil, "--state_db", db)
@@ -549,6 +562,7 @@ func TestReservationsSurviveSIGKILL(t *testing.T) {
 // only when --pass_env names it (here by prefix); the security token
 // never does, even when a prefix covers it.
 func TestPassEnv(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil, "--pass_env", "WSGW_TEST_*")
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	_, h := connectToken(t, g, tok)

@@ -135,6 +135,7 @@ func postJSON(t *testing.T, method, url, body string) (int, map[string]any) {
 }
 
 func TestShareViewOnlyHostileClient(t *testing.T) {
+	t.Parallel()
 	g, fv := fakeVNCGateway(t, map[string]any{})
 	tok := g.reserve(t, "Fake", "")["token"].(string)
 	// Before the session runs there is nothing to share.
@@ -230,6 +231,7 @@ func TestShareViewOnlyHostileClient(t *testing.T) {
 }
 
 func TestShareControlRevokeAndEnd(t *testing.T) {
+	t.Parallel()
 	g, fv := fakeVNCGateway(t, map[string]any{})
 	tok := g.reserve(t, "Fake", "")["token"].(string)
 	owner, _, err := dialer.Dial(g.wsURL("/websockify?token="+tok), nil)
@@ -339,6 +341,7 @@ func TestShareControlRevokeAndEnd(t *testing.T) {
 }
 
 func TestShareRequiresOwner(t *testing.T) {
+	t.Parallel()
 	g, _ := fakeVNCGateway(t, map[string]any{}, "--security_token", "s3cret-token-for-tests")
 	auth := "Authorization"
 	bearer := "Bearer s3cret-token-for-tests"
@@ -379,6 +382,7 @@ func recordingsOf(t *testing.T, g *gateway, hdr ...string) []map[string]any {
 }
 
 func TestRecordingLimitsAndAccess(t *testing.T) {
+	t.Parallel()
 	bearer := []string{"Authorization", "Bearer s3cret-token-for-tests"}
 	g, _ := fakeVNCGateway(t, map[string]any{"record": true, "record_max_mb": 0.0002, "record_keep_days": 0.00005},
 		"--security_token", "s3cret-token-for-tests")

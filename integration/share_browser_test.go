@@ -29,6 +29,7 @@ func shareLink(t *testing.T, g *gateway, tok, mode string) (link, share string) 
 // there never runs, while the same typed through a control share does.
 // Revoking the view share closes its viewer at once, with the reason.
 func TestBrowserShares(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t))
 	owner := newBrowser(t)
 	v := owner.newTab()

@@ -17,6 +17,7 @@ import (
 // gateway within its one deadline (--stop_grace plus the fixed margin),
 // with exit status 0 and nothing left running.
 func TestShutdownIsBoundedWithEverythingRunning(t *testing.T) {
+	t.Parallel()
 	const stopGrace = 2 * time.Second
 	const margin = 5 * time.Second // gateway.ShutdownMargin, stated in the README
 	dir := t.TempDir()

@@ -110,6 +110,7 @@ func closeReason(t *testing.T, ws *websocket.Conn, timeout time.Duration) *webso
 // TestSlurm runs the cluster-session tests against one shared one-node
 // Slurm cluster.
 func TestSlurm(t *testing.T) {
+	t.Parallel()
 	needComponent(t, "Xvnc", "tigervnc-standalone-server")
 	cl := useSlurm(t)
 	t.Run("Flow", func(t *testing.T) { slurmFlow(t, cl) })

@@ -49,6 +49,7 @@ func spTunnelClosed(g *gateway) []map[string]any {
 // idle_timeout and max_duration of other tunnels still fire on time, with
 // 1008.
 func TestSpliceStalledReaderDoesNotDelayPolicy(t *testing.T) {
+	t.Parallel()
 	host, port := spFlood(t)
 	g, _ := svcGateway(t, 1, map[string]any{
 		"Idle":  map[string]any{"script": "echo.sh", "count": 1, "options": map[string]any{"idle_timeout": 1}},
@@ -138,6 +139,7 @@ func TestSpliceStalledReaderDoesNotDelayPolicy(t *testing.T) {
 // many heartbeat periods, whether it answers the pings it gets (which
 // come even under backpressure) or not (its reading is progress).
 func TestSpliceSlowReaderStaysAlive(t *testing.T) {
+	t.Parallel()
 	host, port := spFlood(t)
 	g := startGateway(t, "--client_hostname", host, "--client_port", port, "--heartbeat", "1")
 	for _, answer := range []bool{true, false} {
@@ -227,6 +229,7 @@ func spNextFrame(b []byte) (op byte, payload, rest []byte, ok bool) {
 // of one byte, or with a reason that is not UTF-8, is answered with
 // 1002; a valid code is echoed; the connection then ends cleanly.
 func TestSpliceInvalidCloseCodes(t *testing.T) {
+	t.Parallel()
 	g, _ := basicGateway(t, echo)
 	for _, c := range []struct {
 		name    string
@@ -282,6 +285,7 @@ func spExpectCleanEnd(t *testing.T, w *hbWS) {
 // close frame and gets no ECONNRESET: the gateway keeps reading and
 // discarding rather than closing with unread bytes.
 func TestSpliceCloseFrameBeforeReset(t *testing.T) {
+	t.Parallel()
 	host, port := spFlood(t)
 	g := startGateway(t, "--client_hostname", host, "--client_port", port, "--max_message_bytes", "4096")
 	junk := bytes.Repeat([]byte{0x42}, 256<<10)

@@ -14,6 +14,7 @@ import (
 // --heartbeat with 1001 and a reason when the client neither reads nor
 // answers.
 func TestSpliceLauncherProxyUnderGatewayRules(t *testing.T) {
+	t.Parallel()
 	e := lchStart(t, true, 2, nil, "--max_tunnels", "2", "--max_message_bytes", "4096", "--heartbeat", "1")
 	id := e.launch(`{"application": "wslink"}`)["id"].(string)
 	url := "ws://" + strings.TrimPrefix(e.base, "http://") + "/proxy?sessionId=" + id + "&path=echo"

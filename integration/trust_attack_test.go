@@ -48,6 +48,7 @@ window.result = (async () => {
 // the default settings and with --allowed_origins '*'. The gateway's own
 // page, in the same browser, is an administrator (the positive control).
 func TestAttackPageOnAnotherPort(t *testing.T) {
+	t.Parallel()
 	b := newBrowser(t)
 	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
@@ -199,6 +200,7 @@ http {
 // failed-authentication limit keys on the real client, so one client's
 // bad tokens do not lock another out.
 func TestAttackThroughAReverseProxy(t *testing.T) {
+	t.Parallel()
 	t.Run("defaults", func(t *testing.T) {
 		g, _ := svcGateway(t, 2, nil)
 		tok := g.reserve(t, "Echo Service", "")["token"].(string)
@@ -265,6 +267,7 @@ func TestAttackThroughAReverseProxy(t *testing.T) {
 // gateway's administrator: it can neither stop it nor read its tokens.
 // The gateway's own user, with the same request, is (positive control).
 func TestAttackAnotherLocalUser(t *testing.T) {
+	t.Parallel()
 	if os.Getuid() != 0 {
 		t.Skip("running as another user needs root")
 	}
@@ -305,6 +308,7 @@ func TestAttackAnotherLocalUser(t *testing.T) {
 // proxy asserting "admin" are not the security token's holder: they see
 // none of its tokens and cannot release its reservations.
 func TestAttackIdentityCollisions(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users.json")
 	writeUsers(t, users, map[string]any{"admin": map[string]any{"password_bcrypt": hashPW(t, "admin password")}})
@@ -336,6 +340,7 @@ func TestAttackIdentityCollisions(t *testing.T) {
 // TestAttackStolenCookieAfterLogout: a session cookie copied before the
 // user logged out, or before the password changed, is refused after.
 func TestAttackStolenCookieAfterLogout(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users.json")
 	writeUsers(t, users, map[string]any{"alice": map[string]any{"password_bcrypt": hashPW(t, "alice password")}})

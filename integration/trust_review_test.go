@@ -92,6 +92,7 @@ func reviewRPCCall(ws *websocket.Conn, id int, method string, params any) (json.
 // SECURITY.md: another account on the same machine "cannot administer
 // the gateway".
 func TestReviewFindingTrustedLoopbackProxyIsEveryLocalAccount(t *testing.T) {
+	t.Parallel()
 	needRoot(t)
 	const secret = "the-security-token-0123"
 	// The proxy on this machine runs as www-data: only that user may
@@ -130,6 +131,7 @@ func TestReviewFindingTrustedLoopbackProxyIsEveryLocalAccount(t *testing.T) {
 // anonymous jobs"; a page on another port is "never an administrator or
 // an owner"; only owners and administrators see, stop or read a job.
 func TestReviewFindingLoopbackAdminJobsAreAnonymous(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	g := startJobsGateway(t, dir, filepath.Join(dir, "state.db"), 1)
 	admin := dialRPC(t, g, "")
@@ -177,6 +179,7 @@ func TestReviewFindingLoopbackAdminJobsAreAnonymous(t *testing.T) {
 // a cookie ends at logout and at the user's removal (and README: "removing
 // a user from a group takes effect at once" for websockets).
 func TestReviewFindingRPCOutlivesLogoutAndRemoval(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users.json")
 	bob := map[string]any{"api_keys": []string{"bob-api-key-0123456789"}}
@@ -265,6 +268,7 @@ func reviewGet(t *testing.T, c *http.Client, url string) int {
 // SECURITY.md: wrong tokens count "30 a minute per address, IPv6 per
 // /64"; one client may not lock another out (issue 11, finding 6).
 func TestReviewFindingLoopbackLimits(t *testing.T) {
+	t.Parallel()
 	const secret = "the-security-token-0123"
 	t.Run("rotating loopback addresses", func(t *testing.T) {
 		g, _ := svcGateway(t, 1, nil, "--security_token", secret)
@@ -302,6 +306,7 @@ func TestReviewFindingLoopbackLimits(t *testing.T) {
 // --trusted_proxy; the gateway's own user is the administrator (the
 // positive control).
 func TestReviewHeldOtherAccountEveryRoute(t *testing.T) {
+	t.Parallel()
 	needRoot(t)
 	g, _ := svcGateway(t, 1, nil, "--bind_address", "::1")
 	base := "http://" + g.httpAddr
@@ -338,6 +343,7 @@ func TestReviewHeldOtherAccountEveryRoute(t *testing.T) {
 // loopback) never make a loopback request the administrator, nor open
 // /v1/rpc as one; a request with none is (the positive control).
 func TestReviewHeldBrowserHeaderTricks(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	if _, st := getJSON(t, g.httpURL("/v1/status")); st["admin"] != true {
@@ -388,6 +394,7 @@ func TestReviewHeldBrowserHeaderTricks(t *testing.T) {
 // gateway (same users file, same user) is refused: each gateway signs
 // with a key of its own.
 func TestReviewHeldCookieOfAnotherGateway(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	users := filepath.Join(dir, "users.json")
 	writeUsers(t, users, map[string]any{"alice": map[string]any{"password_bcrypt": hashPW(t, "alice password")}})
@@ -415,6 +422,7 @@ func TestReviewHeldCookieOfAnotherGateway(t *testing.T) {
 // another kind of identity (token:admin, proxy:x), an empty name or a
 // control character is refused at start-up, with a reason.
 func TestReviewHeldUserNames(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"token:admin", "proxy:x", "", "ad\nmin"} {
 		dir := t.TempDir()
 		users := filepath.Join(dir, "users.json")
@@ -530,6 +538,7 @@ func reviewAttackSite(t *testing.T) string {
 // settings and with users configured. The gateway's own user, directly,
 // is the administrator (the positive control).
 func TestReviewHeldForeignPages(t *testing.T) {
+	t.Parallel()
 	b := reviewBrowser(t)
 	site := reviewAttackSite(t)
 	dir := t.TempDir()
@@ -573,6 +582,7 @@ func TestReviewHeldForeignPages(t *testing.T) {
 // the browser's ambient credentials"; here the visitor's address is the
 // ambient thing it spends. One client may not lock another out.
 func TestReviewFindingForeignPageLocksOutItsVisitor(t *testing.T) {
+	t.Parallel()
 	b := reviewBrowser(t)
 	site := reviewAttackSite(t)
 	const secret = "the-security-token-0123"
@@ -595,6 +605,7 @@ func TestReviewFindingForeignPageLocksOutItsVisitor(t *testing.T) {
 // is an unlimited oracle for guessing tokens. SECURITY.md: unknown
 // reservation tokens count against --auth_fail_limit.
 func TestReviewFindingReleaseIsATokenOracle(t *testing.T) {
+	t.Parallel()
 	g, _ := svcGateway(t, 1, nil)
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	anon := []string{"X-Forwarded-For", "192.0.2.9"} // not the loopback administrator

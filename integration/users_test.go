@@ -66,6 +66,7 @@ func basic(user, pw string) []string {
 }
 
 func TestHashPasswordRefusesShortPasswords(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(gwBin, "hash-password")
 	cmd.Stdin = strings.NewReader("short\n")
 	out, err := cmd.CombinedOutput()
@@ -75,6 +76,7 @@ func TestHashPasswordRefusesShortPasswords(t *testing.T) {
 }
 
 func TestUsersGroupsAndOwnership(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	usersPath := filepath.Join(dir, "users.json")
 	alicePW := hashPW(t, "alice-password")
@@ -196,6 +198,7 @@ func TestUsersGroupsAndOwnership(t *testing.T) {
 }
 
 func TestTrustedProxyHeaders(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	usersPath := filepath.Join(dir, "users.json")
 	writeUsers(t, usersPath, map[string]any{})

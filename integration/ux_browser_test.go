@@ -15,6 +15,7 @@ import (
 // keyboard from the terminal, and the first character typed after it is
 // not lost.
 func TestBrowserUxBackgroundClick(t *testing.T) {
+	t.Parallel()
 	g := desktopGateway(t, "--novnc_directory", npmNoVNC(t))
 	b := newBrowser(t)
 	v, s := viewDesktop(t, g, b, 1024, 768)
@@ -66,6 +67,7 @@ func startPlainServices(t *testing.T, fileExt bool, args ...string) *gateway {
 // TestBrowserUxJobsPageWithoutJobServices: the jobs page says there are no
 // job services instead of showing an empty form.
 func TestBrowserUxJobsPageWithoutJobServices(t *testing.T) {
+	t.Parallel()
 	g := startPlainServices(t, false)
 	b := newBrowser(t)
 	p := b.newTab()
@@ -93,6 +95,7 @@ func TestBrowserUxJobsPageWithoutJobServices(t *testing.T) {
 // has something to show: "Opens files" when a service declares file types,
 // the Stop column when there is a session this user may stop.
 func TestBrowserUxDashboardColumns(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name     string
 		fileExt  bool
@@ -141,6 +144,7 @@ func TestBrowserUxDashboardColumns(t *testing.T) {
 // TestBrowserUxViewerRefusalsInPlainWords: the viewer says why a websocket
 // was refused in plain words, whole: no API paths, no cut text.
 func TestBrowserUxViewerRefusalsInPlainWords(t *testing.T) {
+	t.Parallel()
 	g := startPlainServices(t, false, "--novnc_directory", npmNoVNC(t))
 	b := newBrowser(t)
 	busy := g.reserve(t, "Echo", "")["token"].(string)

@@ -54,6 +54,7 @@ func busyPort(t *testing.T) int {
 // and its option, and nothing set up (no session directory, no built-in
 // script, no state database, no log line).
 func TestUxPortInUseIsTheFirstThingSaid(t *testing.T) {
+	t.Parallel()
 	busy := busyPort(t)
 	b := strconv.Itoa(busy)
 	free := func() string { return freePort(t) }
@@ -103,6 +104,7 @@ func TestUxPortInUseIsTheFirstThingSaid(t *testing.T) {
 // Basic mode's first lines say what is served and the URL to open, and
 // nothing is said about jobs or a state database.
 func TestUxBasicModeFirstLines(t *testing.T) {
+	t.Parallel()
 	target, _ := tcpServer(t, func(c net.Conn) {})
 	th, tp, _ := net.SplitHostPort(target)
 	novnc := t.TempDir()
@@ -164,6 +166,7 @@ func TestUxBasicModeFirstLines(t *testing.T) {
 // With reservations, the websocket port's 426 does tell how to pass the
 // token.
 func TestUxWebsocketPortAnswerMentionsTokensOnlyWithReservations(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, map[string]any{"Echo": map[string]any{"script": writeScript(t, dir, "svc.sh", "exit 1\n"), "count": 1, "options": map[string]any{}}})
 	g := startGateway(t, "--remote_session_config", cfg)
@@ -189,6 +192,7 @@ func flatten(m map[string]any) []string {
 // a log file that can be written gets the log, and the terminal one line
 // saying where it goes and where to start.
 func TestUxLogFile(t *testing.T) {
+	t.Parallel()
 	t.Run("missing directory", func(t *testing.T) {
 		wd := t.TempDir()
 		missing := filepath.Join(wd, "no", "such")
@@ -221,6 +225,7 @@ func TestUxLogFile(t *testing.T) {
 // make install puts a working wsgateway in $(PREFIX)/bin, and make run's
 // banner says the desktops start on demand.
 func TestUxMakeInstallAndRunBanner(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make not found")
 	}

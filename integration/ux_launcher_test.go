@@ -42,6 +42,7 @@ func (g *gateway) listenersOf() map[string]string {
 // the launcher on its configuration.host:port, sessions reached through
 // its /proxy.
 func TestUxLauncherAloneIsACompleteCommand(t *testing.T) {
+	t.Parallel()
 	srv := lchWslinksrv(t)
 	dir := t.TempDir()
 	port, _ := lchPorts(t, 1)
@@ -62,7 +63,7 @@ func TestUxLauncherAloneIsACompleteCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { // runs after the gateway has stopped
-		for _, pid := range processesWithArg(srv) {
+		for _, pid := range lchProcesses(srv, lo, hi) {
 			t.Errorf("wslinksrv pid %d still running after the gateway stopped", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}

@@ -18,6 +18,7 @@ import (
 // reconnect grace, it reattaches the same desktop (same token, same
 // process); after the grace, it reserves a new one (a new token).
 func TestBrowserViewerControls(t *testing.T) {
+	t.Parallel()
 	// A reconnect grace long enough for a click on a busy machine.
 	dir := t.TempDir()
 	needComponent(t, "Xvnc", "tigervnc-standalone-server")
