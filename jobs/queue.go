@@ -113,7 +113,9 @@ func (m *Manager) schedule() {
 		return
 	}
 	if m.shared() {
-		m.pokeClaimer()
+		// After the effects decided so far: a job's end frees its place
+		// in the store when its last save runs.
+		m.later(m.pokeClaimer)
 		return
 	}
 	changed := false
