@@ -130,6 +130,7 @@ type Manager struct {
 	submitMu sync.Mutex // Submits take turns (taken before mu)
 	claimMu  sync.Mutex // shared queue: a claim and its launch, or a Stop (taken before mu)
 	claimNow chan struct{}
+	claimErr bool // the last claim failed (logged once until one works)
 
 	mu       sync.Mutex
 	pending  []func() // effects decided under mu, run by flush in order
@@ -535,7 +536,7 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	if m.shared() && j.Replica != "" && j.Replica != m.cfg.Replica && m.cfg.Remote != nil {
 		// Its log and directory are on its replica's disk.
 		err := m.cfg.Remote.Remove(ctx, j.Replica, id)
-		if err == nil || !errors.Is(err, ErrReplicaGone) {
+		if err == nil || !errors.Is(err, ErrReplicaGone) || m.replicaLive(ctx, j.Replica) {
 			return err
 		}
 		m.log.Warn().Err(err).Str("job", id).Str("replica", j.Replica).Msg("removing a job whose replica is gone: its log stays on that replica's disk")

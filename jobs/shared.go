@@ -106,13 +106,18 @@ func (m *Manager) claimOne(limits map[string]int) bool {
 	ctx, cancel := context.WithTimeout(m.stopCtx, 10*time.Second)
 	defer cancel()
 	j, err := m.cfg.Store.ClaimJob(ctx, m.cfg.Replica, limits, time.Now())
-	if errors.Is(err, store.ErrNotFound) {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if !m.claimErr && ctx.Err() == nil {
+			m.log.Warn().Err(err).Msg("shared job queue not read; retrying")
+		}
+		m.claimErr = true
 		return false
 	}
+	if m.claimErr {
+		m.log.Info().Msg("shared job queue read again")
+		m.claimErr = false
+	}
 	if err != nil {
-		if ctx.Err() == nil {
-			m.log.Warn().Err(err).Msg("shared job queue: no job claimed")
-		}
 		return false
 	}
 	m.mu.Lock()
@@ -269,6 +274,20 @@ func (m *Manager) lostJob(id, state string) {
 	if stopNow {
 		go m.stopRun(r)
 	}
+}
+
+// replicaLive reports whether replica's lease is live (true when it
+// cannot be told).
+func (m *Manager) replicaLive(ctx context.Context, replica string) bool {
+	if m.cfg.LiveReplicas == nil {
+		return true
+	}
+	live, err := m.cfg.LiveReplicas(ctx)
+	if err != nil {
+		return true
+	}
+	_, ok := live[replica]
+	return ok
 }
 
 // lostReason is why the jobs of a replica whose lease ran out ended.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -43,6 +44,9 @@ func startReplicas(t *testing.T, body string, count int, ids ...string) *replica
 	rs := &replicas{t: t, mgrs: map[string]*Manager{}, sts: map[string]*redisstore.Store{}, pubs: map[string]*memPub{},
 		dead: map[string]bool{}, trace: filepath.Join(dir, "trace")}
 	svc := shService(t, dir, strings.ReplaceAll(body, "$TRACE", rs.trace), count)
+	rule := &ProgressRule{Regex: `^progress (?P<current>\d+)$`}
+	rule.re = regexp.MustCompile(rule.Regex)
+	svc.Progress = []*ProgressRule{rule}
 	for _, id := range ids {
 		st, err := redisstore.Open(context.Background(), url, zerolog.Nop())
 		if err != nil {
@@ -84,10 +88,15 @@ func (rs *replicas) live(context.Context) (map[string]string, error) {
 // store connection closed (its process-level kill -9 is the integration
 // test's).
 func (rs *replicas) kill(id string) {
+	rs.lapse(id)
+	rs.sts[id].Close()
+}
+
+// lapse makes replica id's lease run out while it lives on.
+func (rs *replicas) lapse(id string) {
 	rs.mu.Lock()
 	rs.dead[id] = true
 	rs.mu.Unlock()
-	rs.sts[id].Close()
 }
 
 func (rs *replicas) to(replica string) (*Manager, error) {
@@ -390,5 +399,56 @@ func TestSharedRestartInterruptsOwnJobsOnly(t *testing.T) {
 	}
 	if got := pub.states("job-1"); len(got) != 1 || got[0] != StateInterrupted {
 		t.Fatalf("events of job-1 %v", got)
+	}
+}
+
+// TestSharedLapsedReplicaStopsTheJobTakenFromIt: a replica whose lease
+// ran out while it lived on has its job interrupted by another; its next
+// save of the job is refused, so it stops the job's process and
+// announces nothing more of it.
+func TestSharedLapsedReplicaStopsTheJobTakenFromIt(t *testing.T) {
+	goFile := filepath.Join(t.TempDir(), "go")
+	rs := startReplicas(t, `echo "start $WSGW_JOB_ID"
+while [ ! -e `+goFile+` ]; do sleep 0.05; done
+echo "progress 1"
+sleep 30 &
+wait
+`, 1, "A", "B")
+	ctx := context.Background()
+	first, err := rs.mgrs["A"].Submit(ctx, "s", "ann", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := waitJob(t, rs.mgrs["A"], first.ID, "running", isState(StateRunning))
+	lapsed, survivor := j.Replica, rs.other(j.Replica)
+	m := rs.mgrs[lapsed]
+	rs.lapse(lapsed)
+	taken := waitJob(t, rs.mgrs[survivor], first.ID, "interrupted", isState(StateInterrupted))
+	before := len(rs.pubs[lapsed].states(first.ID))
+	if err := os.WriteFile(goFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m.mu.Lock()
+		_, running := m.running[first.ID]
+		m.mu.Unlock()
+		if !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lapsed replica still runs %s", first.ID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if j.PID <= 0 || m.alive(j.PID) {
+		t.Fatalf("the job's process %d is still alive", j.PID)
+	}
+	if after := rs.pubs[lapsed].states(first.ID); len(after) != before {
+		t.Fatalf("the lapsed replica announced %v after the job was taken from it", after[before:])
+	}
+	got, err := rs.mgrs[survivor].Get(ctx, first.ID)
+	if err != nil || got.State != StateInterrupted || got.Reason != taken.Reason {
+		t.Fatalf("the record after the lapsed replica's end: %+v %v", got, err)
 	}
 }
