@@ -162,13 +162,29 @@ func TestReplicasJobQueue(t *testing.T) {
 	rj.rpc[third].must("events.subscribe", map[string]any{"topics": []string{"job.state"}, "since": 0}, nil)
 	rj.rpc[third].waitEvent("the stop on the third replica", 20*time.Second, jobState(long, "stopped"))
 
-	// kill -9 of a replica running a job.
+	// kill -9 of a replica running a job. Two long jobs hold both places,
+	// so the three jobs queued next (one on each replica, the doomed one
+	// too) wait in Redis until the kill frees the doomed replica's.
 	victim := rj.submit(t, 1, 30).ID
 	_, dead := rj.waitJob(t, 1, victim, "running", 20*time.Second)
-	vj, _ := rj.get(t, index(dead), victim)
+	second := rj.submit(t, 2, 30).ID
+	_, secondOn := rj.waitJob(t, 2, second, "running", 20*time.Second)
+	doomed := map[string]int{victim: 0}
+	if secondOn == dead {
+		doomed[second] = 0
+	}
+	var pids []int
+	for id := range doomed {
+		j, _ := rj.get(t, index(dead), id)
+		pids = append(pids, j.PID)
+	}
 	var queued []string
 	for i := 0; i < 3; i++ {
-		queued = append(queued, rj.submit(t, i, 0.2).ID)
+		j := rj.submit(t, i, 0.2)
+		if j.State != "queued" {
+			t.Fatalf("a job submitted with both places taken: %+v", j)
+		}
+		queued = append(queued, j.ID)
 	}
 	survivor := (index(dead) + 1) % 3
 	rj.rpc[survivor].must("events.subscribe", map[string]any{"topics": []string{"job.state"}}, nil)
@@ -177,41 +193,51 @@ func TestReplicasJobQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-g.exited
-	j, _ := rj.waitJob(t, survivor, victim, "interrupted", 30*time.Second)
-	if !strings.Contains(j.Reason, "replica "+dead+" ") || !strings.Contains(j.Reason, "lost") {
-		t.Fatalf("reason %q", j.Reason)
+	for id := range doomed {
+		j, _ := rj.waitJob(t, survivor, id, "interrupted", 30*time.Second)
+		if !strings.Contains(j.Reason, "replica "+dead+" ") || !strings.Contains(j.Reason, "lost") {
+			t.Fatalf("reason %q", j.Reason)
+		}
 	}
 	for _, id := range queued {
 		if _, rep := rj.waitJob(t, survivor, id, "succeeded", 30*time.Second); rep == dead {
 			t.Fatalf("queued job %s ran on the dead replica %s", id, dead)
 		}
 	}
-	rj.rpc[survivor].waitEvent("the interruption", 10*time.Second, jobState(victim, "interrupted"))
-	interrupted := 0
+	// Once: one event each, one replica's log line each.
+	for id := range doomed {
+		rj.rpc[survivor].waitEvent("the interruption of "+id, 10*time.Second, jobState(id, "interrupted"))
+	}
 	for _, e := range rj.rpc[survivor].events {
-		if jobState(victim, "interrupted")(e) {
-			interrupted++
+		if id, _ := e.Data["id"].(string); e.Method == "job.state" && e.Data["state"] == "interrupted" {
+			if _, ok := doomed[id]; !ok {
+				t.Fatalf("job %s interrupted too", id)
+			}
+			doomed[id]++
 		}
 	}
-	if interrupted != 1 {
-		t.Fatalf("%d job.state interrupted events for %s, want 1", interrupted, victim)
-	}
-	marked := 0
 	for i, g := range rj.gws {
 		if i == index(dead) {
 			continue
 		}
 		for _, l := range g.logLines() {
-			if strings.HasPrefix(fmt.Sprint(l["message"]), "job interrupted: the replica running it") && l["job"] == victim {
-				marked++
+			if id, _ := l["job"].(string); strings.HasPrefix(fmt.Sprint(l["message"]), "job interrupted: the replica running it") {
+				doomed[id] += 10
 			}
 		}
 	}
-	if marked != 1 {
-		t.Fatalf("%d replicas marked %s interrupted, want 1", marked, victim)
+	for id, n := range doomed {
+		if n != 11 {
+			t.Fatalf("job %s: %d interrupted events and %d replicas marking it, want 1 and 1", id, n%10, n/10)
+		}
 	}
-	// The killed replica's job process is the test's to end.
-	if vj.PID > 0 {
-		_ = syscall.Kill(-vj.PID, syscall.SIGKILL)
+	// The killed replica's job processes are the test's to end.
+	for _, pid := range pids {
+		if pid > 0 {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+	if secondOn != dead {
+		rj.rpc[survivor].must("jobs.stop", map[string]any{"id": second}, nil)
 	}
 }
