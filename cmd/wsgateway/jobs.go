@@ -128,6 +128,9 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 		KeepFinished: cfg.KeepJobs, KeepFor: cfg.KeepJobsFor}
 	if jr.replica != nil {
 		jr.replica.shareJobs(&jcfg)
+		if len(svcs) > 0 && jr.replicaLn == nil {
+			log.Warn().Msg("job services without --replica_address: the other replicas cannot read the logs of, stop or remove the jobs this one runs")
+		}
 	}
 	jr.mgr, err = jobs.New(ctx, jcfg, log)
 	if err != nil {
