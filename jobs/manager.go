@@ -139,6 +139,7 @@ type Manager struct {
 	running  map[string]*run
 	unsaved  map[string]unsavedJob // decided, not yet in the store
 	lost     map[string]bool       // shared queue: jobs another replica ended under this one
+	resave   map[string]store.Job  // shared queue: ends not saved yet (the store was away)
 	saveSeq  uint64
 	perSvc   map[string]int
 	num      int64
@@ -181,7 +182,7 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 		}
 	}
 	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: proc.Alive,
-		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, lost: map[string]bool{}, perSvc: map[string]int{}, stopWD: make(chan struct{}),
+		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, lost: map[string]bool{}, resave: map[string]store.Job{}, perSvc: map[string]int{}, stopWD: make(chan struct{}),
 		pruneNow: make(chan struct{}, 1), claimNow: make(chan struct{}, 1)}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
@@ -414,6 +415,13 @@ func (m *Manager) save(j *store.Job) {
 		ok, err := m.cfg.Store.UpdateJob(ctx, *j, Finished(j.State))
 		if err != nil {
 			m.log.Error().Err(err).Str("job", j.ID).Msg("job state not saved")
+			if Finished(j.State) {
+				// Its place stays taken in the store until this is saved:
+				// the watchdog tries again.
+				m.mu.Lock()
+				m.resave[j.ID] = *j
+				m.mu.Unlock()
+			}
 		} else if !ok {
 			m.lostJob(j.ID, j.State)
 		}
@@ -469,6 +477,10 @@ func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 		m.mu.Unlock()
 		return m.view(&u.job), nil
 	}
+	if j, ok := m.resave[id]; ok {
+		m.mu.Unlock()
+		return m.view(&j), nil
+	}
 	m.mu.Unlock()
 	j, err := m.cfg.Store.GetJob(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
@@ -503,6 +515,8 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 	for i := range out {
 		if u, ok := m.unsaved[out[i].ID]; ok {
 			newer[i] = u.job
+		} else if j, ok := m.resave[out[i].ID]; ok {
+			newer[i] = j
 		}
 		if r, ok := m.running[out[i].ID]; ok {
 			if p := r.lw.cur(); p != nil {

@@ -318,6 +318,7 @@ func (m *Manager) checkRunning() {
 	}
 	m.flush()
 	if m.shared() {
+		m.resaveEnds()
 		m.sweepLost()
 	}
 }

@@ -290,6 +290,30 @@ func (m *Manager) replicaLive(ctx context.Context, replica string) bool {
 	return ok
 }
 
+// resaveEnds saves again the ends of jobs whose saving failed, so that
+// their places in the store are given back once it answers.
+func (m *Manager) resaveEnds() {
+	m.mu.Lock()
+	var js []store.Job
+	for _, j := range m.resave {
+		js = append(js, j)
+	}
+	m.mu.Unlock()
+	for _, j := range js {
+		ctx, cancel := context.WithTimeout(m.stopCtx, 10*time.Second)
+		ok, err := m.cfg.Store.UpdateJob(ctx, j, true)
+		cancel()
+		if err != nil {
+			return // still away
+		}
+		m.mu.Lock()
+		delete(m.resave, j.ID)
+		m.mu.Unlock()
+		m.log.Info().Str("job", j.ID).Str("state", j.State).Bool("saved", ok).Msg("job end saved after the store came back")
+		m.pokeClaimer()
+	}
+}
+
 // lostReason is why the jobs of a replica whose lease ran out ended.
 func lostReason(replica string) string {
 	return fmt.Sprintf("interrupted: the gateway replica %s running the job was lost (its lease ran out)", replica)

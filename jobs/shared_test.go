@@ -54,7 +54,10 @@ func startReplicas(t *testing.T, body string, count int, ids ...string) *replica
 		}
 		pub := &memPub{}
 		m, err := New(context.Background(), Config{Services: []*Service{svc}, Store: st, Events: pub, Dir: filepath.Join(dir, id),
-			StopGrace: 500 * time.Millisecond, Watchdog: 50 * time.Millisecond, LogFlush: 20 * time.Millisecond,
+			// The watchdog (which also sweeps lost replicas) is slow enough
+			// not to take an exit seen late on a busy machine for a vanished
+			// process.
+			StopGrace: 500 * time.Millisecond, Watchdog: 250 * time.Millisecond, LogFlush: 20 * time.Millisecond,
 			ClaimEvery: 50 * time.Millisecond, Replica: id, LiveReplicas: rs.live, Remote: rs}, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
@@ -450,5 +453,72 @@ wait
 	got, err := rs.mgrs[survivor].Get(ctx, first.ID)
 	if err != nil || got.State != StateInterrupted || got.Reason != taken.Reason {
 		t.Fatalf("the record after the lapsed replica's end: %+v %v", got, err)
+	}
+}
+
+// failingEnds fails the saves of jobs' ends while fail is set.
+type failingEnds struct {
+	store.Store
+	mu     sync.Mutex
+	fail   bool
+	failed int
+}
+
+func (f *failingEnds) UpdateJob(ctx context.Context, j store.Job, final bool) (bool, error) {
+	f.mu.Lock()
+	if final && f.fail {
+		f.failed++
+		f.mu.Unlock()
+		return false, errors.New("redis away")
+	}
+	f.mu.Unlock()
+	return f.Store.UpdateJob(ctx, j, final)
+}
+
+// TestSharedEndSavedWhenTheStoreComesBack: a job's end that could not be
+// saved is saved again by the watchdog, which gives its place back: the
+// next job starts.
+func TestSharedEndSavedWhenTheStoreComesBack(t *testing.T) {
+	srv := redistest.Need(t)
+	rst, err := redisstore.Open(context.Background(), srv.URL(0)+"?prefix="+redistest.Prefix(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rst.Close()
+	st := &failingEnds{Store: rst, fail: true}
+	dir := t.TempDir()
+	ctx := context.Background()
+	m, err := New(ctx, Config{Services: []*Service{shService(t, dir, "echo hi\n", 1)}, Store: st, Events: &memPub{}, Dir: dir,
+		Watchdog: 250 * time.Millisecond, ClaimEvery: 50 * time.Millisecond, Replica: "A"}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	defer m.Close(ctx)
+	first, _ := m.Submit(ctx, "s", "", nil)
+	second, _ := m.Submit(ctx, "s", "", nil)
+	waitJob(t, m, first.ID, "ended (as this replica sees it)", isState(StateSucceeded))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st.mu.Lock()
+		failed := st.failed
+		st.mu.Unlock()
+		if failed >= 2 { // the end, and a retry
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the end was not saved again (%d tries)", failed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if j, _ := rst.GetJob(ctx, second.ID); j.State != StateQueued {
+		t.Fatalf("the second job started while the first's place was taken: %+v", j)
+	}
+	st.mu.Lock()
+	st.fail = false
+	st.mu.Unlock()
+	waitJob(t, m, second.ID, "succeeded", isState(StateSucceeded))
+	if j, _ := rst.GetJob(ctx, first.ID); j.State != StateSucceeded {
+		t.Fatalf("the first job's end in the store: %+v", j)
 	}
 }
