@@ -74,6 +74,19 @@ type Config struct {
 	// PruneEvery is how often the retention is applied besides after
 	// each job's end (default 1 min).
 	PruneEvery time.Duration
+
+	// Replica names this gateway among the replicas sharing the store's
+	// job queue (shared.go); "" keeps the queue in memory, for a gateway
+	// alone on its store.
+	Replica string
+	// LiveReplicas returns the replicas whose lease is live (shared queue:
+	// the running jobs of the others are interrupted).
+	LiveReplicas func(ctx context.Context) (map[string]string, error)
+	// Remote reaches the replica running a job (shared queue).
+	Remote Remote
+	// ClaimEvery is how often a replica looks for a queued job it may
+	// start, besides when it is told (default 500ms).
+	ClaimEvery time.Duration
 }
 
 // Job is what clients see of a job.
@@ -88,6 +101,7 @@ type Job struct {
 	ExitStatus    *int                       `json:"exit_status,omitempty"`
 	Reason        string                     `json:"reason,omitempty"`
 	PID           int                        `json:"pid,omitempty"`
+	Replica       string                     `json:"replica,omitempty"`
 	Progress      *Progress                  `json:"progress,omitempty"`
 	LogSize       int64                      `json:"log_size"`
 	Created       time.Time                  `json:"created"`
@@ -114,6 +128,9 @@ type Manager struct {
 
 	drainMu  sync.Mutex // held by the one goroutine running pending effects
 	submitMu sync.Mutex // Submits take turns (taken before mu)
+	claimMu  sync.Mutex // shared queue: a claim and its launch, or a Stop (taken before mu)
+	claimNow chan struct{}
+	claimErr bool // the last claim failed (logged once until one works)
 
 	mu       sync.Mutex
 	pending  []func() // effects decided under mu, run by flush in order
@@ -121,6 +138,8 @@ type Manager struct {
 	reserved int // places taken in the queue by Submits still saving
 	running  map[string]*run
 	unsaved  map[string]unsavedJob // decided, not yet in the store
+	lost     map[string]bool       // shared queue: jobs another replica ended under this one
+	resave   map[string]store.Job  // shared queue: ends not saved yet (the store was away)
 	saveSeq  uint64
 	perSvc   map[string]int
 	num      int64
@@ -147,6 +166,9 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 	if cfg.MaxQueued <= 0 {
 		cfg.MaxQueued = 10000
 	}
+	if cfg.ClaimEvery <= 0 {
+		cfg.ClaimEvery = 500 * time.Millisecond
+	}
 	if cfg.PruneEvery <= 0 {
 		// Often enough that a job outlives KeepFor by half of it at most.
 		cfg.PruneEvery = time.Minute
@@ -160,11 +182,17 @@ func New(ctx context.Context, cfg Config, log zerolog.Logger) (*Manager, error) 
 		}
 	}
 	m := &Manager{cfg: cfg, log: log, svcs: map[string]*Service{}, alive: proc.Alive,
-		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, perSvc: map[string]int{}, stopWD: make(chan struct{}),
-		pruneNow: make(chan struct{}, 1)}
+		running: map[string]*run{}, unsaved: map[string]unsavedJob{}, lost: map[string]bool{}, resave: map[string]store.Job{}, perSvc: map[string]int{}, stopWD: make(chan struct{}),
+		pruneNow: make(chan struct{}, 1), claimNow: make(chan struct{}, 1)}
 	m.stopCtx, m.stopCancel = context.WithCancel(context.Background())
 	for _, s := range cfg.Services {
 		m.svcs[s.Name] = s
+	}
+	if m.shared() {
+		if err := m.restoreShared(ctx); err != nil {
+			return nil, err
+		}
+		return m, nil
 	}
 	n, err := cfg.Store.MaxJobNum(ctx)
 	if err != nil {
@@ -214,6 +242,10 @@ func (m *Manager) Start() {
 	m.started = true
 	m.schedule()
 	m.wg.Add(2)
+	if m.shared() {
+		m.wg.Add(1)
+		go m.claimer()
+	}
 	m.mu.Unlock()
 	m.flush()
 	go m.watchdog()
@@ -257,12 +289,19 @@ func (m *Manager) Prune(ctx context.Context, now time.Time) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("listing finished jobs: %w", err)
 	}
+	var live map[string]string
+	if m.shared() && m.cfg.LiveReplicas != nil {
+		live, _ = m.cfg.LiveReplicas(ctx)
+	}
 	n := 0
 	for i, j := range fin { // newest first
 		old := m.cfg.KeepFor > 0 && !j.Finished.IsZero() && now.Sub(j.Finished) > m.cfg.KeepFor
 		over := m.cfg.KeepFinished > 0 && i >= m.cfg.KeepFinished
 		if !old && !over {
 			continue
+		}
+		if _, ok := live[j.Replica]; !m.mine(&j) && (ok || live == nil) {
+			continue // its replica prunes it (its log is on that replica's disk)
 		}
 		if err := m.Remove(ctx, j.ID); err != nil && !errors.Is(err, ErrNotFound) {
 			return n, fmt.Errorf("pruning %s: %w", j.ID, err)
@@ -338,7 +377,7 @@ func (m *Manager) flush() {
 
 func (m *Manager) view(j *store.Job) Job {
 	v := Job{ID: j.ID, Service: j.Service, Owner: j.Owner, State: j.State, ExitStatus: j.Exit, Reason: j.Reason,
-		PID: j.PID, Created: j.Created}
+		PID: j.PID, Replica: j.Replica, Created: j.Created}
 	_ = json.Unmarshal([]byte(j.Params), &v.Params)
 	_ = json.Unmarshal([]byte(j.Argv), &v.Argv)
 	if j.Progress != "" {
@@ -358,7 +397,9 @@ func (m *Manager) view(j *store.Job) Job {
 	if j.State == StateQueued {
 		v.QueuePosition = int(j.QueuePos)
 	}
-	if st, err := os.Stat(j.LogPath); err == nil {
+	if !m.mine(j) {
+		// Its log is on its replica's disk (logs.read reaches it).
+	} else if st, err := os.Stat(j.LogPath); err == nil {
 		v.LogSize = st.Size()
 	}
 	if v.Params == nil {
@@ -370,6 +411,22 @@ func (m *Manager) view(j *store.Job) Job {
 func (m *Manager) save(j *store.Job) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if m.shared() {
+		ok, err := m.cfg.Store.UpdateJob(ctx, *j, Finished(j.State))
+		if err != nil {
+			m.log.Error().Err(err).Str("job", j.ID).Msg("job state not saved")
+			if Finished(j.State) {
+				// Its place stays taken in the store until this is saved:
+				// the watchdog tries again.
+				m.mu.Lock()
+				m.resave[j.ID] = *j
+				m.mu.Unlock()
+			}
+		} else if !ok {
+			m.lostJob(j.ID, j.State)
+		}
+		return
+	}
 	if err := m.cfg.Store.SaveJob(ctx, *j); err != nil {
 		m.log.Error().Err(err).Str("job", j.ID).Msg("job state not saved")
 	}
@@ -378,6 +435,14 @@ func (m *Manager) save(j *store.Job) {
 func (m *Manager) publishState(j *store.Job) {
 	if m.cfg.Events == nil {
 		return
+	}
+	if m.shared() && m.mine(j) {
+		m.mu.Lock()
+		lost := m.lost[j.ID]
+		m.mu.Unlock()
+		if lost {
+			return // another replica ended it and said so
+		}
 	}
 	d := map[string]any{"id": j.ID, "service": j.Service, "state": j.State}
 	if j.Exit != nil {
@@ -411,6 +476,10 @@ func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 	if u, ok := m.unsaved[id]; ok {
 		m.mu.Unlock()
 		return m.view(&u.job), nil
+	}
+	if j, ok := m.resave[id]; ok {
+		m.mu.Unlock()
+		return m.view(&j), nil
 	}
 	m.mu.Unlock()
 	j, err := m.cfg.Store.GetJob(ctx, id)
@@ -446,6 +515,8 @@ func (m *Manager) List(ctx context.Context, f Filter) ([]Job, error) {
 	for i := range out {
 		if u, ok := m.unsaved[out[i].ID]; ok {
 			newer[i] = u.job
+		} else if j, ok := m.resave[out[i].ID]; ok {
+			newer[i] = j
 		}
 		if r, ok := m.running[out[i].ID]; ok {
 			if p := r.lw.cur(); p != nil {
@@ -475,6 +546,14 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	}
 	if !Finished(j.State) {
 		return fmt.Errorf("%w: %s is %s; stop it first", ErrNotFinished, id, j.State)
+	}
+	if m.shared() && j.Replica != "" && j.Replica != m.cfg.Replica && m.cfg.Remote != nil {
+		// Its log and directory are on its replica's disk.
+		err := m.cfg.Remote.Remove(ctx, j.Replica, id)
+		if err == nil || !errors.Is(err, ErrReplicaGone) || m.replicaLive(ctx, j.Replica) {
+			return err
+		}
+		m.log.Warn().Err(err).Str("job", id).Str("replica", j.Replica).Msg("removing a job whose replica is gone: its log stays on that replica's disk")
 	}
 	if err := m.cfg.Store.DeleteJob(ctx, id); err != nil {
 		return err
@@ -510,6 +589,12 @@ func (m *Manager) ReadLog(ctx context.Context, id string, offset, limit int64) (
 	}
 	if limit <= 0 || limit > MaxLogRead {
 		limit = MaxLogRead
+	}
+	if m.shared() && j.Replica != "" && j.Replica != m.cfg.Replica {
+		if m.cfg.Remote == nil {
+			return LogChunk{}, fmt.Errorf("%w: the log of %s is on replica %s", ErrReplicaGone, id, j.Replica)
+		}
+		return m.cfg.Remote.ReadLog(ctx, j.Replica, id, offset, limit)
 	}
 	c := LogChunk{ID: id, Offset: offset, NextOffset: offset}
 	f, err := os.Open(filepath.Join(m.cfg.Dir, id+".log"))

@@ -33,6 +33,10 @@ func (m *Manager) Submit(ctx context.Context, service, owner string, params map[
 	if err != nil {
 		return Job{}, fmt.Errorf("encoding the command line: %w", err)
 	}
+	if m.shared() {
+		return m.submitShared(ctx, store.Job{Service: service, Owner: owner, Params: string(pj), Argv: string(aj),
+			State: StateQueued, Created: time.Now().UTC()})
+	}
 	// Submits take turns, so that the queue keeps the order of the job
 	// numbers; the lock is not held while the job is saved.
 	m.submitMu.Lock()
@@ -81,6 +85,10 @@ func (m *Manager) Submit(ctx context.Context, service, owner string, params map[
 // queueChangedLater renumbers the queue and queues saving its order and
 // announcing it; m.mu held.
 func (m *Manager) queueChangedLater() {
+	if m.shared() {
+		m.later(m.publishQueue)
+		return
+	}
 	ids := make([]string, len(m.queue))
 	for i, j := range m.queue {
 		j.QueuePos = int64(i + 1)
@@ -102,6 +110,12 @@ func (m *Manager) queueChangedLater() {
 // free slot, and queues their launch; m.mu held.
 func (m *Manager) schedule() {
 	if m.closed || !m.started {
+		return
+	}
+	if m.shared() {
+		// After the effects decided so far: a job's end frees its place
+		// in the store when its last save runs.
+		m.later(m.pokeClaimer)
 		return
 	}
 	changed := false
@@ -132,6 +146,9 @@ func (m *Manager) schedule() {
 
 // Queue returns the queued jobs in the order they will start.
 func (m *Manager) Queue() []Job {
+	if m.shared() {
+		return m.queueShared()
+	}
 	m.mu.Lock()
 	recs := make([]store.Job, len(m.queue))
 	for i, j := range m.queue {
@@ -148,6 +165,11 @@ func (m *Manager) Queue() []Job {
 // Move puts a queued job at position (1: next to start; beyond the end:
 // last) and returns the new queue.
 func (m *Manager) Move(id string, position int) ([]Job, error) {
+	if m.shared() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return m.moveShared(ctx, id, position)
+	}
 	m.mu.Lock()
 	idx := -1
 	for i, j := range m.queue {

@@ -34,6 +34,9 @@ type run struct {
 // launchLater marks j starting and queues its launch; m.mu held.
 func (m *Manager) launchLater(j *store.Job, svc *Service) {
 	j.State, j.QueuePos, j.Started = StateStarting, 0, time.Now().UTC()
+	if m.shared() {
+		j.Replica, j.LogPath = m.cfg.Replica, m.logPath(j.ID)
+	}
 	r := &run{rec: j, output: make(chan struct{}), done: make(chan struct{})}
 	r.lw = &logWriter{m: m, id: j.ID, owner: j.Owner, progress: newProgressParser(svc.Progress)}
 	m.running[j.ID] = r
@@ -314,6 +317,10 @@ func (m *Manager) checkRunning() {
 		r.p.Kill()
 	}
 	m.flush()
+	if m.shared() {
+		m.resaveEnds()
+		m.sweepLost()
+	}
 }
 
 // Stop stops a job: a queued one leaves the queue, a running one gets
@@ -323,6 +330,17 @@ func (m *Manager) Stop(ctx context.Context, id, who string) (Job, error) {
 	reason := "stopped"
 	if who != "" {
 		reason = "stopped by " + who
+	}
+	if m.shared() {
+		// A job being claimed here is in m.running once claimMu is free.
+		m.claimMu.Lock()
+		m.mu.Lock()
+		_, here := m.running[id]
+		m.mu.Unlock()
+		m.claimMu.Unlock()
+		if !here {
+			return m.stopShared(ctx, id, who, reason)
+		}
 	}
 	m.mu.Lock()
 	if rec, ok := m.stopQueued(id, reason); ok {

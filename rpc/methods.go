@@ -93,6 +93,8 @@ func jobErr(err error) error {
 		return rpcErr(CodeLimit, "queue_full", "%v; try again later", err)
 	case errors.Is(err, jobs.ErrClosed):
 		return rpcErr(CodeServer, "shutting_down", "%v", err)
+	case errors.Is(err, jobs.ErrReplicaGone):
+		return rpcErr(CodeNotAvailable, "replica_unreachable", "%v", err)
 	}
 	return err
 }

@@ -26,6 +26,13 @@ import (
 // ErrNotFound is returned for a job that is not in the store.
 var ErrNotFound = errors.New("not found")
 
+// ErrNotQueued is returned by the queue operations for a job that is not
+// (or no longer) queued.
+var ErrNotQueued = errors.New("not queued")
+
+// ErrQueueFull is returned by EnqueueJob when the queue holds its most.
+var ErrQueueFull = errors.New("queue full")
+
 // Job is a job as stored. Times are UTC; zero means not yet.
 type Job struct {
 	ID       string
@@ -39,6 +46,7 @@ type Job struct {
 	Exit     *int  // exit status once finished
 	Reason   string
 	PID      int
+	Replica  string // the gateway replica running it (shared queue; "" otherwise)
 	LogPath  string
 	Progress string // JSON object or ""
 	Created  time.Time
@@ -86,6 +94,38 @@ type Store interface {
 	SetQueue(ctx context.Context, ids []string) error
 	// MaxJobNum is the largest Num stored (0 when there is none).
 	MaxJobNum(ctx context.Context) (int64, error)
+
+	// The queue shared by every gateway using the store (one for SQLite,
+	// the replicas for Redis). Each operation is atomic.
+
+	// EnqueueJob gives j the next job number, the id "job-<num>" and the
+	// last place in the queue, saves it queued and returns it;
+	// ErrQueueFull when maxQueued jobs already wait.
+	EnqueueJob(ctx context.Context, j Job, maxQueued int) (Job, error)
+	// ClaimJob takes the first queued job, in queue order, whose service
+	// has fewer starting or running jobs (on every replica) than
+	// limits[service], marks it starting on replica at now and returns it;
+	// ErrNotFound when there is none. Services missing from limits are
+	// left queued.
+	ClaimJob(ctx context.Context, replica string, limits map[string]int, now time.Time) (Job, error)
+	// MoveJob puts a queued job at position (1: next; beyond the end:
+	// last) and returns the queue's ids in order; ErrNotQueued when it is
+	// not queued.
+	MoveJob(ctx context.Context, id string, position int) ([]string, error)
+	// DequeueJob takes a queued job out of the queue as finished with
+	// state and reason at now and returns it; ErrNotQueued when it is not
+	// queued.
+	DequeueJob(ctx context.Context, id, state, reason string, now time.Time) (Job, error)
+	// UpdateJob saves j, a job claimed by j.Replica, only while the store
+	// still has it starting or running on j.Replica; a j whose State is
+	// final frees its service's place. It reports whether j was saved.
+	UpdateJob(ctx context.Context, j Job, final bool) (bool, error)
+	// InterruptJobsOf marks every starting or running job of replica
+	// interrupted with reason at now, frees their places and returns them
+	// (once: a second call returns none).
+	InterruptJobsOf(ctx context.Context, replica, reason string, now time.Time) ([]Job, error)
+	// JobReplicas returns the replicas that have starting or running jobs.
+	JobReplicas(ctx context.Context) ([]string, error)
 
 	// AppendEvent stores an event and returns it with its sequence
 	// number, one more than the previous event's.
@@ -202,6 +242,8 @@ var migrations = []string{
 		created_ns INTEGER NOT NULL,
 		expires_ns INTEGER NOT NULL
 	);`,
+	// 3: the replica running a job (the shared queue's operations).
+	`ALTER TABLE jobs ADD COLUMN replica TEXT NOT NULL DEFAULT '';`,
 }
 
 // SchemaVersion is the version this binary brings a database to.
@@ -268,22 +310,10 @@ func fromNS(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
-const jobCols = `id, num, service, owner, params, argv, state, queue_pos, exit_status, reason, pid, log_path, progress, created_ns, started_ns, finished_ns`
+const jobCols = `id, num, service, owner, params, argv, state, queue_pos, exit_status, reason, pid, log_path, progress, created_ns, started_ns, finished_ns, replica`
 
 // SaveJob inserts or replaces j.
-func (s *SQLite) SaveJob(ctx context.Context, j Job) error {
-	var exit any
-	if j.Exit != nil {
-		exit = *j.Exit
-	}
-	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO jobs (`+jobCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		j.ID, j.Num, j.Service, j.Owner, nonEmpty(j.Params, "{}"), nonEmpty(j.Argv, "[]"), j.State, j.QueuePos, exit, j.Reason, j.PID,
-		j.LogPath, j.Progress, ns(j.Created), ns(j.Started), ns(j.Finished))
-	if err != nil {
-		return fmt.Errorf("saving job %s: %w", j.ID, err)
-	}
-	return nil
-}
+func (s *SQLite) SaveJob(ctx context.Context, j Job) error { return saveJobIn(ctx, s.db, j) }
 
 func nonEmpty(s, def string) string {
 	if s == "" {
@@ -299,7 +329,7 @@ func scanJob(r scanner) (Job, error) {
 	var exit sql.NullInt64
 	var c, st, f int64
 	if err := r.Scan(&j.ID, &j.Num, &j.Service, &j.Owner, &j.Params, &j.Argv, &j.State, &j.QueuePos, &exit, &j.Reason, &j.PID,
-		&j.LogPath, &j.Progress, &c, &st, &f); err != nil {
+		&j.LogPath, &j.Progress, &c, &st, &f, &j.Replica); err != nil {
 		return j, err
 	}
 	if exit.Valid {

@@ -41,6 +41,7 @@ type jobsRun struct {
 
 	stopFollow context.CancelFunc // ends the shared event stream's follower
 	replicaLn  net.Listener       // --replica_address (replicas.go)
+	replica    *replicaJobs       // the shared job queue's link to the other replicas (replicas.go)
 }
 
 // setupJobs loads the job services of --remote_session_config, opens the
@@ -65,15 +66,15 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 	var st store.Store
 	var shared *redisstore.Store
 	if redisstore.IsURL(path) {
-		if len(svcs) > 0 {
-			return nil, &usageError{"--state_db redis://…: job services are not shared between replicas yet; run them on a gateway with an SQLite --state_db"}
-		}
 		rs, err := redisstore.Open(ctx, path, log)
 		if err != nil {
 			return nil, err
 		}
 		st, shared = rs, rs
 		path = redisstore.Redact(path)
+		// The job queue is in Redis; the logs and working directories of
+		// the jobs this replica runs are on its own disk.
+		jobDir = replicaJobDir(cfg)
 	} else if path == "" {
 		// Nothing asks for durable state (and no job can run): keep the
 		// event history in memory.
@@ -123,8 +124,15 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 			return nil, err
 		}
 	}
-	jr.mgr, err = jobs.New(ctx, jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv,
-		KeepFinished: cfg.KeepJobs, KeepFor: cfg.KeepJobsFor}, log)
+	jcfg := jobs.Config{Services: svcs, Store: st, Events: jr.hub, Dir: jobDir, Supervisor: sup, StopGrace: cfg.StopGrace, EnvPolicy: cfg.PassEnv,
+		KeepFinished: cfg.KeepJobs, KeepFor: cfg.KeepJobsFor}
+	if jr.replica != nil {
+		jr.replica.shareJobs(&jcfg)
+		if len(svcs) > 0 && jr.replicaLn == nil {
+			log.Warn().Msg("job services without --replica_address: the other replicas cannot read the logs of, stop or remove the jobs this one runs")
+		}
+	}
+	jr.mgr, err = jobs.New(ctx, jcfg, log)
 	if err != nil {
 		jr.close()
 		return nil, err

@@ -104,6 +104,7 @@ func (s *Store) Close() error { return s.c.Close() }
 //	job:<id>            string, the job as JSON (queue_pos apart)
 //	jobs                sorted set of job ids by Num
 //	jobq                hash job id -> queue position
+//	jobnum, jobqueue, jobsvc, jobrun, jobrunsvc: the shared queue (jobqueue.go)
 //	evseq               the last event sequence number
 //	events              stream; entry id <seq>-0, fields topic owner data time
 //	res:<token>         hash, one reservation record (see ReservationFields)
@@ -248,6 +249,8 @@ func (s *Store) DeleteJob(ctx context.Context, id string) error {
 		del = p.Del(ctx, s.jobKey(id))
 		p.ZRem(ctx, s.Key(keyJobs), id)
 		p.HDel(ctx, s.Key(keyJobQueue), id)
+		p.LRem(ctx, s.Key(keyJobList), 0, id)
+		p.HDel(ctx, s.Key(keyJobSvc), id)
 		return nil
 	})
 	if err != nil {

@@ -2,8 +2,12 @@ package redisstore
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,5 +113,67 @@ func TestReadEventsWaitsForTheNext(t *testing.T) {
 	evs, err := s.ReadEvents(ctx, 2, 10, 10*time.Millisecond)
 	if err != nil || len(evs) != 0 {
 		t.Fatalf("read with nothing new %+v %v", evs, err)
+	}
+}
+
+// TestClaimJobRacesWithinTheLimit: 30 claims race from three clients
+// (replicas) for 10 queued jobs of a service limited to 3: exactly 3
+// jobs are claimed, each once; the ends of two let exactly two more in.
+func TestClaimJobRacesWithinTheLimit(t *testing.T) {
+	first := openTest(t)
+	ctx := context.Background()
+	stores := []*Store{first}
+	for i := 0; i < 2; i++ {
+		s2, err := Open(ctx, "redis://"+first.c.Options().Addr+"/0?prefix="+first.Prefix(), zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s2.Close() })
+		stores = append(stores, s2)
+	}
+	for i := 0; i < 10; i++ {
+		if _, err := first.EnqueueJob(ctx, store.Job{Service: "x", Created: time.Now()}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	race := func(n int) []store.Job {
+		var mu sync.Mutex
+		var got []store.Job
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(s *Store, rep string) {
+				defer wg.Done()
+				j, err := s.ClaimJob(ctx, rep, map[string]int{"x": 3}, time.Now())
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					t.Errorf("claim: %v", err)
+				}
+				if err == nil {
+					mu.Lock()
+					got = append(got, j)
+					mu.Unlock()
+				}
+			}(stores[i%3], fmt.Sprintf("r%d", i%3))
+		}
+		wg.Wait()
+		sort.Slice(got, func(a, b int) bool { return got[a].Num < got[b].Num })
+		return got
+	}
+	got := race(30)
+	if len(got) != 3 || got[0].ID != "job-1" || got[1].ID != "job-2" || got[2].ID != "job-3" {
+		t.Fatalf("claimed %+v, want job-1..3 once each", got)
+	}
+	for _, j := range got[:2] {
+		j.State, j.Finished = "succeeded", time.Now()
+		if ok, err := first.UpdateJob(ctx, j, true); err != nil || !ok {
+			t.Fatalf("end of %s: %v %v", j.ID, ok, err)
+		}
+	}
+	more := race(30)
+	if len(more) != 2 || more[0].ID != "job-4" || more[1].ID != "job-5" {
+		t.Fatalf("claimed after two ends %+v, want job-4 and job-5", more)
+	}
+	if n, _ := first.c.HGet(ctx, first.Key(keyJobRunSvc), "x").Int(); n != 3 {
+		t.Fatalf("x counted %d running, want 3", n)
 	}
 }
