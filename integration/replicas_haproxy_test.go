@@ -196,25 +196,10 @@ func TestReplicasBehindHAProxy(t *testing.T) {
 		"--trusted_proxy", "127.0.0.1", "--trusted_proxy_user", haproxyUser(),
 		"--security_token", secToken, "--auth_fail_limit", "2") // 2 a minute, one back every 30 s
 	hp := startShippedHAProxy(t, gws)
-	base := "http://" + hp.addr
 	local := clientFrom("127.0.0.1")
 	get := func(c *http.Client, path string, hdr ...string) (int, map[string]any) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatalf("GET %s through haproxy: %v", path, err)
-		}
-		defer resp.Body.Close()
-		var m map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&m)
-		return resp.StatusCode, m
+		return getThrough(t, c, hp.addr, path, hdr...)
 	}
 	// The replica running tok's session, from the replicas' own status
 	// (with the token: no loopback administrator once it is set).
@@ -299,55 +284,7 @@ func TestReplicasBehindHAProxy(t *testing.T) {
 	}
 	echoThrough(t, ws, "after a quiet spell")
 
-	// Limits key on the client HAProxy saw. The attacker (127.0.0.2)
-	// writes the victim's address (127.0.0.3) into X-Forwarded-For; the
-	// replicas must take HAProxy's hop, the rightmost. Twelve wrong
-	// tokens round robin: four per replica, over its limit of two.
-	attacker, victim := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
-	var last []int
-	for i := 0; i < 12; i++ {
-		c, _ := get(attacker, "/v1/status?security_token=wrong", "X-Forwarded-For", "127.0.0.3")
-		last = append(last, c)
-	}
-	if fmt.Sprint(last[9:]) != "[429 429 429]" {
-		t.Fatalf("twelve wrong tokens through haproxy, answers %v: want the last three (one per replica) 429", last)
-	}
-	for i := 0; i < 3; i++ {
-		if c, m := get(victim, "/v1/status?security_token="+secToken); c != http.StatusOK {
-			t.Fatalf("the victim with the right token, request %d: %d %v (a limit keyed on the address the attacker wrote)", i, c, m)
-		}
-		if c, m := get(attacker, "/v1/status?security_token="+secToken); c != http.StatusTooManyRequests {
-			t.Fatalf("the attacker with the right token, request %d: %d %v, want 429 while its limit holds", i, c, m)
-		}
-	}
-
-	// A client's own X-Forwarded-User and -Groups do not reach the
-	// replicas (which believe HAProxy's): no credentials, no caller.
-	for i := 0; i < 3; i++ {
-		if c, m := get(clientFrom("127.0.0.4"), "/v1/whoami", "X-Forwarded-User", "mallory", "X-Forwarded-Groups", "admin"); c != http.StatusUnauthorized {
-			t.Fatalf("whoami through haproxy asserting a user: %d %v, want 401", c, m)
-		}
-	}
-	// Nor does its X-Forwarded-Host: HAProxy names the host the client
-	// used, so a page of another origin stays foreign.
-	code, res = get(local, "/v1/reserve/Unix%20Echo?security_token="+secToken)
-	if code != http.StatusOK {
-		t.Fatalf("second reservation: %d %v", code, res)
-	}
-	tok2 := res["token"].(string)
-	forged := http.Header{"Origin": {"http://127.0.0.9:1"}, "X-Forwarded-Host": {"127.0.0.9:1"}}
-	if w, code, body := dialWS(t, "ws://"+hp.addr+"/websockify?token="+tok2, forged); w != nil || code != http.StatusForbidden {
-		if w != nil {
-			w.Close()
-		}
-		t.Fatalf("a foreign page with its own X-Forwarded-Host: %d %v, want 403", code, body)
-	}
-	own := http.Header{"Origin": {"http://" + hp.addr}}
-	w2, code, body := dialWS(t, "ws://"+hp.addr+"/websockify?token="+tok2, own)
-	if w2 == nil {
-		t.Fatalf("the front end's own page: %d %v", code, body)
-	}
-	w2.Close()
+	tok2 := checkForwarding(t, hp.addr, secToken)
 
 	// kill -9 of a replica that runs no session: the health check marks
 	// it down, the others stay up, and no request fails.
@@ -382,4 +319,107 @@ func TestReplicasBehindHAProxy(t *testing.T) {
 		}
 	}
 	echoThrough(t, ws, "still through haproxy")
+}
+
+// getThrough does a GET of path on the front end at addr with client c
+// and headers hdr (name, value, …), and decodes a JSON answer.
+func getThrough(t *testing.T, c *http.Client, addr, path string, hdr ...string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s through the front end: %v", path, err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+// checkForwarding checks what three replicas with --trusted_proxy (the
+// front end's user), --security_token secToken and --auth_fail_limit 2
+// see of clients through the round-robin front end at front: their
+// limits key on the client the front end names in X-Forwarded-For, not
+// on what the client wrote there; a client's own X-Forwarded-User,
+// X-Forwarded-Groups and X-Forwarded-Host do not reach them. It leaves a
+// detached session of "Unix Echo" behind and returns its token.
+func checkForwarding(t *testing.T, front, secToken string) string {
+	t.Helper()
+	get := func(c *http.Client, path string, hdr ...string) (int, map[string]any) {
+		t.Helper()
+		return getThrough(t, c, front, path, hdr...)
+	}
+	local := clientFrom("127.0.0.1")
+	// Limits key on the client the front end saw. The attacker (127.0.0.2)
+	// writes the victim's address (127.0.0.3) into X-Forwarded-For; the
+	// replicas must take the front end's hop, the rightmost. Twelve wrong
+	// tokens round robin: four per replica, over its limit of two.
+	attacker, victim := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
+	var last []int
+	for i := 0; i < 12; i++ {
+		c, _ := get(attacker, "/v1/status?security_token=wrong", "X-Forwarded-For", "127.0.0.3")
+		last = append(last, c)
+	}
+	if fmt.Sprint(last[9:]) != "[429 429 429]" {
+		t.Fatalf("twelve wrong tokens through the front end, answers %v: want the last three (one per replica) 429", last)
+	}
+	for i := 0; i < 3; i++ {
+		if c, m := get(victim, "/v1/status?security_token="+secToken); c != http.StatusOK {
+			t.Fatalf("the victim with the right token, request %d: %d %v (a limit keyed on the address the attacker wrote)", i, c, m)
+		}
+		if c, m := get(attacker, "/v1/status?security_token="+secToken); c != http.StatusTooManyRequests {
+			t.Fatalf("the attacker with the right token, request %d: %d %v, want 429 while its limit holds", i, c, m)
+		}
+	}
+
+	// A client's own X-Forwarded-User and -Groups do not reach the
+	// replicas (which believe the front end's): no credentials, no caller.
+	for i := 0; i < 3; i++ {
+		if c, m := get(clientFrom("127.0.0.4"), "/v1/whoami", "X-Forwarded-User", "mallory", "X-Forwarded-Groups", "admin"); c != http.StatusUnauthorized {
+			t.Fatalf("whoami through the front end asserting a user: %d %v, want 401", c, m)
+		}
+	}
+	// Nor does its X-Forwarded-Host: the front end names the host the client
+	// used, so a page of another origin stays foreign.
+	code, res := get(local, "/v1/reserve/Unix%20Echo?security_token="+secToken)
+	if code != http.StatusOK {
+		t.Fatalf("reservation through the front end: %d %v", code, res)
+	}
+	tok2 := res["token"].(string)
+	forged := http.Header{"Origin": {"http://127.0.0.9:1"}, "X-Forwarded-Host": {"127.0.0.9:1"}}
+	if w, code, body := dialWS(t, "ws://"+front+"/websockify?token="+tok2, forged); w != nil || code != http.StatusForbidden {
+		if w != nil {
+			w.Close()
+		}
+		t.Fatalf("a foreign page with its own X-Forwarded-Host: %d %v, want 403", code, body)
+	}
+	own := http.Header{"Origin": {"http://" + front}}
+	w2, code, body := dialWS(t, "ws://"+front+"/websockify?token="+tok2, own)
+	if w2 == nil {
+		t.Fatalf("the front end's own page: %d %v", code, body)
+	}
+	w2.Close()
+	return tok2
+}
+
+// TestReplicasBehindNginxForwarding: the shipped nginx front end, in
+// front of three replicas that trust it, passes on the client's address
+// and none of the identity or host headers the client wrote.
+func TestReplicasBehindNginxForwarding(t *testing.T) {
+	t.Parallel()
+	const secToken = "nginx-test-token-0123"
+	user := "nobody" // runNginx's workers, when the test runs as root
+	if os.Getuid() != 0 {
+		user = strconv.Itoa(os.Getuid())
+	}
+	gws := startLinkedReplicas(t, 3, map[string]any{"Unix Echo": unixEchoService(t, t.TempDir(), 3)},
+		"--trusted_proxy", "127.0.0.1", "--trusted_proxy_user", user,
+		"--security_token", secToken, "--auth_fail_limit", "2")
+	checkForwarding(t, startShippedNginx(t, gws), secToken)
 }
