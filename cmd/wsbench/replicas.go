@@ -53,6 +53,11 @@ type ReplicasRow struct {
 	// with SetupWorkers clients at once: the median round, and each.
 	SetupsPerSec float64   `json:"setups_per_s"`
 	SetupRounds  []float64 `json:"setup_rounds_per_s"`
+	// Cores used during the set-up rounds, by part: "replicas" (the
+	// gateways and the services they launched and reaped), "nginx",
+	// "redis" (shared by both deployments, idle while the other runs),
+	// "wsbench" (the clients) and "other" (every other program).
+	CPU map[string]float64 `json:"cpu_cores"`
 	// Reservations answered 503 (no free slot while sessions stop).
 	Full   int64    `json:"full"`
 	Errors []string `json:"errors,omitempty"`
@@ -64,8 +69,13 @@ type deployment struct {
 	front    string  // the proxy's host:port
 	status   string  // one replica's HTTP address, for /v1/status
 	replicas []*proc // the gateways
+	nginx    *proc
+	redis    *proc
 	client   *http.Client
 	row      *ReplicasRow
+	// CPU ticks by part, and seconds, summed over the set-up rounds.
+	ticks   map[string]int64
+	seconds float64
 }
 
 // replicasNeeds is what the row needs, with the Debian package of each.
@@ -116,7 +126,7 @@ func measureReplicas(ctx context.Context, cfg *config, dir string, logf func(str
 		return r, err
 	}
 
-	redisAddr, err := startRedis(ctx, bins["redis-server"], rdir)
+	redisAddr, redis, err := startRedis(ctx, bins["redis-server"], rdir)
 	if err != nil {
 		return r, err
 	}
@@ -129,6 +139,7 @@ func measureReplicas(ctx context.Context, cfg *config, dir string, logf func(str
 		if err != nil {
 			return r, fmt.Errorf("%d replicas: %w", n, err)
 		}
+		d.redis = redis
 		deps = append(deps, d)
 		r.Rows = append(r.Rows, d.row)
 	}
@@ -169,6 +180,10 @@ func measureReplicas(ctx context.Context, cfg *config, dir string, logf func(str
 		d.row.Iterations = len(s)
 		d.row.P50ms, d.row.P99ms = ms(pct(s, 50)), ms(pct(s, 99))
 		d.row.SetupRounds = rounds[d]
+		d.row.CPU = map[string]float64{}
+		for k, v := range d.ticks {
+			d.row.CPU[k] = float64(v) / clockTick / d.seconds
+		}
 		sorted := append([]float64(nil), rounds[d]...)
 		sort.Float64s(sorted)
 		if len(sorted) > 0 {
@@ -186,24 +201,24 @@ func measureReplicas(ctx context.Context, cfg *config, dir string, logf func(str
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
 // startRedis runs a redis-server without persistence on a free port.
-func startRedis(ctx context.Context, bin, dir string) (string, error) {
+func startRedis(ctx context.Context, bin, dir string) (string, *proc, error) {
 	for attempt := 0; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		p, err := startProc("redis-server", filepath.Join(dir, "redis.log"), nil, bin, "--port", strconv.Itoa(port),
 			"--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no", "--protected-mode", "yes")
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if err = waitListening(ctx, p, addr, 15*time.Second); err == nil {
-			return addr, nil
+			return addr, p, nil
 		}
 		p.stop(time.Second)
 		if attempt == 2 || ctx.Err() != nil {
-			return "", err
+			return "", nil, err
 		}
 	}
 }
@@ -213,7 +228,7 @@ func startRedis(ctx context.Context, bin, dir string) (string, error) {
 // its upstream servers, listeners and TLS replaced as the integration
 // test does; top is wsbench's directory, dir the replicas' own.
 func startDeployment(ctx context.Context, cfg *config, nginx, shipped, top, dir, conf, redisAddr string, n, workers int) (*deployment, error) {
-	d := &deployment{count: n, row: &ReplicasRow{Count: n}}
+	d := &deployment{count: n, row: &ReplicasRow{Count: n}, ticks: map[string]int64{}}
 	state := fmt.Sprintf("redis://%s/0?prefix=wsbench%d:", redisAddr, n)
 	var https []string
 	for i := 0; i < n; i++ {
@@ -291,6 +306,7 @@ http {
 			return nil, err
 		}
 		if err = waitListening(ctx, p, d.front, 15*time.Second); err == nil {
+			d.nginx = p
 			break
 		}
 		p.stop(time.Second)
@@ -402,6 +418,7 @@ func (d *deployment) concurrent(ctx context.Context, workers int, dur time.Durat
 	var mu sync.Mutex
 	end := time.Now().Add(dur)
 	start := time.Now()
+	before := d.cpuTicks()
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -428,11 +445,27 @@ func (d *deployment) concurrent(ctx context.Context, workers int, dur time.Durat
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	for k, v := range d.cpuTicks() {
+		d.ticks[k] += v - before[k]
+	}
+	d.seconds += elapsed.Seconds()
 	d.row.Full += full.Load()
 	if firstErr != nil {
 		return 0, firstErr
 	}
 	return float64(done.Load()) / elapsed.Seconds(), ctx.Err()
+}
+
+// cpuTicks is the CPU time so far of each part of the deployment, and of
+// the rest of the machine ("other": all busy time less the parts).
+func (d *deployment) cpuTicks() map[string]int64 {
+	t := map[string]int64{"nginx": groupStats(d.nginx.pid(), false).ticks, "redis": groupStats(d.redis.pid(), false).ticks,
+		"wsbench": selfTicks()}
+	for _, p := range d.replicas {
+		t["replicas"] += groupStats(p.pid(), false).ticks
+	}
+	t["other"] = systemBusyTicks() - t["nginx"] - t["redis"] - t["wsbench"] - t["replicas"]
+	return t
 }
 
 // printReplicas prints the replicas row.
@@ -462,6 +495,10 @@ func printReplicas(w io.Writer, r *Replicas) {
 			strings.Join(rp, " "), row.SetupsPerSec, strings.Join(sr, " "), row.Full)
 	}
 	tw.Flush()
+	for _, row := range r.Rows {
+		fmt.Fprintf(w, "  %d replicas, cores during the set-ups: replicas and their services %.2f, nginx %.2f, redis %.2f, wsbench %.2f, other programs %.2f\n",
+			row.Count, row.CPU["replicas"], row.CPU["nginx"], row.CPU["redis"], row.CPU["wsbench"], row.CPU["other"])
+	}
 	for _, row := range r.Rows {
 		for _, e := range row.Errors {
 			fmt.Fprintf(w, "error (%d replicas): %s\n", row.Count, e)
