@@ -13,7 +13,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 # Debian packages the gateway and its tests use: Xvnc and a desktop for the
 # built-in service, noVNC's own pages, websockify for the benchmark, and
 # Chromium for the browser tests.
-APT_PKGS  := nginx-light redis-server slurmctld slurmd slurm-client tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
+APT_PKGS  := nginx-light haproxy redis-server slurmctld slurmd slurm-client tigervnc-standalone-server openbox xterm x11-utils novnc websockify \
              python3-numpy chromium chromium-driver fonts-dejavu-core
 
 .PHONY: all build install run test bench fuzz mutate deps deps-apt deps-npm fmt-check vet clean

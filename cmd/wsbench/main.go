@@ -58,6 +58,7 @@ type config struct {
 	targets     map[string]bool
 	tls         bool
 	launch      bool
+	replicas    bool
 	dur         time.Duration
 	warm        time.Duration
 	rttSamples  int
@@ -108,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	targets := fs.String("targets", "direct,wsgateway,websockify", "which targets to measure, comma-separated")
 	fs.BoolVar(&cfg.tls, "tls", true, "also measure wss (a self-signed certificate made at run time)")
 	fs.BoolVar(&cfg.launch, "launch", true, "measure reserve + launch + first byte")
+	fs.BoolVar(&cfg.replicas, "replicas", true, "measure reserve + launch + first byte through nginx in front of 3 replicas and of 1, on one redis-server (skipped without redis-server and nginx)")
 	fs.BoolVar(&cfg.proxy, "proxy", true, "also measure the launcher's /proxy websocket passthrough (when the gateway has --launcher_config)")
 	fs.StringVar(&cfg.printJSON, "print", "", "print the tables of a run saved with -json, and measure nothing")
 	fs.IntVar(&cfg.serveWS, "serve_ws", 0, "internal: run the websocket backend of the /proxy test on this port")
@@ -237,7 +239,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Everything is killed on the way out, whatever the way.
 	defer stopAll()
 
-	if cfg.targets["wsgateway"] || cfg.launch {
+	if cfg.targets["wsgateway"] || cfg.launch || cfg.replicas {
 		if cfg.gateway, err = filepath.Abs(cfg.gateway); err != nil {
 			return err
 		}
@@ -389,6 +391,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		rep.Launch = l
 		rep.LaunchLogWarnings = logWarnings(filepath.Join(dir, "wsgateway-launch.log"), 20, false)
+	}
+	if cfg.replicas && ctx.Err() == nil {
+		logf("measuring the replicas row")
+		r, err := measureReplicas(ctx, cfg, dir, logf)
+		if err != nil && ctx.Err() == nil {
+			r.Error = err.Error()
+			logf("replicas: %v", err)
+		}
+		if r.Skipped != "" {
+			logf("replicas: skipped: %s", r.Skipped)
+		}
+		rep.Replicas = r
 	}
 	if ctx.Err() != nil {
 		return errStopped

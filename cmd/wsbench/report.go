@@ -27,6 +27,7 @@ type Report struct {
 	Launch            *Launch         `json:"launch,omitempty"`
 	LaunchError       string          `json:"launch_error,omitempty"`
 	LaunchLogWarnings []string        `json:"launch_log_warnings,omitempty"`
+	Replicas          *Replicas       `json:"replicas,omitempty"`
 	Proxy             string          `json:"proxy_passthrough"`
 	// CPU used by other programs over one second, before and after.
 	BackgroundCPUStart float64  `json:"background_cpu_cores_start"`
@@ -185,7 +186,9 @@ func printReport(w io.Writer, r *Report) {
 		fmt.Fprintln(w, "QUICK RUN: short measurements, fewer idle tunnels; not for the record")
 	}
 	for _, sr := range r.Tables {
-		printTable(w, sr)
+		if len(sr.Results) > 0 { // none with -targets= (the replicas row alone)
+			printTable(w, sr)
+		}
 	}
 	printWssOverWs(w, r)
 	fmt.Fprintln(w)
@@ -198,6 +201,7 @@ func printReport(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "reserve + launch + first byte: error: %s\n", r.LaunchError)
 	}
 	fmt.Fprintf(w, "/proxy websocket passthrough: %s\n", r.Proxy)
+	printReplicas(w, r.Replicas)
 	for _, sr := range r.Tables {
 		for _, k := range []string{"direct", "wsgateway", "websockify"} {
 			tr := sr.Results[k]
