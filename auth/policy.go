@@ -182,19 +182,27 @@ func (p *Policy) peerUID(r *http.Request) (int, error) {
 }
 
 // Site says which site r comes from (see origin.Classify); behind a
-// trusted proxy the name the client used is its X-Forwarded-Host.
+// trusted proxy the name the client used is its X-Forwarded-Host, and
+// the scheme its X-Forwarded-Proto (a proxy that ends TLS).
 func (p *Policy) Site(r *http.Request) origin.Site {
 	return p.site(r, p.trustedPeer(r))
 }
 
 func (p *Policy) site(r *http.Request, trusted bool) origin.Site {
 	host := r.Host
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
 	if trusted {
 		if fh := firstValue(r.Header.Get("X-Forwarded-Host")); fh != "" {
 			host = fh
 		}
+		if fp := strings.ToLower(firstValue(r.Header.Get("X-Forwarded-Proto"))); fp == "http" || fp == "https" {
+			scheme = fp
+		}
 	}
-	return origin.Classify(r, host, p.AllowedOrigins)
+	return origin.ClassifyScheme(r, host, scheme, p.AllowedOrigins)
 }
 
 // Client is the key limits count r under (see Caller.Client).

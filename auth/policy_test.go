@@ -230,6 +230,27 @@ func TestClientBehindATrustedProxy(t *testing.T) {
 	if s := p.Site(r); s == origin.Own {
 		t.Error("an untrusted peer's X-Forwarded-Host was believed")
 	}
+	// A proxy that ends TLS: the page is https://viz.example.org (port
+	// 443), the gateway is reached over http.
+	tlsPage := []struct {
+		remote, proto string
+		own           bool
+	}{
+		{"10.9.0.1:5", "https", true},
+		{"10.9.0.1:5", "HTTPS", true},
+		{"10.9.0.1:5", "", false},       // plain http: port 80, not the page's 443
+		{"10.9.0.1:5", "gopher", false}, // not a scheme: plain http
+		{"10.9.9.9:5", "https", false},  // not a trusted proxy
+	}
+	for _, c := range tlsPage {
+		r := request(c.remote, "/", "X-Forwarded-Host", "viz.example.org", "Origin", "https://viz.example.org")
+		if c.proto != "" {
+			r.Header.Set("X-Forwarded-Proto", c.proto)
+		}
+		if s := p.Site(r); (s == origin.Own) != c.own {
+			t.Errorf("peer %s, X-Forwarded-Proto %q, page https://viz.example.org: %s, own site: %v", c.remote, c.proto, s, c.own)
+		}
+	}
 }
 
 func TestCookiesEnd(t *testing.T) {

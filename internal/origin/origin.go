@@ -61,6 +61,18 @@ func (s Site) Ambient() bool { return s == Direct || s == Own }
 // Foreign by the Origin (Foreign when there is none, as for an <img>).
 // Without it, no Origin is Direct and the Origin decides.
 func Classify(r *http.Request, host string, allow []string) Site {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return ClassifyScheme(r, host, scheme, allow)
+}
+
+// ClassifyScheme is Classify for a request the client made with scheme
+// ("http" or "https"), which is not r's own behind a proxy that ends TLS
+// (the X-Forwarded-Proto a trusted proxy passed on): a port the Origin
+// leaves out is that scheme's default.
+func ClassifyScheme(r *http.Request, host, scheme string, allow []string) Site {
 	fetchSite := strings.ToLower(r.Header.Get("Sec-Fetch-Site"))
 	o := r.Header.Get("Origin")
 	page := o != "" || (fetchSite != "" && fetchSite != "none")
@@ -93,10 +105,6 @@ func Classify(r *http.Request, host string, allow []string) Site {
 			return Listed
 		}
 		return Foreign
-	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
 	}
 	if strings.EqualFold(u.Hostname(), hostName) && originPort(u) == defaultPort(hostPort, scheme) {
 		return Own
