@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,15 +86,19 @@ func roundTrip(t *testing.T, ws *websocket.Conn, n int) {
 	}
 }
 
+// freePort is a port of 127.0.0.1 free now, for a program the test starts
+// next: one below the ephemeral range (lchPorts), so that no outgoing
+// connection of a test running beside this one takes it meanwhile.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, p, _ := net.SplitHostPort(ln.Addr().String())
-	return p
+	lo, _ := lchPorts(t, 1)
+	return strconv.Itoa(lo)
+}
+
+// freeAddr is 127.0.0.1:freePort.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	return "127.0.0.1:" + freePort(t)
 }
 
 func basicGateway(t *testing.T, handle func(net.Conn), extra ...string) (*gateway, <-chan net.Conn) {

@@ -57,9 +57,19 @@ func lchWslinksrv(t *testing.T) string {
 // lchPorts finds n consecutive free ports on 127.0.0.1.
 func lchPorts(t *testing.T, n int) (int, int) {
 	t.Helper()
+	lo, err := quietPorts(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lo, lo + n - 1
+}
+
+// quietPorts finds n consecutive free ports of 127.0.0.1 and returns the
+// first. They lie below Linux's ephemeral range (32768-60999), so that
+// no outgoing connection of a test running beside takes one before the
+// program the test starts binds it.
+func quietPorts(n int) (int, error) {
 	for try := 0; try < 100; try++ {
-		// Below Linux's ephemeral range (32768-60999), so that no
-		// outgoing connection of another test takes a port meanwhile.
 		base := 10000 + rand.IntN(22000)
 		ok := true
 		for p := base; p < base+n && ok; p++ {
@@ -71,11 +81,10 @@ func lchPorts(t *testing.T, n int) (int, int) {
 			ln.Close()
 		}
 		if ok {
-			return base, base + n - 1
+			return base, nil
 		}
 	}
-	t.Fatal("no free port range")
-	return 0, 0
+	return 0, fmt.Errorf("no %d free consecutive ports below 32768", n)
 }
 
 // lchEnv is a gateway running a launcher config.

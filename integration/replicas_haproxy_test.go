@@ -59,23 +59,15 @@ func startShippedHAProxy(t *testing.T, gws []*gateway) haproxyFront {
 	for i, s := range servers {
 		conf = strings.Replace(conf, s[0], s[1]+gws[i].httpAddr+" ", 1)
 	}
-	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
 	dir := t.TempDir()
-	front := haproxyFront{addr: free(), stats: filepath.Join(dir, "admin.sock")}
+	front := haproxyFront{addr: freeAddr(t), stats: filepath.Join(dir, "admin.sock")}
 	tlsBind := regexp.MustCompile(`(?m)^(\s*)bind :443 ssl .*$`)
 	if !tlsBind.MatchString(conf) {
 		t.Fatal("the shipped file has no TLS bind on :443")
 	}
 	conf = tlsBind.ReplaceAllString(conf, "${1}bind "+front.addr)
 	for _, r := range [][2]string{
-		{"bind :80\n", "bind " + free() + "\n"},
+		{"bind :80\n", "bind " + freeAddr(t) + "\n"},
 		{"stats socket /run/haproxy/admin.sock", "stats socket " + front.stats},
 		// HAProxy wants two descriptors a connection, more than a test
 		// machine may allow.

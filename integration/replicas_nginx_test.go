@@ -3,7 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -36,15 +35,7 @@ func startShippedNginx(t *testing.T, gws []*gateway) string {
 	for i, u := range ups {
 		conf = strings.Replace(conf, u, "server "+gws[i].httpAddr, 1)
 	}
-	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}
-	addr, redirect := free(), free()
+	addr, redirect := freeAddr(t), freeAddr(t)
 	for old, repl := range map[string]string{"listen 443 ssl;": "listen " + addr + ";", "listen 80;": "listen " + redirect + ";"} {
 		if !strings.Contains(conf, old) {
 			t.Fatalf("the shipped file has no %q", old)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,14 +84,7 @@ func useSlurm(t *testing.T) *slurmCluster {
 	return c
 }
 
-func slurmFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func slurmFreePort() (int, error) { return quietPorts(1) }
 
 func slurmBin(name string) string {
 	if p, err := exec.LookPath(name); err == nil {

@@ -112,12 +112,7 @@ func TestAttackPageOnAnotherPort(t *testing.T) {
 func startNginx(t *testing.T, upstream, extra string) string {
 	t.Helper()
 	needComponent(t, "/usr/sbin/nginx", "nginx-light")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	runNginx(t, t.TempDir(), addr, fmt.Sprintf(`server {
 		listen %s;
 		location / {
