@@ -110,3 +110,13 @@ func TestConfigBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestStripCommentsResumesAfterComment: scanning resumes on the very
+// byte after "*/", so a string right after a comment is still a string.
+func TestStripCommentsResumesAfterComment(t *testing.T) {
+	src := `{"k":/*c*/"a//b"}`
+	got, err := StripComments([]byte(src))
+	if want := `{"k":     "a//b"}`; err != nil || string(got) != want {
+		t.Fatalf("StripComments(%s) = %q, %v; want %q", src, got, err, want)
+	}
+}
