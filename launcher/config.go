@@ -236,7 +236,8 @@ func decodeError(name string, src []byte, err error) error {
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		line, col := lineCol(src, se.Offset)
+		// Offset is just past the character that is wrong.
+		line, col := lineCol(src, se.Offset-1)
 		return &ConfigError{File: name, Line: line, Msg: fmt.Sprintf("column %d: %v", col, se), Err: err}
 	case errors.As(err, &te):
 		key := te.Field

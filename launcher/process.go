@@ -133,6 +133,13 @@ func waitReady(ctx context.Context, path, readyLine string, exited <-chan struct
 			}
 			return ErrNotReady
 		case <-ctx.Done():
+			// A process that exits ends its session, and that ends ctx:
+			// the exit is the news.
+			select {
+			case <-exited:
+				return ErrExited
+			default:
+			}
 			return ctx.Err()
 		case <-tick.C:
 		}

@@ -76,3 +76,25 @@ func TestAppEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitReadyExitWinsOverContext: a process that exits ends its
+// session, and so the context of the launch that waits for it; when
+// both have happened, waitReady says the process exited (the launch
+// then answers "the process ended (status)"), never that the client went
+// away. Both are ready at once here, so a random choice between them
+// fails this within a few rounds.
+func TestWaitReadyExitWinsOverContext(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "session.txt")
+	if err := os.WriteFile(p, []byte("starting\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	close(exited)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := 0; i < 200; i++ {
+		if err := waitReady(ctx, p, "never printed", exited, time.Minute); err != ErrExited {
+			t.Fatalf("round %d: waitReady = %v, want ErrExited", i, err)
+		}
+	}
+}

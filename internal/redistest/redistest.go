@@ -2,6 +2,8 @@
 // it from TestMain, take a fresh key prefix per test with Prefix, and
 // Stop it when the package's tests are done. Without redis-server the
 // tests that need it skip, except under CI=true, where they fail.
+// NeedTLS is the same for a redis-server that speaks TLS only, with a
+// throwaway certificate authority (NewTLS).
 package redistest
 
 import (
@@ -26,15 +28,20 @@ type Server struct {
 	Addr string
 	Dir  string
 	Port int
+	// TLS, when set, is the certificate the server presents: it then
+	// answers TLS only, on Port.
+	TLS  *TLSFiles
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
 var (
-	mu      sync.Mutex
-	shared  *Server
-	failure error
-	seq     atomic.Int64
+	mu         sync.Mutex
+	shared     *Server
+	failure    error
+	sharedTLS  *Server
+	failureTLS error
+	seq        atomic.Int64
 )
 
 // Start starts the package's redis-server, once; later calls return the
@@ -57,7 +64,18 @@ func Start() (*Server, error) {
 
 // StartAt starts a redis-server with its data in dir, on port (0: a free
 // one), with append-only persistence on so that a restart loses nothing.
-func StartAt(dir string, port int) (*Server, error) {
+func StartAt(dir string, port int) (*Server, error) { return startAt(dir, port, nil) }
+
+// StartTLSAt is StartAt for a server that answers TLS only, presenting
+// tf's certificate (clients need no certificate of their own).
+func StartTLSAt(dir string, port int, tf *TLSFiles) (*Server, error) {
+	if tf == nil {
+		return nil, errors.New("StartTLSAt: no certificate")
+	}
+	return startAt(dir, port, tf)
+}
+
+func startAt(dir string, port int, tf *TLSFiles) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server not found (Debian package redis-server): %w", err)
@@ -70,10 +88,15 @@ func StartAt(dir string, port int) (*Server, error) {
 				return nil, err
 			}
 		}
-		s := &Server{Dir: dir, Port: p, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), done: make(chan struct{})}
-		s.cmd = exec.Command(bin, "--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--dir", dir,
+		s := &Server{Dir: dir, Port: p, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), TLS: tf, done: make(chan struct{})}
+		listen := []string{"--port", strconv.Itoa(p)}
+		if tf != nil {
+			listen = []string{"--port", "0", "--tls-port", strconv.Itoa(p), "--tls-cert-file", tf.CertFile,
+				"--tls-key-file", tf.KeyFile, "--tls-ca-cert-file", tf.CAFile, "--tls-auth-clients", "no"}
+		}
+		s.cmd = exec.Command(bin, append(listen, "--bind", "127.0.0.1", "--dir", dir,
 			"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes",
-			"--logfile", filepath.Join(dir, "redis.log"))
+			"--logfile", filepath.Join(dir, "redis.log"))...)
 		if err := s.cmd.Start(); err != nil {
 			return nil, fmt.Errorf("starting redis-server: %w", err)
 		}
@@ -101,7 +124,11 @@ func freePort() (int, error) {
 }
 
 func (s *Server) waitReady(timeout time.Duration) error {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	opts := &redis.Options{Addr: s.Addr, MaxRetries: -1}
+	if s.TLS != nil {
+		opts.TLSConfig = s.TLS.ClientConfig()
+	}
+	c := redis.NewClient(opts)
 	defer c.Close()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -124,8 +151,14 @@ func (s *Server) waitReady(timeout time.Duration) error {
 	}
 }
 
-// URL is the server's redis:// URL for database db.
-func (s *Server) URL(db int) string { return fmt.Sprintf("redis://%s/%d", s.Addr, db) }
+// URL is the server's redis:// URL for database db (rediss:// when the
+// server answers TLS; the client must then trust s.TLS.CAFile).
+func (s *Server) URL(db int) string {
+	if s.TLS != nil {
+		return fmt.Sprintf("rediss://%s/%d", s.Addr, db)
+	}
+	return fmt.Sprintf("redis://%s/%d", s.Addr, db)
+}
 
 // Stop kills the server and waits for it.
 func (s *Server) Stop() {
@@ -146,7 +179,7 @@ func (s *Server) Restart() error {
 		_ = s.cmd.Process.Kill()
 		<-s.done
 	}
-	n, err := StartAt(s.Dir, s.Port)
+	n, err := startAt(s.Dir, s.Port, s.TLS)
 	if err != nil {
 		return err
 	}
@@ -154,15 +187,40 @@ func (s *Server) Restart() error {
 	return nil
 }
 
-// StopShared stops the package's server and removes its directory; call
-// it from TestMain after m.Run.
+// StartTLS starts the package's TLS redis-server, once, with a CA and a
+// certificate of its own (NewTLS) in its directory; later calls return
+// the same one.
+func StartTLS() (*Server, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if sharedTLS != nil || failureTLS != nil {
+		return sharedTLS, failureTLS
+	}
+	dir, err := os.MkdirTemp("", "wsgw-rediss-")
+	if err != nil {
+		failureTLS = err
+		return nil, err
+	}
+	tf, err := NewTLS(filepath.Join(dir, "tls"))
+	if err != nil {
+		failureTLS = err
+		return nil, err
+	}
+	sharedTLS, failureTLS = StartTLSAt(dir, 0, tf)
+	return sharedTLS, failureTLS
+}
+
+// StopShared stops the package's servers and removes their directories;
+// call it from TestMain after m.Run.
 func StopShared() {
 	mu.Lock()
 	defer mu.Unlock()
-	if shared != nil {
-		shared.Stop()
-		os.RemoveAll(shared.Dir)
-		shared = nil
+	for _, s := range []**Server{&shared, &sharedTLS} {
+		if *s != nil {
+			(*s).Stop()
+			os.RemoveAll((*s).Dir)
+			*s = nil
+		}
 	}
 }
 
@@ -170,7 +228,19 @@ func StopShared() {
 // is none (failing it under CI=true).
 func Need(t testing.TB) *Server {
 	t.Helper()
-	s, err := Start()
+	return need(t, Start)
+}
+
+// NeedTLS returns the package's TLS redis-server (StartTLS), skipping
+// the test when there is no redis-server (failing it under CI=true).
+func NeedTLS(t testing.TB) *Server {
+	t.Helper()
+	return need(t, StartTLS)
+}
+
+func need(t testing.TB, start func() (*Server, error)) *Server {
+	t.Helper()
+	s, err := start()
 	if err != nil {
 		if os.Getenv("CI") == "true" || !errors.Is(err, exec.ErrNotFound) {
 			t.Fatalf("redis: %v", err)

@@ -13,10 +13,12 @@ package redisstore
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,8 +48,9 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // Open connects to the Redis the URL names
-// (redis://[user:password@]host:port/db[?prefix=p], rediss:// for TLS)
-// and checks that it answers.
+// (redis://[user:password@]host:port/db[?prefix=p], rediss:// for TLS,
+// where ca=/path/ca.pem trusts that PEM file's CAs instead of the
+// system's) and checks that it answers.
 func Open(ctx context.Context, rawURL string, log zerolog.Logger) (*Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -60,9 +63,19 @@ func Open(ctx context.Context, rawURL string, log zerolog.Logger) (*Store, error
 		q.Del("prefix")
 		u.RawQuery = q.Encode()
 	}
+	ca, hasCA := q.Get("ca"), q.Has("ca")
+	if hasCA {
+		q.Del("ca")
+		u.RawQuery = q.Encode()
+	}
 	opts, err := redis.ParseURL(u.String())
 	if err != nil {
 		return nil, fmt.Errorf("redis URL %s: %w", Redact(rawURL), err)
+	}
+	if hasCA {
+		if err := trustCA(opts, ca); err != nil {
+			return nil, fmt.Errorf("redis URL %s: %w", Redact(rawURL), err)
+		}
 	}
 	opts.DialTimeout = 5 * time.Second
 	opts.ReadTimeout = 5 * time.Second
@@ -73,9 +86,30 @@ func Open(ctx context.Context, rawURL string, log zerolog.Logger) (*Store, error
 	defer cancel()
 	if err := c.Ping(pctx).Err(); err != nil {
 		c.Close()
+		if ua := (x509.UnknownAuthorityError{}); errors.As(err, &ua) {
+			return nil, fmt.Errorf("redis %s: %w (give its CA with ?ca=/path/ca.pem)", Redact(rawURL), err)
+		}
 		return nil, fmt.Errorf("redis %s: %w", Redact(rawURL), err)
 	}
 	return s, nil
+}
+
+// trustCA makes a rediss:// client trust the CA certificates of the PEM
+// file path, and those alone.
+func trustCA(opts *redis.Options, path string) error {
+	if opts.TLSConfig == nil {
+		return errors.New("ca= is for rediss:// (TLS) URLs")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return fmt.Errorf("ca: no PEM certificate in %s", path)
+	}
+	opts.TLSConfig.RootCAs = pool
+	return nil
 }
 
 // Redact returns the URL without its password, for logs and errors.
