@@ -357,7 +357,7 @@ func SubmitSlurm(ctx context.Context, spec Spec, tag string, log zerolog.Logger)
 	}
 	j.id = id
 	if err := j.saveRecord(); err != nil {
-		j.cancelJob(context.WithoutCancel(ctx))
+		j.cancelBounded(ctx)
 		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
 	log.Info().Str("job", id).Str("partition", o.Partition).Msg("cluster job submitted")
@@ -449,7 +449,7 @@ func (j *SlurmJob) WaitReady(ctx context.Context, progress func(JobStatus)) erro
 	}
 	wait := 50 * time.Millisecond
 	fail := func(err error) error {
-		j.cancelJob(context.WithoutCancel(ctx))
+		j.cancelBounded(ctx)
 		return err
 	}
 	for {
@@ -717,6 +717,22 @@ func (j *SlurmJob) Stop(ctx context.Context) error {
 		j.log.Info().Str("job", j.id).Int("index", j.spec.Index).Msg("cluster job cancelled")
 	})
 	return j.stopErr
+}
+
+// cancelBounded cancels the job when a start failed (ctx may have ended
+// already): scancel, then the wait for Slurm to list the job as ended
+// bounded by the stop grace (at least a second), so that a controller
+// which keeps listing it cannot hold the failed start forever.
+func (j *SlurmJob) cancelBounded(ctx context.Context) {
+	bound := j.spec.StopGrace
+	if bound < time.Second {
+		bound = time.Second
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
+	defer cancel()
+	if err := j.cancelJob(cctx); err != nil {
+		j.log.Warn().Err(err).Str("job", j.id).Msg("cluster job cancelled after a failed start, not yet ended")
+	}
 }
 
 // cancelJob runs scancel and waits until squeue no longer lists the job

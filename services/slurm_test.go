@@ -314,6 +314,7 @@ const fakeScancel = `#!/bin/sh
 d="$FAKE_SLURM"
 echo "$*" >> "$d/scancel.log"
 if [ -f "$d/scancel.fail" ]; then cat "$d/scancel.fail" >&2; exit 1; fi
+if [ -f "$d/scancel.ignored" ]; then exit 0; fi
 echo 'CANCELLED|None|' > "$d/states.tmp" && mv -f "$d/states.tmp" "$d/states"
 `
 
@@ -644,5 +645,30 @@ func TestSlurmJobStop(t *testing.T) {
 				t.Errorf("the job record survived Stop: %v", err)
 			}
 		})
+	}
+}
+
+// TestSlurmFailedStartCancelIsBounded: when a start fails and Slurm keeps
+// listing the job as running after scancel (a busy controller, a node
+// that does not answer), WaitReady still returns, after the stop grace
+// (at least a second), instead of waiting for the job forever.
+func TestSlurmFailedStartCancelIsBounded(t *testing.T) {
+	f := newFakeSlurm(t, "4242\n", "RUNNING|None|n1")
+	spec := slurmSpec(t, f, services.SlurmOptions{Partition: "viz", StartTimeout: 0.2})
+	j := submit(t, spec)
+	f.set(t, "scancel.ignored", "")
+	t.Cleanup(func() { _ = os.Remove(filepath.Join(f.dir, "scancel.ignored")) }) // before submit's Stop
+	done := make(chan error, 1)
+	go func() { done <- j.WaitReady(context.Background(), func(services.JobStatus) {}) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, services.ErrStartTimeout) {
+			t.Fatalf("WaitReady = %v, want ErrStartTimeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("WaitReady did not return while Slurm kept listing the cancelled job")
+	}
+	if log := f.read("scancel.log"); !strings.Contains(log, "4242") {
+		t.Fatalf("scancel was not run for the job: %q", log)
 	}
 }
