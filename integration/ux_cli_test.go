@@ -211,6 +211,9 @@ func TestUxLogFile(t *testing.T) {
 		logf := filepath.Join(t.TempDir(), "gw.log")
 		g := startGatewayExact(t, "--log_file", logf, "--verbose", "1", "--bind_address", "127.0.0.1",
 			"--client_hostname", th, "--client_port", tp, "0")
+		// The notice may reach the terminal just after the log file's
+		// "listening" line, which startGatewayExact waited for.
+		waitFor(t, "the notice on the terminal", 15*time.Second, func() bool { return strings.HasSuffix(g.log.String(), "\n") })
 		terminal := strings.TrimRight(g.log.String(), "\n")
 		want := "wsgateway: logging to " + logf + "; start here: ws://" + g.wsAddr + "/"
 		if terminal != want {
