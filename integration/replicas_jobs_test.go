@@ -1,10 +1,17 @@
 package integration
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,6 +156,9 @@ func TestReplicasJobQueue(t *testing.T) {
 		}
 	}
 
+	// The call a replica makes for that log, made from outside.
+	attackReplicaCall(t, rj, ids[len(ids)-1])
+
 	// A stop from a replica that does not run the job.
 	long := rj.submit(t, 0, 30).ID
 	_, owner := rj.waitJob(t, 0, long, "running", 20*time.Second)
@@ -239,5 +249,85 @@ func TestReplicasJobQueue(t *testing.T) {
 	}
 	if secondOn != dead {
 		rj.rpc[survivor].must("jobs.stop", map[string]any{"id": second}, nil)
+	}
+}
+
+// attackReplicaCall makes, as a client that is not a replica, the call
+// a replica makes to read job id's log on the replica running it
+// (GET /replica/v1/call on its replica listener, docs/replicas.md): with
+// no signature, signed with another secret, with a signature for another
+// call or job, and a right signature replayed, each is refused with 401.
+// The signature is computed here from the documented scheme (HMAC-SHA256
+// under the replicas' secret of "wsgw-replica-v1", the sender, the time,
+// a nonce, the job id and "call <kind>?<arguments>", each ended by a
+// zero byte); a right one is answered (the positive control). Neither
+// public port serves the route.
+func attackReplicaCall(t *testing.T, rj *replicaJobs, id string) {
+	t.Helper()
+	_, rep := rj.get(t, 0, id)
+	g := rj.gws[index(rep)]
+	var addr string
+	for _, l := range g.logLines() {
+		if l["message"] == "listening for the other replicas" {
+			addr = fmt.Sprint(l["address"])
+		}
+	}
+	if addr == "" {
+		t.Fatalf("replica %s did not log its replica listener", rep)
+	}
+	sign := func(secret, from, tok, mode string) string {
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
+		var nb [8]byte
+		_, _ = rand.Read(nb[:])
+		nonce := hex.EncodeToString(nb[:])
+		m := hmac.New(sha256.New, []byte(secret))
+		for _, f := range []string{"wsgw-replica-v1", from, ts, nonce, tok, mode} {
+			m.Write([]byte(f))
+			m.Write([]byte{0})
+		}
+		return strings.Join([]string{"v1", from, ts, nonce, hex.EncodeToString(m.Sum(nil))}, " ")
+	}
+	call := func(host, kind, job, args, auth string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, "http://"+host+"/replica/v1/call?kind="+kind+"&id="+job+"&"+args, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if auth != "" {
+			req.Header.Set("X-Wsgw-Replica-Auth", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", req.URL, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// The arguments are signed as url.Values encodes them: sorted by key.
+	const args = "offset=0&limit=65536"
+	mode := "call jobs.log?limit=65536&offset=0"
+	good := sign(replicaSecret, "B", id, mode)
+	for _, c := range []struct{ what, kind, job, args, auth string }{
+		{"no signature", "jobs.log", id, args, ""},
+		{"another secret", "jobs.log", id, args, sign("not-the-secret", "B", id, mode)},
+		{"a log read's signature for a removal", "jobs.remove", id, "", good},
+		{"a signature for another job", "jobs.log", "job-1", args, good},
+		{"other arguments", "jobs.log", id, "offset=0&limit=99999999", good},
+	} {
+		if code, body := call(addr, c.kind, c.job, c.args, c.auth); code != http.StatusUnauthorized {
+			t.Fatalf("replica call with %s: %d %s, want 401", c.what, code, body)
+		}
+	}
+	code, body := call(addr, "jobs.log", id, args, good)
+	if code != http.StatusOK || !strings.Contains(body, "done "+id) {
+		t.Fatalf("replica call signed with the replicas' secret: %d %s, want 200 and the log", code, body)
+	}
+	if code, body := call(addr, "jobs.log", id, args, good); code != http.StatusUnauthorized {
+		t.Fatalf("the same signed call replayed: %d %s, want 401", code, body)
+	}
+	for _, host := range []string{g.httpAddr, g.wsAddr} {
+		if code, body := call(host, "jobs.log", id, args, sign(replicaSecret, "B", id, mode)); code == http.StatusOK {
+			t.Fatalf("a public port (%s) served a replica call: %s", host, body)
+		}
 	}
 }
