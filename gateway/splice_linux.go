@@ -169,6 +169,7 @@ func (s *splicer) fillFn(fd uintptr) bool {
 		case err == syscall.EAGAIN:
 			pipes.put(s.p)
 			s.p = nil
+			s.t.armPark(&s.t.downPark, s.t.conn)
 			return false
 		case err != nil:
 			s.err = err
@@ -221,15 +222,25 @@ func (s *splicer) sendFn(fd uintptr) bool {
 // download moves the service's bytes to the client with splice until the
 // service ends (io.EOF, or its read error), the client cannot be written
 // (errWritesOver), or the kernel refuses (errNoSplice, nothing lost:
-// the copy path goes on from there).
+// the copy path goes on from there), or the service stays quiet and the
+// direction parks (errParked; the splicer, holding no pipe, is kept for
+// when it resumes).
 func (t *tunnel) download() error {
 	if spliceOff || t.connRaw == nil || t.clientRaw == nil {
 		return errNoSplice
 	}
-	s := &splicer{t: t}
-	s.fill, s.send = s.fillFn, s.sendFn
+	s := t.spl
+	if s == nil {
+		s = &splicer{t: t}
+		s.fill, s.send = s.fillFn, s.sendFn
+		t.spl = s
+	}
+	parked := false
 	defer func() {
 		switch {
+		case parked:
+			// s may be in use on the goroutine that resumed the
+			// direction: hands off (it held no pipe when it parked).
 		case s.p == nil:
 		case s.full:
 			pipes.close(s.p)
@@ -239,7 +250,15 @@ func (t *tunnel) download() error {
 	}()
 	for {
 		s.n, s.eof, s.err = 0, false, nil
-		if err := t.connRaw.Read(s.fill); err != nil {
+		err := t.connRaw.Read(s.fill)
+		if t.disarm(&t.downPark, t.conn, err) {
+			if t.park(&t.downPark, t.connRaw) {
+				parked = true
+				return errParked
+			}
+			continue
+		}
+		if err != nil {
 			return &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Err: err}
 		}
 		switch {
