@@ -34,11 +34,22 @@ import (
 // poller could not be made) the directions wait on their goroutines as
 // before.
 
-// parkAfter is how long a direction waits for its socket on its goroutine
-// before it parks: long enough that a tunnel carrying traffic (a desktop
-// redrawn, keys typed) keeps its goroutines, short enough that a burst
-// of new tunnels left idle does not hold thousands of stacks at once.
-var parkAfter = 100 * time.Millisecond
+// defaultParkAfter is how long a direction waits for its socket on its
+// goroutine before it parks: long enough that a tunnel carrying traffic
+// (a desktop redrawn, keys typed) keeps its goroutines, short enough that
+// a burst of new tunnels left idle does not hold thousands of stacks at
+// once. Resuming costs a few microseconds once per quiet spell.
+const defaultParkAfter = 100 * time.Millisecond
+
+// parkAfterNs overrides defaultParkAfter when not zero (tests).
+var parkAfterNs atomic.Int64
+
+func parkAfter() time.Duration {
+	if d := parkAfterNs.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return defaultParkAfter
+}
 
 // parkOff turns parking off for the whole process (to measure without it).
 var parkOff = os.Getenv("WSGATEWAY_PARK") == "off"
@@ -95,7 +106,7 @@ func (t *tunnel) armPark(d *parkDir, c net.Conn) {
 		return
 	}
 	d.armed = true
-	_ = c.SetReadDeadline(time.Now().Add(parkAfter))
+	_ = c.SetReadDeadline(time.Now().Add(parkAfter()))
 }
 
 // disarm clears the park deadline after a readiness wait that returned
