@@ -155,9 +155,6 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, cf connField
 			Msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), Err: err})
 		return nil
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		c.Close()
