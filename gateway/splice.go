@@ -788,18 +788,22 @@ func (t *tunnel) halfCloseService() {
 // close frame that says how the service ended. It reports whether it
 // parked instead (then it resumes where it was, holding nothing).
 func (t *tunnel) serviceToClient() (parked bool) {
+	// After errParked nothing of the direction is touched: it may run on
+	// another goroutine already.
 	var err error
 	if !t.copyDown {
 		err = t.download()
+		if errors.Is(err, errParked) {
+			return true
+		}
 		if errors.Is(err, errNoSplice) {
 			t.copyDown = true
 		}
 	}
 	if t.copyDown {
-		err = t.downloadCopy()
-	}
-	if errors.Is(err, errParked) {
-		return true
+		if err = t.downloadCopy(); errors.Is(err, errParked) {
+			return true
+		}
 	}
 	if errors.Is(err, errWritesOver) {
 		return false
