@@ -5,6 +5,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"syscall"
@@ -158,7 +159,7 @@ func (p *poller) register(d *parkDir, rc syscall.RawConn) error {
 	}
 	if err != nil {
 		delete(p.parked, d.key)
-		if errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EBADF) {
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EBADF) {
 			return errPollClosed
 		}
 		return err

@@ -147,12 +147,16 @@ func TestParkedTunnelsHoldNoGoroutine(t *testing.T) {
 }
 
 // closingBackend echoes and hands each connection to the test, which may
-// close it.
-func closingBackend(t *testing.T) (*backend, chan net.Conn) {
+// close it; with hold, it keeps the connection open after the gateway's
+// FIN, until the test ends.
+func closingBackend(t *testing.T, hold bool) (*backend, chan net.Conn) {
 	conns := make(chan net.Conn, 16)
 	b := startBackend(t, "tcp", nil, func(_ *backend, c net.Conn) {
 		conns <- c
 		_, _ = io.Copy(c, c)
+		if hold {
+			<-t.Context().Done()
+		}
 	})
 	return b, conns
 }
@@ -160,42 +164,58 @@ func closingBackend(t *testing.T) (*backend, chan net.Conn) {
 // TestParkedTunnelEnds: a tunnel whose both directions are parked ends
 // by every way a tunnel ends (the client's close frame, the client
 // vanishing, the service closing, the gateway's close, the idle policy,
-// the gateway's shutdown): the client gets the close frame it should,
+// the gateway's shutdown), also when the other side then stays silent
+// (the close timeouts end it): the client gets the close frame it should,
 // the tunnel is dropped, and no descriptor is left behind.
 func TestParkedTunnelEnds(t *testing.T) {
 	shortPark(t, 20*time.Millisecond)
 	cases := []struct {
-		name string
-		end  func(s *Server, tn *tunnel, ws *websocket.Conn, svc net.Conn)
-		code int // the close code the client reads; 0: none (it left)
+		name   string
+		end    func(s *Server, tn *tunnel, ws *websocket.Conn, svc net.Conn)
+		code   int  // the close code the client reads; 0: none (it left)
+		silent bool // the client reads nothing until the tunnel is over
+		hold   bool // the service stays open after the gateway's FIN
 	}{
 		{"client close frame", func(_ *Server, _ *tunnel, ws *websocket.Conn, _ net.Conn) {
 			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "bye"), time.Now().Add(10*time.Second))
-		}, 4000},
+		}, 4000, false, false},
 		{"client vanishes", func(_ *Server, _ *tunnel, ws *websocket.Conn, _ net.Conn) {
 			_ = ws.NetConn().Close()
-		}, 0},
+		}, 0, false, false},
 		{"service closes", func(_ *Server, _ *tunnel, _ *websocket.Conn, svc net.Conn) {
 			_ = svc.Close()
-		}, wsframe.CloseNormal},
+		}, wsframe.CloseNormal, false, false},
 		{"gateway closes", func(_ *Server, tn *tunnel, _ *websocket.Conn, _ net.Conn) {
 			tn.Close(wsframe.CloseGoingAway, "test")
-		}, wsframe.CloseGoingAway},
+		}, wsframe.CloseGoingAway, false, false},
 		{"idle policy", func(_ *Server, tn *tunnel, _ *websocket.Conn, _ net.Conn) {
 			tn.idleTimeout = time.Millisecond
 			tn.Check(time.Now().Add(time.Second), false)
-		}, wsframe.ClosePolicy},
+		}, wsframe.ClosePolicy, false, false},
 		{"shutdown", func(s *Server, _ *tunnel, _ *websocket.Conn, _ net.Conn) {
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				defer cancel()
 				_ = s.Shutdown(ctx)
 			}()
-		}, wsframe.CloseGoingAway},
+		}, wsframe.CloseGoingAway, false, false},
+		// The client never answers the close: its close timeout ends the
+		// tunnel, with the client direction still parked.
+		{"service closes, client silent", func(_ *Server, _ *tunnel, _ *websocket.Conn, svc net.Conn) {
+			_ = svc.Close()
+		}, wsframe.CloseNormal, true, false},
+		// The service never closes after the FIN: its close timeout ends
+		// the tunnel, with the service direction still parked.
+		{"client close frame, service silent", func(_ *Server, _ *tunnel, ws *websocket.Conn, _ net.Conn) {
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(10*time.Second))
+		}, wsframe.CloseNormal, false, true},
+		{"client vanishes, service silent", func(_ *Server, _ *tunnel, ws *websocket.Conn, _ net.Conn) {
+			_ = ws.NetConn().Close()
+		}, 0, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			eb, conns := closingBackend(t)
+			eb, conns := closingBackend(t, tc.hold)
 			s, url, d := tunnelServer(t, Config{}, false, dialBackend(eb, false))
 			checkEcho(t, url, d, 1<<10, 1) // the server, the poller, the pipe pool start
 			waitUntil(t, "the first tunnel to end", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.tunnels) == 0 })
@@ -213,6 +233,13 @@ func TestParkedTunnelEnds(t *testing.T) {
 			waitParked(t, tn, true, true)
 
 			tc.end(s, tn, ws, svc)
+			if tc.silent {
+				select {
+				case <-tn.done:
+				case <-time.After(10 * wsframe.CloseTimeout):
+					t.Fatal("the parked tunnel never ended while the client stayed silent")
+				}
+			}
 			if tc.code != 0 {
 				_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
 				var ce *websocket.CloseError
