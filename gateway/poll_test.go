@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,18 +148,19 @@ func TestParkedTunnelsHoldNoGoroutine(t *testing.T) {
 }
 
 // closingBackend echoes and hands each connection to the test, which may
-// close it; with hold, it keeps the connection open after the gateway's
-// FIN, until the test ends.
-func closingBackend(t *testing.T, hold bool) (*backend, chan net.Conn) {
+// close it; while hold is set, it keeps a connection open after the
+// gateway's FIN, until the test ends.
+func closingBackend(t *testing.T) (*backend, chan net.Conn, *atomic.Bool) {
 	conns := make(chan net.Conn, 16)
+	hold := new(atomic.Bool)
 	b := startBackend(t, "tcp", nil, func(_ *backend, c net.Conn) {
 		conns <- c
 		_, _ = io.Copy(c, c)
-		if hold {
+		if hold.Load() {
 			<-t.Context().Done()
 		}
 	})
-	return b, conns
+	return b, conns, hold
 }
 
 // TestParkedTunnelEnds: a tunnel whose both directions are parked ends
@@ -215,12 +217,13 @@ func TestParkedTunnelEnds(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			eb, conns := closingBackend(t, tc.hold)
+			eb, conns, hold := closingBackend(t)
 			s, url, d := tunnelServer(t, Config{}, false, dialBackend(eb, false))
 			checkEcho(t, url, d, 1<<10, 1) // the server, the poller, the pipe pool start
 			waitUntil(t, "the first tunnel to end", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return len(s.tunnels) == 0 })
 			<-conns
 			before := countSockets(t)
+			hold.Store(tc.hold)
 
 			ws, _, err := d.Dial(url, nil)
 			if err != nil {
