@@ -28,10 +28,14 @@ const spliceBuf = 128 << 10
 // and an idle tunnel holds no buffer and no pipe (it waits for
 // readability before taking one).
 //
-// Two goroutines: clientToService reads the client, unmasks in place and
-// writes the service (one write per read); serviceToClient reads the
-// service and writes its data frames to the client itself, on Linux with
-// splice(2) so the payload never enters user space (splice_linux.go).
+// Two directions, each on a goroutine of its own while its socket has
+// data: clientToService reads the client, unmasks in place and writes the
+// service (one write per read); serviceToClient reads the service and
+// writes its data frames to the client itself, on Linux with splice(2) so
+// the payload never enters user space (splice_linux.go). A direction
+// whose socket stays quiet parks (poll.go): its goroutine ends, and the
+// next byte resumes it on a new one. Whichever direction ends last
+// finishes the tunnel (finish).
 //
 // Writes to the client have one owner at a time: whoever holds the
 // token t.own. The service reader takes it for each data frame; pongs,
@@ -75,7 +79,7 @@ type tunnel struct {
 	mu          sync.Mutex // guards what follows, never held during I/O
 	pingDue     bool
 	pongDue     bool
-	pong        [wsframe.MaxControlPayload]byte
+	pong        *[wsframe.MaxControlPayload]byte // made on the client's first ping
 	pongN       int
 	closeDue    bool // a close frame is to be sent (ours or an echo)
 	closeSent   bool // it was written (nothing is written after it)
@@ -85,8 +89,7 @@ type tunnel struct {
 	byGateway   bool // the gateway decided the close
 	clientCode  int
 	force       *time.Timer // closes the client when the close takes too long
-
-	ctrlBuf [3 * (2 + wsframe.MaxControlPayload)]byte // the token holder's
+	svcForce    *time.Timer // closes the service when its end takes too long
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
@@ -95,6 +98,13 @@ type tunnel struct {
 	// the probe consumes it (a reset must not look like a clean EOF)
 	clientPeek, connPeek       func(fd uintptr) bool
 	clientPeekErr, connPeekErr error
+
+	// parking (poll.go), and what a parked direction resumes with
+	upPark, downPark parkDir
+	dirs             atomic.Int32 // directions not over yet
+	onEnd            func()       // run once both are over (start)
+	copyDown         bool         // the service → client direction takes the copy path
+	spl              *splicer     // its zero-copy state (splice_linux.go)
 
 	// exitReason, for a launched service, tells after the service's
 	// connection ended whether the service crashed (a reason), waiting at
@@ -125,17 +135,30 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 		trace: log.GetLevel() <= zerolog.TraceLevel, proto: ws.Subprotocol(),
 		own: make(chan struct{}, 1), done: make(chan struct{})}
 	t.own <- struct{}{}
-	t.clientPeek = func(fd uintptr) bool { return peek(fd, &t.clientPeekErr) }
-	t.connPeek = func(fd uintptr) bool { return peek(fd, &t.connPeekErr) }
+	t.upPark = parkDir{t: t, up: true}
+	t.downPark = parkDir{t: t}
+	t.clientPeek = func(fd uintptr) bool {
+		if peek(fd, &t.clientPeekErr) {
+			return true
+		}
+		t.armPark(&t.upPark, t.client)
+		return false
+	}
+	t.connPeek = func(fd uintptr) bool {
+		if peek(fd, &t.connPeekErr) {
+			return true
+		}
+		t.armPark(&t.downPark, t.conn)
+		return false
+	}
 	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
 	t.lastAlive.Store(t.opened.UnixNano())
 	t.clientRaw = rawConn(t.client)
 	t.connRaw = rawConn(conn)
 	_ = t.client.SetDeadline(time.Time{})
-	if tc, ok := t.client.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
+	// TCP_NODELAY is on already: Go sets it on every TCP connection it
+	// accepts or dials, so no system call here.
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -147,7 +170,9 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	s.mu.Unlock()
 	s.metrics.tunnels.Inc()
 	s.metrics.tunnelsOpen.Inc()
-	log.Info().Str("subprotocol", t.proto).Str("target", conn.RemoteAddr().String()).Msg("tunnel open")
+	if ev := log.Info(); ev.Enabled() {
+		ev.Str("subprotocol", t.proto).Str("target", conn.RemoteAddr().String()).Msg("tunnel open")
+	}
 	return t
 }
 
@@ -174,12 +199,29 @@ func (s *Server) dropTunnel(t *tunnel) {
 }
 
 // run copies both ways until both directions end, then closes both ends
-// and logs the totals. The client-to-service direction runs on the
-// caller's goroutine.
+// and logs the totals; it returns when the tunnel is over.
 func (t *tunnel) run() {
-	svcDone := make(chan struct{})
-	go func() { defer close(svcDone); t.serviceToClient() }()
-	t.clientToService()
+	over := make(chan struct{})
+	t.start(func() { close(over) })
+	<-over
+}
+
+// start copies both ways, each direction on a goroutine of its own (or
+// parked while idle), and returns at once; once both directions end, the
+// tunnel closes both ends, logs the totals and calls onEnd (if not nil)
+// on the goroutine that ended last.
+func (t *tunnel) start(onEnd func()) {
+	t.onEnd = onEnd
+	t.dirs.Store(2)
+	go t.downLoop()
+	go t.upLoop()
+}
+
+// upLoop runs (or resumes) the client → service direction.
+func (t *tunnel) upLoop() {
+	if t.clientToService() {
+		return // parked
+	}
 	// Nothing more is read from the client: what is left (an echo of its
 	// close, the service's last bytes) gets CloseTimeout, and data the
 	// service still sends is dropped.
@@ -187,7 +229,26 @@ func (t *tunnel) run() {
 	t.mu.Lock()
 	t.readOver = true
 	t.mu.Unlock()
-	<-svcDone
+	t.dirOver()
+}
+
+// downLoop runs (or resumes) the service → client direction.
+func (t *tunnel) downLoop() {
+	if t.serviceToClient() {
+		return // parked
+	}
+	t.dirOver()
+}
+
+// dirOver: one direction is over; the second to end finishes the tunnel.
+func (t *tunnel) dirOver() {
+	if t.dirs.Add(-1) == 0 {
+		t.finish()
+	}
+}
+
+// finish closes both ends once both directions are over.
+func (t *tunnel) finish() {
 	// Take the token for good: a control frame being written finishes
 	// (or fails when the close timeout closes the client), what is still
 	// pending is written now, and nothing is written after.
@@ -198,6 +259,9 @@ func (t *tunnel) run() {
 	t.mu.Lock()
 	if t.force != nil {
 		t.force.Stop()
+	}
+	if t.svcForce != nil {
+		t.svcForce.Stop()
 	}
 	byGateway, code, reason, cc := t.byGateway, t.closeCode, t.closeReason, t.clientCode
 	t.mu.Unlock()
@@ -213,6 +277,9 @@ func (t *tunnel) run() {
 		ev = ev.Int("close_code", cc).Str("closed_by", "client")
 	}
 	ev.Msg("tunnel closed")
+	if t.onEnd != nil {
+		t.onEnd()
+	}
 }
 
 // closeWith starts a close from the gateway's side: a close frame with
@@ -225,6 +292,7 @@ func (t *tunnel) closeWith(code int, reason string) {
 	}
 	t.requestClose(code, reason, true)
 	_ = t.conn.Close()
+	t.wake()
 }
 
 // requestClose asks for a close frame (once) and arms the close timeout.
@@ -245,6 +313,7 @@ func (t *tunnel) requestClose(code int, reason string, byGateway bool) {
 	t.mu.Unlock()
 	t.armForce()
 	t.kick()
+	t.wake() // a parked direction sees the close (poll.go)
 }
 
 // armForce starts the close timeout (once): when it runs out, the client
@@ -357,13 +426,19 @@ var errWritesOver = errors.New("writes to the client are over")
 // and close frame in one write, and reports whether the close frame went
 // out. Nothing is written after the close frame.
 func (t *tunnel) writeControl() (closed bool, err error) {
-	b := t.ctrlBuf[:0]
 	t.mu.Lock()
 	if t.closeSent {
 		t.pongDue, t.pingDue = false, false
 		t.mu.Unlock()
 		return true, nil
 	}
+	if !t.pongDue && !t.pingDue && !t.closeDue {
+		t.mu.Unlock()
+		return false, nil
+	}
+	bp := ctrlBufs.Get().(*[ctrlBufSize]byte)
+	defer ctrlBufs.Put(bp)
+	b := bp[:0]
 	// Once a close is due, it is all that goes: a pong or ping asked for
 	// meanwhile would only delay it.
 	if t.pongDue && !t.closeDue {
@@ -379,12 +454,15 @@ func (t *tunnel) writeControl() (closed bool, err error) {
 		closed = true
 	}
 	t.mu.Unlock()
-	if len(b) == 0 {
-		return false, nil
-	}
 	_, err = t.client.Write(b)
 	return closed, err
 }
+
+// ctrlBufSize holds a pong, a ping and a close frame, the most one
+// writeControl writes; the buffers are pooled, not kept by each tunnel.
+const ctrlBufSize = 3 * (2 + wsframe.MaxControlPayload)
+
+var ctrlBufs = sync.Pool{New: func() any { return new([ctrlBufSize]byte) }}
 
 // writeFailed: the client cannot be written to; it is gone.
 func (t *tunnel) writeFailed() {
@@ -398,6 +476,7 @@ func (t *tunnel) writeFailed() {
 	t.mu.Unlock()
 	_ = t.conn.Close()
 	_ = t.client.Close()
+	t.wake()
 }
 
 // peek is the RawConn callback that reports whether a socket has data
@@ -416,17 +495,23 @@ func peek(fd uintptr, errp *error) bool {
 	return true
 }
 
-// waitReadable blocks until rc has something to read, and returns the
-// socket error the probe found, if any. A nil rc (TLS) returns at once
-// and the caller reads with its buffer.
-func (t *tunnel) waitReadable(rc syscall.RawConn, probe func(uintptr) bool, errp *error) error {
+// waitReadable blocks until c (rc its RawConn, probe its readiness probe,
+// d its direction) has something to read, and returns the socket error
+// the probe found, if any; park reports instead that the socket stayed
+// quiet for parkAfter (poll.go). A nil rc (TLS) returns at once and the
+// caller reads with its buffer.
+func (t *tunnel) waitReadable(c net.Conn, rc syscall.RawConn, probe func(uintptr) bool, errp *error, d *parkDir) (park bool, err error) {
 	if rc == nil {
-		return nil
+		return false, nil
 	}
-	if err := rc.Read(probe); err != nil {
-		return err
+	err = rc.Read(probe)
+	if t.disarm(d, c, err) {
+		return true, nil
 	}
-	return *errp
+	if err != nil {
+		return false, err
+	}
+	return false, *errp
 }
 
 // Data is the wsframe.Handler callback: payload for the service,
@@ -484,6 +569,9 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 	switch op {
 	case wsframe.OpPing:
 		t.mu.Lock()
+		if t.pong == nil {
+			t.pong = new([wsframe.MaxControlPayload]byte)
+		}
 		t.pongN = copy(t.pong[:], payload)
 		t.pongDue = true
 		t.mu.Unlock()
@@ -514,13 +602,23 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 	return nil
 }
 
-func (t *tunnel) clientToService() {
+// clientToService moves the client's frames to the service until the
+// client's close, its end or an error, and reports whether it parked
+// instead (then it resumes from the start, holding nothing).
+func (t *tunnel) clientToService() (parked bool) {
 	var err error
 	var bp *[]byte
 	var rest []byte // what the parser left of the last read after an error
 	for {
-		if err = t.waitReadable(t.clientRaw, t.clientPeek, &t.clientPeekErr); err != nil {
+		var park bool
+		if park, err = t.waitReadable(t.client, t.clientRaw, t.clientPeek, &t.clientPeekErr, &t.upPark); err != nil {
 			break
+		}
+		if park {
+			if t.park(&t.upPark, t.clientRaw) {
+				return true
+			}
+			continue
 		}
 		bp = t.s.bufPool.Get().(*[]byte)
 		buf := *bp
@@ -602,6 +700,7 @@ func (t *tunnel) clientToService() {
 	if bp != nil {
 		t.s.bufPool.Put(bp)
 	}
+	return false
 }
 
 // drain reads and discards what the client sends after the gateway's
@@ -665,27 +764,49 @@ func isReadErr(err error) bool {
 }
 
 // halfCloseService ends what the client sent to the service with a FIN
-// and gives the service the close timeout to finish.
+// and gives the service the close timeout to finish: then its connection
+// is closed (a timer, not a read deadline, which the parked service
+// direction would not see, and which would be confused with the park
+// deadline).
 func (t *tunnel) halfCloseService() {
 	if cw, ok := t.conn.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
-		_ = t.conn.SetReadDeadline(time.Now().Add(wsframe.CloseTimeout))
+		t.mu.Lock()
+		if t.svcForce == nil {
+			t.svcForce = time.AfterFunc(wsframe.CloseTimeout, func() { _ = t.conn.Close() })
+		}
+		t.mu.Unlock()
 	} else {
 		_ = t.conn.Close()
 	}
+	t.wake()
 }
 
 // serviceToClient moves the service's bytes to the client, each read as
 // one binary message: by splice(2) where the kernel can (download in
 // splice_linux.go), by a pooled buffer otherwise; then it asks for the
-// close frame that says how the service ended.
-func (t *tunnel) serviceToClient() {
-	err := t.download()
-	if errors.Is(err, errNoSplice) {
-		err = t.downloadCopy()
+// close frame that says how the service ended. It reports whether it
+// parked instead (then it resumes where it was, holding nothing).
+func (t *tunnel) serviceToClient() (parked bool) {
+	// After errParked nothing of the direction is touched: it may run on
+	// another goroutine already.
+	var err error
+	if !t.copyDown {
+		err = t.download()
+		if errors.Is(err, errParked) {
+			return true
+		}
+		if errors.Is(err, errNoSplice) {
+			t.copyDown = true
+		}
+	}
+	if t.copyDown {
+		if err = t.downloadCopy(); errors.Is(err, errParked) {
+			return true
+		}
 	}
 	if errors.Is(err, errWritesOver) {
-		return
+		return false
 	}
 	if t.initiated.CompareAndSwap(false, true) {
 		if t.exitReason != nil && (errors.Is(err, io.EOF) || isReadErr(err)) {
@@ -693,7 +814,7 @@ func (t *tunnel) serviceToClient() {
 			if reason := t.exitReason(300 * time.Millisecond); reason != "" {
 				t.s.metrics.failures.WithLabelValues("service_exited").Inc()
 				t.requestClose(wsframe.CloseInternalError, reason, true)
-				return
+				return false
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -702,7 +823,11 @@ func (t *tunnel) serviceToClient() {
 			t.requestClose(wsframe.CloseInternalError, "service connection error", true)
 		}
 	}
+	return false
 }
+
+// errParked: the direction parked; its goroutine returns.
+var errParked = errors.New("parked")
 
 // errNoSplice: the zero-copy path is not available for this tunnel (and
 // nothing was moved by it); the copy path takes over.
@@ -718,8 +843,15 @@ func (t *tunnel) downloadCopy() error {
 		// A full buffer means more may be waiting; otherwise wait without
 		// a buffer while the service is quiet.
 		if !more {
-			if err := t.waitReadable(t.connRaw, t.connPeek, &t.connPeekErr); err != nil {
+			park, err := t.waitReadable(t.conn, t.connRaw, t.connPeek, &t.connPeekErr, &t.downPark)
+			if err != nil {
 				return err
+			}
+			if park {
+				if t.park(&t.downPark, t.connRaw) {
+					return errParked
+				}
+				continue
 			}
 		}
 		bp := t.s.bufPool.Get().(*[]byte)

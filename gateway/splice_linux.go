@@ -125,20 +125,30 @@ func (pp *pipePool) close(p *pipe) {
 	pp.open.Add(-1)
 }
 
-// splicer is a tunnel's zero-copy download state; its two callbacks are
-// made once, so a frame allocates nothing.
+// smallFrame: a read of the service that brings less than this is sent
+// by a copy (one read, one write of header and payload), and so is the
+// next one: for a message of a few bytes splice costs a system call more
+// (into the pipe, the header, out of the pipe) than it saves. A read that
+// brings this much switches back to splice.
+const smallFrame = 16 << 10
+
+// splicer is a tunnel's zero-copy download state; its callbacks are made
+// once, so a frame allocates nothing.
 type splicer struct {
-	t    *tunnel
-	p    *pipe // held while data flows
-	full bool  // p may hold bytes (a frame not sent whole)
-	n    int   // bytes the last fill put in the pipe
-	eof  bool
-	err  error
-	hdr  [wsframe.HeaderRoom]byte
-	h    []byte // header bytes still to send
-	left int    // payload bytes still in the pipe
-	fill func(fd uintptr) bool
-	send func(fd uintptr) bool
+	t     *tunnel
+	p     *pipe // held while data flows
+	full  bool  // p may hold bytes (a frame not sent whole)
+	n     int   // bytes the last fill put in the pipe, or the last read
+	eof   bool
+	err   error
+	hdr   [wsframe.HeaderRoom]byte
+	h     []byte  // header bytes still to send
+	left  int     // payload bytes still in the pipe
+	small bool    // the last frame was small: read the next by copy
+	bp    *[]byte // the buffer of a small read, held while it is sent
+	fill  func(fd uintptr) bool
+	send  func(fd uintptr) bool
+	read  func(fd uintptr) bool
 }
 
 // errNoPipe: no pipe could be made (out of descriptors); nothing was
@@ -169,9 +179,39 @@ func (s *splicer) fillFn(fd uintptr) bool {
 		case err == syscall.EAGAIN:
 			pipes.put(s.p)
 			s.p = nil
+			s.t.armPark(&s.t.downPark, s.t.conn)
 			return false
 		case err != nil:
 			s.err = err
+		case n == 0:
+			s.eof = true
+		default:
+			s.n = n
+		}
+		return true
+	}
+}
+
+// readFn is the service socket's RawConn callback for a small read: at
+// most smallFrame bytes into a pooled buffer (taken now, given back while
+// the socket is empty), after wsframe.HeaderRoom; false waits for
+// readability.
+func (s *splicer) readFn(fd uintptr) bool {
+	for {
+		if s.bp == nil {
+			s.bp = s.t.s.bufPool.Get().(*[]byte)
+		}
+		n, err := syscall.Read(int(fd), (*s.bp)[wsframe.HeaderRoom:wsframe.HeaderRoom+smallFrame])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			s.t.s.bufPool.Put(s.bp)
+			s.bp = nil
+			s.t.armPark(&s.t.downPark, s.t.conn)
+			return false
+		case err != nil:
+			s.err = os.NewSyscallError("read", err)
 		case n == 0:
 			s.eof = true
 		default:
@@ -221,15 +261,28 @@ func (s *splicer) sendFn(fd uintptr) bool {
 // download moves the service's bytes to the client with splice until the
 // service ends (io.EOF, or its read error), the client cannot be written
 // (errWritesOver), or the kernel refuses (errNoSplice, nothing lost:
-// the copy path goes on from there).
+// the copy path goes on from there), or the service stays quiet and the
+// direction parks (errParked; the splicer, holding no pipe, is kept for
+// when it resumes).
 func (t *tunnel) download() error {
 	if spliceOff || t.connRaw == nil || t.clientRaw == nil {
 		return errNoSplice
 	}
-	s := &splicer{t: t}
-	s.fill, s.send = s.fillFn, s.sendFn
+	s := t.spl
+	if s == nil {
+		s = &splicer{t: t, small: true}
+		s.fill, s.send, s.read = s.fillFn, s.sendFn, s.readFn
+		t.spl = s
+	}
+	parked := false
 	defer func() {
 		switch {
+		case parked:
+			// s may be in use on the goroutine that resumed the
+			// direction: hands off (it held no pipe when it parked).
+		case s.bp != nil:
+			t.s.bufPool.Put(s.bp) // a small read that failed
+			s.bp = nil
 		case s.p == nil:
 		case s.full:
 			pipes.close(s.p)
@@ -239,7 +292,19 @@ func (t *tunnel) download() error {
 	}()
 	for {
 		s.n, s.eof, s.err = 0, false, nil
-		if err := t.connRaw.Read(s.fill); err != nil {
+		cb := s.fill
+		if s.small {
+			cb = s.read
+		}
+		err := t.connRaw.Read(cb)
+		if t.disarm(&t.downPark, t.conn, err) {
+			if t.park(&t.downPark, t.connRaw) {
+				parked = true
+				return errParked
+			}
+			continue
+		}
+		if err != nil {
 			return &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Err: err}
 		}
 		switch {
@@ -254,6 +319,17 @@ func (t *tunnel) download() error {
 		case s.eof:
 			return io.EOF
 		}
+		if s.small {
+			n := s.n
+			err := t.writeData(s.bp, n)
+			t.s.bufPool.Put(s.bp)
+			s.bp = nil
+			if err != nil {
+				return err
+			}
+			s.small = n < smallFrame
+			continue
+		}
 		if t.trace {
 			t.log.Trace().Int("bytes", s.n).Msg("service → client (splice)")
 		}
@@ -265,6 +341,10 @@ func (t *tunnel) download() error {
 		s.full = false
 		if fallback {
 			return errNoSplice
+		}
+		if s.small = s.n < smallFrame; s.small && s.p != nil {
+			pipes.put(s.p) // empty: the frame went out whole
+			s.p = nil
 		}
 	}
 }

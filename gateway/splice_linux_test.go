@@ -97,3 +97,38 @@ func TestSpliceFallbacksByteExact(t *testing.T) {
 		})
 	}
 }
+
+// TestSpliceSmallReadsCopied: a read of the service that brings less
+// than smallFrame goes out by copy, and so does the next; one that brings
+// smallFrame switches back to splice, and a small one after a spliced
+// frame goes back to copies. Every byte arrives either way.
+func TestSpliceSmallReadsCopied(t *testing.T) {
+	ins, _ := hookSplice(t, nil, nil)
+	eb := startBackend(t, "tcp", nil, echo)
+	s, url, d := tunnelServer(t, Config{}, false, dialBackend(eb, false))
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	onlyTunnel(t, s)
+	steps := []struct {
+		size   int
+		any    bool // spliced or not, depending on the size of the read before
+		splice bool // whether some of it is spliced
+	}{
+		{size: 100},
+		{size: smallFrame - 1},
+		{size: 4 << 20, splice: true},
+		{size: 10, any: true}, // after the last read of the 4 MiB: small or not
+		{size: 10},
+		{size: 1},
+	}
+	for i, st := range steps {
+		before := ins.Load()
+		echoBurst(t, ws, st.size, uint64(300+i))
+		if spliced := ins.Load() > before; !st.any && spliced != st.splice {
+			t.Errorf("step %d (%d bytes): spliced %v, want %v", i, st.size, spliced, st.splice)
+		}
+	}
+}

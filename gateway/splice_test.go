@@ -97,11 +97,10 @@ func tunnelServer(t testing.TB, cfg Config, useTLS bool, dial func() (net.Conn, 
 			return
 		}
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tn.run()
+		tn.start(func() {
 			s.dropTunnel(tn)
-		}()
+			wg.Done()
+		})
 	})
 	var srv *httptest.Server
 	d := &websocket.Dialer{HandshakeTimeout: 20 * time.Second}

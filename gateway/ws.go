@@ -82,17 +82,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.work.Done()
 	}
 
-	tok := r.URL.Query().Get("token")
+	q := r.URL.Query()
+	tok := q.Get("token")
 	id := s.connID.Add(1)
-	log := s.log.With().Uint64("conn", id).Str("remote", r.RemoteAddr).Logger()
-	var splice func()
+	// The connection's fields are added to what it logs when it logs
+	// (a hook), not kept as a context built for every connection.
+	cf := connFields{conn: id, remote: r.RemoteAddr}
+	var splice func(done func())
 	switch {
 	case tok != "":
-		splice = s.serveToken(w, r, tok, log)
-	case r.URL.Query().Get("share") != "":
-		splice = s.serveShare(w, r, r.URL.Query().Get("share"), log)
+		splice = s.serveToken(w, r, tok, s.log.Hook(cf))
+	case q.Get("share") != "":
+		splice = blocking(s.serveShare(w, r, q.Get("share"), s.log.Hook(cf)))
 	case s.cfg.ClientAddr != "":
-		splice = s.serveBasic(w, r, log)
+		splice = s.serveBasic(w, r, cf)
 	default:
 		s.refuse(w, r, httperr.Errorf(http.StatusUnauthorized,
 			"missing token: reserve a slot with GET /v1/reserve/<service> and connect with ?token=<token>"))
@@ -101,19 +104,46 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		done()
 		return
 	}
-	// The tunnel runs on goroutines of its own and the HTTP handler
-	// returns, so net/http's buffers and the handler's stack are not
-	// held for the tunnel's life.
-	go func() {
-		defer done()
-		splice()
-	}()
+	// The tunnel runs on goroutines of its own (none while it is idle)
+	// and the HTTP handler returns, so net/http's buffers and the
+	// handler's stack are not held for the tunnel's life.
+	splice(done)
+}
+
+// blocking adapts a splice that runs the tunnel to its end on the
+// caller's goroutine to the form serveWS starts: a goroutine of its own
+// that calls done at the end.
+func blocking(f func()) func(done func()) {
+	if f == nil {
+		return nil
+	}
+	return func(done func()) {
+		go func() {
+			defer done()
+			f()
+		}()
+	}
+}
+
+// connFields adds a connection's fields to each message it logs.
+type connFields struct {
+	conn            uint64
+	remote          string
+	service, target string
+}
+
+func (c connFields) Run(e *zerolog.Event, _ zerolog.Level, _ string) {
+	e.Uint64("conn", c.conn).Str("remote", c.remote)
+	if c.service != "" {
+		e.Str("service", c.service).Str("target", c.target)
+	}
 }
 
 // serveBasic upgrades a websocket for --client_hostname:--client_port and
-// returns the splice to run (nil when it answered already).
-func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.Logger) func() {
-	log = log.With().Str("service", "basic").Str("target", s.cfg.ClientAddr).Logger()
+// returns what starts the splice (nil when it answered already).
+func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, cf connFields) func(done func()) {
+	cf.service, cf.target = "basic", s.cfg.ClientAddr
+	log := s.log.Hook(cf)
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.DialTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -125,9 +155,6 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 			Msg: fmt.Sprintf("failed to connect to downstream server %s: %v", s.cfg.ClientAddr, unwrapNetErr(err)), Err: err})
 		return nil
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		c.Close()
@@ -138,16 +165,18 @@ func (s *Server) serveBasic(w http.ResponseWriter, r *http.Request, log zerolog.
 	if t == nil {
 		return nil
 	}
-	return func() {
-		t.run()
-		s.dropTunnel(t)
+	return func(done func()) {
+		t.start(func() {
+			s.dropTunnel(t)
+			done()
+		})
 	}
 }
 
 // serveToken serves a websocket carrying a reservation token: it claims
 // the token's session, starts (or reattaches to) its service, and returns
-// the splice to run (nil when it is done already).
-func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func() {
+// what starts the splice (nil when it is done already).
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, log zerolog.Logger) func(done func()) {
 	client := s.clientOf(r) // the key of every limit below, worked out once
 	if len(tok) > 128 || strings.ContainsAny(tok, " \t\r\n") {
 		s.authLimit.allow(client)
@@ -174,7 +203,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	if errors.Is(err, session.ErrElsewhere) {
 		// Another replica owns the session (replicas_forward.go).
 		if splice, handled := s.forward(w, r, tok, log); handled {
-			return splice
+			return blocking(splice)
 		}
 	}
 	if err != nil {
@@ -189,7 +218,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	}
 	if splice, adopted := s.serveAdopted(w, r, ss, log); adopted {
 		// A session adopted from a dead replica (replicas_forward.go).
-		return splice
+		return blocking(splice)
 	}
 	svc := s.svcs[ss.Service()]
 	grace := reconnectGrace(svc)
@@ -275,7 +304,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 	if err := ss.Attach(t, r.RemoteAddr); err != nil {
 		t.closeWith(websocket.CloseNormalClosure, "reservation released")
 	}
-	return func() {
+	return func(done func()) {
 		// A service that dies ends its tunnel with a reason.
 		go func() {
 			select {
@@ -291,12 +320,14 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 			case <-t.done:
 			}
 		}()
-		t.run()
-		s.dropTunnel(t)
-		ss.Detach(t, grace)
-		if ss.State() == session.Detached {
-			log.Info().Int64("grace_ms", grace.Milliseconds()).Msg("websocket closed; service kept for a reconnect")
-		}
+		t.start(func() {
+			s.dropTunnel(t)
+			ss.Detach(t, grace)
+			if ss.State() == session.Detached {
+				log.Info().Int64("grace_ms", grace.Milliseconds()).Msg("websocket closed; service kept for a reconnect")
+			}
+			done()
+		})
 	}
 }
 
