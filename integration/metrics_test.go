@@ -41,12 +41,19 @@ func TestMetrics(t *testing.T) {
 	tok := g.reserve(t, "Echo Service", "")["token"].(string)
 	ws, _ := connectToken(t, g, tok)
 	roundTrip(t, ws, 100000)
+	// The gateway counts the bytes once its write to the service has
+	// returned, which may be just after the echo reached the client.
+	var in float64
+	waitFor(t, "the 100,000 bytes counted in", 10*time.Second, func() bool {
+		in = metricValue(t, scrape(t, g), `wsgateway_tunnel_bytes_total{direction="in"}`)
+		return in >= 100000
+	})
+	if in != 100000 {
+		t.Errorf("bytes in %v, want 100000", in)
+	}
 	text := scrape(t, g)
 	if v := metricValue(t, text, "wsgateway_tunnels_open"); v != 1 {
 		t.Errorf("tunnels_open %v", v)
-	}
-	if v := metricValue(t, text, `wsgateway_tunnel_bytes_total{direction="in"}`); v != 100000 {
-		t.Errorf("bytes in %v", v)
 	}
 	if v := metricValue(t, text, `wsgateway_launches_total{result="ok",service="Echo Service"}`); v != 1 {
 		t.Errorf("launches %v", v)
