@@ -236,13 +236,17 @@ func TestReplicasBehindHAProxy(t *testing.T) {
 	}
 	tok := res["token"].(string)
 	reservedOn := ""
-	for i, g := range gws {
-		for _, l := range g.logLines() {
-			if l["message"] == "reserved" && l["token"] == tok[:8] {
-				reservedOn = string(rune('A' + i))
+	// The replica may write its "reserved" line just after its answer.
+	waitFor(t, "the reserving replica's log line", 15*time.Second, func() bool {
+		for i, g := range gws {
+			for _, l := range g.logLines() {
+				if l["message"] == "reserved" && l["token"] == tok[:8] {
+					reservedOn = string(rune('A' + i))
+				}
 			}
 		}
-	}
+		return reservedOn != ""
+	})
 	ws, code, body := dialWS(t, "ws://"+hp.addr+"/websockify?token="+tok, nil)
 	if ws == nil {
 		t.Fatalf("websocket through haproxy: %d %v", code, body)
