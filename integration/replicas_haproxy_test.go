@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -89,37 +87,9 @@ func startShippedHAProxy(t *testing.T, gws []*gateway) haproxyFront {
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "/usr/sbin/haproxy", "-db", "-f", cf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	out := &syncBuf{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("haproxy: %s\nits configuration:\n%s", out.String(), conf)
-		}
-	})
-	waitFor(t, "haproxy to listen", 20*time.Second, func() bool {
-		select {
-		case <-done:
-			t.Fatalf("haproxy exited: %s", out.String())
-		default:
-		}
-		c, err := net.DialTimeout("tcp", front.addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	runFrontEnd(t, "haproxy", front.addr, func(out string) string {
+		return out + "\nits configuration:\n" + conf
+	}, "/usr/sbin/haproxy", "-db", "-f", cf)
 	return front
 }
 

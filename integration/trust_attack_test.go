@@ -154,8 +154,19 @@ http {
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	runFrontEnd(t, "nginx", addr, func(out string) string {
+		b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return out + "\n" + string(b)
+	}, "/usr/sbin/nginx", "-c", cf, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+}
+
+// runFrontEnd runs a front end (nginx, HAProxy) in its own process
+// group until the test ends, and waits until it accepts on addr. When
+// the test fails, report(its output) is logged.
+func runFrontEnd(t *testing.T, name, addr string, report func(out string) string, argv ...string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "/usr/sbin/nginx", "-c", cf, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	out := &syncBuf{}
@@ -170,14 +181,13 @@ http {
 		cancel()
 		<-done
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx: %s\n%s", out.String(), b)
+			t.Logf("%s: %s", name, report(out.String()))
 		}
 	})
-	waitFor(t, "nginx to listen", 20*time.Second, func() bool {
+	waitFor(t, name+" to listen", 20*time.Second, func() bool {
 		select {
 		case <-done:
-			t.Fatalf("nginx exited: %s", out.String())
+			t.Fatalf("%s exited: %s", name, out.String())
 		default:
 		}
 		c, err := net.DialTimeout("tcp", addr, time.Second)
