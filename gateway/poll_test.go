@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -37,41 +36,6 @@ func waitParked(t *testing.T, tn *tunnel, up, down bool) {
 	waitUntil(t, "the idle tunnel to park", func() bool {
 		return (!up || tn.upPark.parked.Load()) && (!down || tn.downPark.parked.Load())
 	})
-}
-
-// echoBurst sends size random bytes in messages of random sizes on ws and
-// checks that exactly those come back, in order.
-func echoBurst(t *testing.T, ws *websocket.Conn, size int, seed uint64) {
-	t.Helper()
-	rng := rand.New(rand.NewPCG(seed, 3))
-	sent := randomBytes(size, seed)
-	werr := make(chan error, 1)
-	go func() {
-		for off := 0; off < len(sent); {
-			n := min(1+rng.IntN(64<<10), len(sent)-off)
-			if err := ws.WriteMessage(websocket.BinaryMessage, sent[off:off+n]); err != nil {
-				werr <- err
-				return
-			}
-			off += n
-		}
-		werr <- nil
-	}()
-	got := make([]byte, 0, size)
-	_ = ws.SetReadDeadline(time.Now().Add(60 * time.Second))
-	for len(got) < size {
-		_, p, err := ws.ReadMessage()
-		if err != nil {
-			t.Fatalf("after %d of %d bytes: %v", len(got), size, err)
-		}
-		got = append(got, p...)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, sent) {
-		t.Fatalf("echo of %d bytes differs after parking", size)
-	}
 }
 
 // TestParkedTunnelByteExact: on every path, a tunnel left idle past the

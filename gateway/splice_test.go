@@ -156,15 +156,19 @@ func checkEcho(t *testing.T, url string, d *websocket.Dialer, size int, seed uin
 		t.Fatal(err)
 	}
 	defer ws.Close()
-	rng := rand.New(rand.NewPCG(seed, 1))
-	sent := make([]byte, size)
-	for i := range sent {
-		sent[i] = byte(rng.Uint32())
-	}
+	echoBurst(t, ws, size, seed)
+}
+
+// echoBurst sends size random bytes in messages of random sizes on ws and
+// checks that exactly those come back, in order.
+func echoBurst(t *testing.T, ws *websocket.Conn, size int, seed uint64) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 3))
+	sent := randomBytes(size, seed)
 	werr := make(chan error, 1)
 	go func() {
 		for off := 0; off < len(sent); {
-			n := min(1+rng.IntN(100<<10), len(sent)-off)
+			n := min(1+rng.IntN(64<<10), len(sent)-off)
 			if err := ws.WriteMessage(websocket.BinaryMessage, sent[off:off+n]); err != nil {
 				werr <- err
 				return
