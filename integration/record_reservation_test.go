@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"regexp"
@@ -27,15 +26,7 @@ import (
 func TestRecordReservation(t *testing.T) {
 	t.Parallel()
 	bearer := []string{"Authorization", "Bearer s3cret-token-for-tests"}
-	fv := &fakeVNC{}
-	addr, _ := tcpServer(t, fv.handle)
-	_, port, _ := net.SplitHostPort(addr)
-	dir := t.TempDir()
-	writeScript(t, dir, "fake.sh", fmt.Sprintf(`case "$1" in
-start) echo '{"port": %s}'; exec sleep 600 ;;
-stop) exit 0 ;;
-esac
-`, port))
+	fv, dir := fakeVNCScript(t)
 	p := writeConfig(t, dir, map[string]any{
 		"Offered": map[string]any{"script": "fake.sh", "count": 3, "options": map[string]any{},
 			"client_options": map[string]any{"record": "bool"}},

@@ -89,6 +89,15 @@ func (f *fakeVNC) conn(i int) *fakeVNCConn {
 // fakeVNCGateway starts a gateway whose service "Fake" is fakeVNC.
 func fakeVNCGateway(t *testing.T, opts map[string]any, args ...string) (*gateway, *fakeVNC) {
 	t.Helper()
+	fv, dir := fakeVNCScript(t)
+	p := writeConfig(t, dir, map[string]any{"Fake": map[string]any{"script": "fake.sh", "count": 2, "options": opts}})
+	return startGateway(t, append([]string{"--remote_session_config", p}, args...)...), fv
+}
+
+// fakeVNCScript starts a fakeVNC and writes, in a new directory it
+// returns, the service script fake.sh whose sessions are that server.
+func fakeVNCScript(t *testing.T) (*fakeVNC, string) {
+	t.Helper()
 	fv := &fakeVNC{}
 	addr, _ := tcpServer(t, fv.handle)
 	_, port, _ := net.SplitHostPort(addr)
@@ -98,8 +107,7 @@ start) echo '{"port": %s}'; exec sleep 600 ;;
 stop) exit 0 ;;
 esac
 `, port))
-	p := writeConfig(t, dir, map[string]any{"Fake": map[string]any{"script": "fake.sh", "count": 2, "options": opts}})
-	return startGateway(t, append([]string{"--remote_session_config", p}, args...)...), fv
+	return fv, dir
 }
 
 // rfbClient does the client's side of the handshake on ws (shared flag
