@@ -99,6 +99,18 @@ func TestPyStr(t *testing.T) {
 		{map[string]any{"b": json.Number("1"), "a": "x"}, "{'a': 'x', 'b': 1}"},
 		{false, "False"},
 		{"plain", "plain"},
+		// Python's repr of these strings; a space and "é" stay as they are.
+		{[]any{"a b\x01\x1f\x7f\t\n\r\\", "é"}, `['a b\x01\x1f\x7f\t\n\r\\', 'é']`},
+		{[]string{"x", "y'"}, `['x', "y'"]`},
+		// A Go float64 without a fraction came from an integer; below
+		// 1e15 it is printed as one, from 1e15 on as Python's float.
+		{float64(3), "3"},
+		{float64(-3), "-3"},
+		{float64(2.5), "2.5"},
+		{float64(999999999999999), "999999999999999"},
+		{float64(1e15), "1000000000000000.0"},
+		{float64(-1e15), "-1000000000000000.0"},
+		{float64(1e16), "1e+16"},
 	}
 	for _, c := range cases {
 		if got := PyStr(c.in); got != c.want {
