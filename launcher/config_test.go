@@ -25,6 +25,9 @@ func TestStripComments(t *testing.T) {
 		{"escaped backslash", `{"a": "b\\"} # gone`, `{"a": "b\\"}       `},
 		{"bom", "\xef\xbb\xbf{}", "   {}"},
 		{"keeps CR", "{} # c\r\n{}", "{}     \n{}"},
+		{"empty block", "{/**/}", "{    }"},
+		{"slash last", "{} /", "{} /"},
+		{"star slash last", "{} */", "{} */"},
 	}
 	for _, c := range cases {
 		got, err := StripComments([]byte(c.in))
