@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,8 @@ import (
 func TestSafeSubstitute(t *testing.T) {
 	vars := map[string]any{"port": json.Number("9001"), "host": "localhost", "id": "abc", "x": "X", "x1": "X1",
 		"_u": "U", "f": json.Number("1.5"), "b": true, "n": nil, "l": []any{"a", json.Number("1")},
-		"big": json.Number("1e16"), "small": json.Number("0.00001"), "one": json.Number("1.0"), "i": 7}
+		"big": json.Number("1e16"), "small": json.Number("0.00001"), "one": json.Number("1.0"), "i": 7,
+		"x0": "X0v", "x9": "X9v"}
 	cases := [][2]string{
 		{"$port", "9001"},
 		{"${port}", "9001"},
@@ -28,6 +30,9 @@ func TestSafeSubstitute(t *testing.T) {
 		{"${port}x", "9001x"},
 		{"$portx", "$portx"},
 		{"$x1", "X1"},
+		{"$x0", "X0v"},
+		{"$x9", "X9v"},
+		{"${x0}", "X0v"},
 		{"$x 1", "X 1"},
 		{"${ x}", "${ x}"},
 		{"$", "$"},
@@ -111,6 +116,9 @@ func TestPyStr(t *testing.T) {
 		{float64(1e15), "1000000000000000.0"},
 		{float64(-1e15), "-1000000000000000.0"},
 		{float64(1e16), "1e+16"},
+		{math.Inf(1), "inf"},
+		{math.Inf(-1), "-inf"},
+		{math.NaN(), "nan"},
 	}
 	for _, c := range cases {
 		if got := PyStr(c.in); got != c.want {
