@@ -107,6 +107,7 @@ func TestPyStr(t *testing.T) {
 		// Python's repr of these strings; a space and "é" stay as they are.
 		{[]any{"a b\x01\x1f\x7f\t\n\r\\", "é"}, `['a b\x01\x1f\x7f\t\n\r\\', 'é']`},
 		{[]string{"x", "y'"}, `['x', "y'"]`},
+		{[]any{"'a", `"a'`}, `["'a", '"a\'']`}, // the quotes first
 		// A Go float64 without a fraction came from an integer; below
 		// 1e15 it is printed as one, from 1e15 on as Python's float.
 		{float64(3), "3"},
