@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"wsgateway/internal/origin"
+	"wsgateway/internal/peer"
 )
 
 // request builds r as the gateway would see it: from remote, to
@@ -232,23 +234,33 @@ func TestClientBehindATrustedProxy(t *testing.T) {
 	}
 	// A proxy that ends TLS: the page is https://viz.example.org (port
 	// 443), the gateway is reached over http.
+	// The other way round (reached over TLS, the page is http): a
+	// trusted proxy's "http" is believed, a value that is no scheme is not.
 	tlsPage := []struct {
-		remote, proto string
-		own           bool
+		remote, proto, page string
+		tls, own            bool
 	}{
-		{"10.9.0.1:5", "https", true},
-		{"10.9.0.1:5", "HTTPS", true},
-		{"10.9.0.1:5", "", false},       // plain http: port 80, not the page's 443
-		{"10.9.0.1:5", "gopher", false}, // not a scheme: plain http
-		{"10.9.9.9:5", "https", false},  // not a trusted proxy
+		{"10.9.0.1:5", "https", "https://viz.example.org", false, true},
+		{"10.9.0.1:5", "HTTPS", "https://viz.example.org", false, true},
+		{"10.9.0.1:5", "", "https://viz.example.org", false, false},       // plain http: port 80, not the page's 443
+		{"10.9.0.1:5", "gopher", "https://viz.example.org", false, false}, // not a scheme: plain http
+		{"10.9.9.9:5", "https", "https://viz.example.org", false, false},  // not a trusted proxy
+		{"10.9.0.1:5", "http", "http://viz.example.org", true, true},
+		{"10.9.0.1:5", "http", "https://viz.example.org", true, false},
+		{"10.9.0.1:5", "gopher", "https://viz.example.org", true, true}, // not a scheme: the connection's https
+		{"10.9.0.1:5", "", "https://viz.example.org", true, true},
+		{"10.9.9.9:5", "http", "http://viz.example.org", true, false}, // not a trusted proxy: https
 	}
 	for _, c := range tlsPage {
-		r := request(c.remote, "/", "X-Forwarded-Host", "viz.example.org", "Origin", "https://viz.example.org")
+		r := request(c.remote, "/", "X-Forwarded-Host", "viz.example.org", "Origin", c.page)
 		if c.proto != "" {
 			r.Header.Set("X-Forwarded-Proto", c.proto)
 		}
+		if c.tls {
+			r.TLS = &tls.ConnectionState{}
+		}
 		if s := p.Site(r); (s == origin.Own) != c.own {
-			t.Errorf("peer %s, X-Forwarded-Proto %q, page https://viz.example.org: %s, own site: %v", c.remote, c.proto, s, c.own)
+			t.Errorf("peer %s, TLS %v, X-Forwarded-Proto %q, page %s: %s, own site: %v", c.remote, c.tls, c.proto, c.page, s, c.own)
 		}
 	}
 }
@@ -404,5 +416,28 @@ func TestValidEndsWithTheCredentials(t *testing.T) {
 	carol, _ := p.Caller(basicReq2)
 	if err := u.Reload(); err != nil || !carol.Valid() {
 		t.Errorf("an unchanged user after a reload: %v", err)
+	}
+}
+
+// TestPeerUIDOverridesTheConnection: a Policy's PeerUID decides even for
+// a request whose context holds the connection the server accepted (whose
+// socket, a pipe here, has no owner to find).
+func TestPeerUIDOverridesTheConnection(t *testing.T) {
+	me := os.Getuid()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	withConn := func() *http.Request {
+		r := request("127.0.0.1:5000", "/")
+		return r.WithContext(peer.WithConn(r.Context(), a))
+	}
+	got, err := (&Policy{PeerUID: uidIs(me, nil)}).Caller(withConn())
+	if err != nil || !got.Admin() {
+		t.Errorf("PeerUID says our user: admin %v, %v", got.Admin(), err)
+	}
+	// Without PeerUID the connection's owner is looked up and not found.
+	got, err = (&Policy{}).Caller(withConn())
+	if err != nil || got.Admin() {
+		t.Errorf("a connection without an owner: admin %v, %v", got.Admin(), err)
 	}
 }

@@ -135,10 +135,10 @@ func (c *Config) Timeout() time.Duration {
 // key is missing, no limit when it is 0).
 func (c *Config) ConnectTimeout() time.Duration {
 	ct := c.Configuration.ConnectTimeout
-	switch {
-	case ct == nil:
+	if ct == nil {
 		return c.Timeout()
-	case *ct == 0:
+	}
+	if *ct == 0 {
 		return forever
 	}
 	return time.Duration(*ct * float64(time.Second))
@@ -234,35 +234,39 @@ func Parse(src []byte, name string) (*Config, error) {
 func decodeError(name string, src []byte, err error) error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &se):
+	if errors.As(err, &se) {
 		// Offset is just past the character that is wrong.
 		line, col := lineCol(src, se.Offset-1)
 		return &ConfigError{File: name, Line: line, Msg: fmt.Sprintf("column %d: %v", col, se), Err: err}
-	case errors.As(err, &te):
+	}
+	if errors.As(err, &te) {
 		key := te.Field
 		if key == "" {
 			key = "(top level)"
 		}
 		return &ConfigError{File: name, Line: lineOf(src, te.Offset), Key: key,
 			Msg: fmt.Sprintf("expected %s, got a JSON %s", typeName(te.Type.String()), te.Value), Err: err}
-	case errors.Is(err, io.ErrUnexpectedEOF):
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
 		return &ConfigError{File: name, Line: lineOf(src, int64(len(src))), Msg: "the file ends inside the JSON object (a missing } or ]?)", Err: err}
 	}
 	return &ConfigError{File: name, Msg: err.Error(), Err: err}
 }
 
 func typeName(goType string) string {
-	switch {
-	case goType == "string":
+	if goType == "string" {
 		return "a string"
-	case goType == "int" || goType == "*int" || goType == "int64" || goType == "*int64":
+	}
+	if goType == "int" || goType == "*int" || goType == "int64" || goType == "*int64" {
 		return "a whole number"
-	case goType == "*float64" || goType == "float64":
+	}
+	if goType == "*float64" || goType == "float64" {
 		return "a number"
-	case strings.HasPrefix(goType, "[]"):
+	}
+	if strings.HasPrefix(goType, "[]") {
 		return "a list"
-	case strings.HasPrefix(goType, "map[") || strings.HasPrefix(goType, "launcher."):
+	}
+	if strings.HasPrefix(goType, "map[") || strings.HasPrefix(goType, "launcher.") {
 		return "an object"
 	}
 	return goType
@@ -366,12 +370,13 @@ func (c *Config) check(name string) error {
 		return bad("configuration.port", "%d is not a port number (0-65535)", *cf.Port)
 	}
 	ep := c.Endpoint()
-	switch {
-	case ep == "":
+	if ep == "" {
 		return bad("configuration.endpoint", "missing: the path clients POST to, e.g. \"paraview\"")
-	case ep == "proxy" || ep == "upload":
+	}
+	if ep == "proxy" || ep == "upload" {
 		return bad("configuration.endpoint", "%q is a path the launcher serves itself; choose another", ep)
-	case strings.ContainsAny(ep, "?#%\\ ") || strings.Contains(ep, "//") || strings.Contains("/"+ep+"/", "/../") || strings.Contains("/"+ep+"/", "/./"):
+	}
+	if strings.ContainsAny(ep, "?#%\\ ") || strings.Contains(ep, "//") || strings.Contains("/"+ep+"/", "/../") || strings.Contains("/"+ep+"/", "/./") {
 		return bad("configuration.endpoint", "%q is not a plain URL path", cf.Endpoint)
 	}
 	if cf.SessionURL == "" {
@@ -552,15 +557,18 @@ func StripComments(src []byte) ([]byte, error) {
 			}
 			continue
 		}
-		switch {
-		case c == '"':
+		if c == '"' {
 			inString = true
-		case c == '#' || (c == '/' && i+1 < len(out) && out[i+1] == '/'):
+			continue
+		}
+		if c == '#' || (c == '/' && i+1 < len(out) && out[i+1] == '/') {
 			for i < len(out) && out[i] != '\n' {
 				out[i] = ' '
 				i++
 			}
-		case c == '/' && i+1 < len(out) && out[i+1] == '*':
+			continue
+		}
+		if c == '/' && i+1 < len(out) && out[i+1] == '*' {
 			end := bytes.Index(out[i+2:], []byte("*/"))
 			if end < 0 {
 				return nil, &stripError{line: lineOf(src, int64(i)), msg: "a /* comment is never closed with */"}

@@ -25,6 +25,9 @@ func TestStripComments(t *testing.T) {
 		{"escaped backslash", `{"a": "b\\"} # gone`, `{"a": "b\\"}       `},
 		{"bom", "\xef\xbb\xbf{}", "   {}"},
 		{"keeps CR", "{} # c\r\n{}", "{}     \n{}"},
+		{"empty block", "{/**/}", "{    }"},
+		{"slash last", "{} /", "{} /"},
+		{"star slash last", "{} */", "{} */"},
 	}
 	for _, c := range cases {
 		got, err := StripComments([]byte(c.in))
@@ -99,6 +102,12 @@ func TestConfigErrors(t *testing.T) {
 		{"syntax names the line", `"endpoint": "paraview",`, `"endpoint": "paraview",,`, []string{"line 2", "column"}},
 		{"type names key and line", `"port": 9000`, `"port": "9000"`, []string{"key configuration.port", "whole number", "line 2"}},
 		{"cmd element type", `"cmd": ["prog", "--port", "${port}"]`, `"cmd": ["prog", 5]`, []string{"apps", "cmd", "a string"}},
+		{"type names a number", `"log_dir": "logs"`, `"log_dir": "logs", "timeout": "5"`, []string{"key configuration.timeout", "expected a number,"}},
+		{"type names a 64-bit whole number", `"log_dir": "logs"`, `"log_dir": "logs", "upload_max_size": "5"`, []string{"key configuration.upload_max_size", "expected a whole number,"}},
+		{"type names a list", `"log_dir": "logs"`, `"log_dir": "logs", "fields": "id"`, []string{"key configuration.fields", "expected a list,"}},
+		{"type names a map object", `"log_dir": "logs"`, `"log_dir": "logs", "sanitize": "x"`, []string{"key configuration.sanitize", "expected an object,"}},
+		{"type names a struct object", `"apps": {"a": {"cmd": ["prog", "--port", "${port}"]}}`, `"apps": {"a": "prog"}`, []string{"key apps", "expected an object,"}},
+		{"type names other types as Go does", `"log_dir": "logs"`, `"log_dir": "logs", "upload_replace": "yes"`, []string{"key configuration.upload_replace", "expected bool,"}},
 		{"missing port", `"port": 9000, `, ``, []string{"key configuration.port", "missing"}},
 		{"missing endpoint", `"endpoint": "paraview",`, ``, []string{"key configuration.endpoint"}},
 		{"endpoint proxy", `"endpoint": "paraview"`, `"endpoint": "/proxy/"`, []string{"key configuration.endpoint"}},
@@ -165,12 +174,19 @@ func TestConfigWarningsAndDefaults(t *testing.T) {
 
 func TestConfigSizeLimit(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "big.config")
-	big := goodConfig + strings.Repeat(" ", MaxConfigSize)
-	if err := os.WriteFile(p, []byte(big), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "larger than") {
-		t.Errorf("big config: %v", err)
+	// MaxConfigSize bytes load; one more is refused.
+	for _, size := range []int{MaxConfigSize, MaxConfigSize + 1} {
+		big := goodConfig + strings.Repeat(" ", size-len(goodConfig))
+		if err := os.WriteFile(p, []byte(big), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(p)
+		if size <= MaxConfigSize && err != nil {
+			t.Errorf("%d bytes: %v", size, err)
+		}
+		if size > MaxConfigSize && (err == nil || !strings.Contains(err.Error(), "larger than")) {
+			t.Errorf("%d bytes: %v", size, err)
+		}
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("missing file loads")

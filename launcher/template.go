@@ -234,12 +234,13 @@ func pyRepr(v any) string {
 // trip, fixed notation for exponents -4..15 with at least one decimal,
 // scientific notation ("1e+16", "1.5e-05") otherwise.
 func pyFloat(f float64) string {
-	switch {
-	case math.IsNaN(f):
+	if math.IsNaN(f) {
 		return "nan"
-	case math.IsInf(f, 1):
+	}
+	if math.IsInf(f, 1) {
 		return "inf"
-	case math.IsInf(f, -1):
+	}
+	if math.IsInf(f, -1) {
 		return "-inf"
 	}
 	e := strconv.FormatFloat(f, 'e', -1, 64) // d.ddde±XX
@@ -273,24 +274,33 @@ func pyQuote(s string) string {
 	var b strings.Builder
 	b.WriteByte(q)
 	for _, r := range s {
-		switch {
-		case r == '\\':
+		if r == '\\' {
 			b.WriteString(`\\`)
-		case r == rune(q):
+			continue
+		}
+		if r == rune(q) {
 			b.WriteByte('\\')
 			b.WriteRune(r)
-		case r == '\n':
+			continue
+		}
+		if r == '\n' {
 			b.WriteString(`\n`)
-		case r == '\r':
+			continue
+		}
+		if r == '\r' {
 			b.WriteString(`\r`)
-		case r == '\t':
+			continue
+		}
+		if r == '\t' {
 			b.WriteString(`\t`)
-		case r < 0x20 || r == 0x7f:
+			continue
+		}
+		if r < 0x20 || r == 0x7f {
 			b.WriteString(`\x`)
 			b.WriteString(strconv.FormatInt(int64(r)+0x100, 16)[1:])
-		default:
-			b.WriteRune(r)
+			continue
 		}
+		b.WriteRune(r)
 	}
 	b.WriteByte(q)
 	return b.String()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +20,8 @@ import (
 func TestSafeSubstitute(t *testing.T) {
 	vars := map[string]any{"port": json.Number("9001"), "host": "localhost", "id": "abc", "x": "X", "x1": "X1",
 		"_u": "U", "f": json.Number("1.5"), "b": true, "n": nil, "l": []any{"a", json.Number("1")},
-		"big": json.Number("1e16"), "small": json.Number("0.00001"), "one": json.Number("1.0"), "i": 7}
+		"big": json.Number("1e16"), "small": json.Number("0.00001"), "one": json.Number("1.0"), "i": 7,
+		"x0": "X0v", "x9": "X9v"}
 	cases := [][2]string{
 		{"$port", "9001"},
 		{"${port}", "9001"},
@@ -28,6 +30,9 @@ func TestSafeSubstitute(t *testing.T) {
 		{"${port}x", "9001x"},
 		{"$portx", "$portx"},
 		{"$x1", "X1"},
+		{"$x0", "X0v"},
+		{"$x9", "X9v"},
+		{"${x0}", "X0v"},
 		{"$x 1", "X 1"},
 		{"${ x}", "${ x}"},
 		{"$", "$"},
@@ -99,6 +104,22 @@ func TestPyStr(t *testing.T) {
 		{map[string]any{"b": json.Number("1"), "a": "x"}, "{'a': 'x', 'b': 1}"},
 		{false, "False"},
 		{"plain", "plain"},
+		// Python's repr of these strings; a space and "é" stay as they are.
+		{[]any{"a b\x01\x1f\x7f\t\n\r\\", "é"}, `['a b\x01\x1f\x7f\t\n\r\\', 'é']`},
+		{[]string{"x", "y'"}, `['x', "y'"]`},
+		{[]any{"'a", `"a'`}, `["'a", '"a\'']`}, // the quotes first
+		// A Go float64 without a fraction came from an integer; below
+		// 1e15 it is printed as one, from 1e15 on as Python's float.
+		{float64(3), "3"},
+		{float64(-3), "-3"},
+		{float64(2.5), "2.5"},
+		{float64(999999999999999), "999999999999999"},
+		{float64(1e15), "1000000000000000.0"},
+		{float64(-1e15), "-1000000000000000.0"},
+		{float64(1e16), "1e+16"},
+		{math.Inf(1), "inf"},
+		{math.Inf(-1), "-inf"},
+		{math.NaN(), "nan"},
 	}
 	for _, c := range cases {
 		if got := PyStr(c.in); got != c.want {
