@@ -355,17 +355,11 @@ func (u *Users) CheckCookie(v string) (*Identity, error) {
 	return id, nil
 }
 
-// Authenticate looks for credentials in r: a session cookie, HTTP Basic,
-// or Authorization: Bearer <api key>. It returns nil, nil when r carries
-// none, and ErrBadCredentials when they are wrong. A Bearer value that
-// is not an API key is left to the caller (it may be the security token).
-func (u *Users) Authenticate(r *http.Request) (*Identity, error) {
-	id, _, err := u.authenticate(r)
-	return id, err
-}
-
-// authenticate is Authenticate, with a check that the credentials still
-// hold (see Caller.Valid).
+// authenticate looks for the users file's ambient credentials in r (HTTP
+// Basic, then a session cookie) and returns, with the identity, a check
+// that they still hold (see Caller.Valid). It returns nil, nil, nil when
+// r carries none, and ErrBadCredentials when they are wrong. API keys,
+// which are explicit credentials, are Policy.Caller's, before this.
 func (u *Users) authenticate(r *http.Request) (*Identity, func() bool, error) {
 	if u == nil {
 		return nil, nil, nil
@@ -377,12 +371,6 @@ func (u *Users) authenticate(r *http.Request) (*Identity, func() bool, error) {
 		}
 		gen := u.generation(name)
 		return id, func() bool { return u.generation(name) == gen && u.same(id) }, nil
-	}
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		key := strings.TrimPrefix(h, "Bearer ")
-		if id, err := u.CheckAPIKey(key); err == nil {
-			return id, func() bool { now, err := u.CheckAPIKey(key); return err == nil && sameRights(id, now) }, nil
-		}
 	}
 	if c, err := r.Cookie(CookieName); err == nil && c.Value != "" {
 		id, err := u.CheckCookie(c.Value)

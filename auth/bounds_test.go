@@ -129,26 +129,6 @@ func TestCookieBoundaries(t *testing.T) {
 	}
 }
 
-func TestAuthenticateAPIKey(t *testing.T) {
-	u, err := LoadUsers(writeFile(t, map[string]any{"users": map[string]any{"bob": map[string]any{"api_keys": []string{"0123456789abcdef-bob"}}}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := httptest.NewRequest("GET", "/", nil)
-	r.Header.Set("Authorization", "Bearer 0123456789abcdef-bob")
-	if id, err := u.Authenticate(r); err != nil || id == nil || id.Name != "bob" || id.Kind != KindUser {
-		t.Fatalf("API key: %+v %v", id, err)
-	}
-	r.Header.Set("Authorization", "Bearer not-a-key-of-anyone")
-	if id, err := u.Authenticate(r); err != nil || id != nil {
-		t.Fatalf("a bearer value that is no key is left to the caller: %+v %v", id, err)
-	}
-	var none *Users
-	if id, err := none.Authenticate(r); id != nil || err != nil {
-		t.Fatal("no users")
-	}
-}
-
 func TestProxyUserNames(t *testing.T) {
 	p := Policy{TrustedProxies: mustCIDRs("10.9.0.1")}
 	for _, c := range []struct {
