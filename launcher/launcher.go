@@ -583,7 +583,7 @@ func (l *Launcher) launch(ctx context.Context, payload map[string]any) (*appSess
 	go l.watch(s)
 	l.note(zerolog.InfoLevel, "session starting", "id", id, "application", appName, "host", host, "port", port,
 		"pid", proc.pgid, "log", s.logPath)
-	if err := ss.Started(proc); err != nil {
+	if err := ss.Started(unlisting{proc, func() { l.unlist(s) }}); err != nil {
 		// Ended during the start: the process exited at once (watch
 		// stopped the session), or the launcher is closing (the Manager
 		// stops the process).
@@ -663,8 +663,37 @@ func (l *Launcher) watch(s *appSession) {
 	l.forget(s)
 }
 
+// unlisting is a session's process as the session Manager holds it: its
+// Stop, which the Manager calls on every end before it frees the port,
+// first takes the session's line out of proxy_file. The port is thus
+// never free, and given to a new session, while the file still sends
+// the old session id to it.
+type unlisting struct {
+	*process
+	unlist func()
+}
+
+func (u unlisting) Stop(ctx context.Context) error {
+	u.unlist()
+	return u.process.Stop(ctx)
+}
+
+// unlist takes s out of proxy_file (it is no longer ready).
+func (l *Launcher) unlist(s *appSession) {
+	l.mu.Lock()
+	was := s.ready
+	s.ready = false
+	l.mu.Unlock()
+	if was {
+		if err := l.writeProxyFile(); err != nil {
+			l.note(zerolog.ErrorLevel, "cannot write the proxy file", "file", l.proxyFile, "error", err.Error())
+		}
+	}
+}
+
 // forget runs once the session has ended (its port is free): its
-// proxy_file line goes and its end is logged.
+// proxy_file line is gone (unlist, unless the session never reached
+// Stop) and its end is logged.
 func (l *Launcher) forget(s *appSession) {
 	l.mu.Lock()
 	delete(l.sessions, s.id)
