@@ -148,7 +148,15 @@ func (l *Launcher) handleProxy(w http.ResponseWriter, r *http.Request) error {
 		done = host.Register(t)
 	}
 	if err := l.attach(s, t, r.RemoteAddr); err != nil {
-		t.Close(websocket.CloseGoingAway, "session ended")
+		// The session began to stop while t was being set up: t gets
+		// the reason its other websockets got ("stopped by DELETE"…).
+		l.mu.Lock()
+		reason := s.endReason
+		l.mu.Unlock()
+		if reason == "" {
+			reason = "session ended"
+		}
+		t.Close(websocket.CloseGoingAway, reason)
 	}
 	t.log.Info().Str("subprotocol", back.Subprotocol()).Msg("proxy open")
 	t.run()
