@@ -20,6 +20,17 @@ import (
 // and returns the raw connection of an upgraded websocket client.
 func spliceBench(b *testing.B, handle func(net.Conn)) net.Conn {
 	b.Helper()
+	ws, _, err := websocket.DefaultDialer.Dial(benchGateway(b, handle), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ws.NetConn()
+}
+
+// benchGateway starts a basic-mode gateway to a backend that runs handle
+// on each connection, and returns its websocket URL.
+func benchGateway(b *testing.B, handle func(net.Conn)) string {
+	b.Helper()
 	back, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -44,11 +55,7 @@ func spliceBench(b *testing.B, handle func(net.Conn)) net.Conn {
 	srv := &http.Server{Handler: s.wsPortHandler()}
 	go srv.Serve(ln)
 	b.Cleanup(func() { srv.Close(); back.Close(); s.Shutdown(b.Context()) })
-	ws, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return ws.NetConn()
+	return "ws://" + ln.Addr().String() + "/"
 }
 
 // BenchmarkSpliceUpload: client → gateway → service, 64 KiB messages.
@@ -253,31 +260,7 @@ func processCPU() time.Duration {
 // it: a websocket opened (the gateway dials the service), 16 bytes
 // echoed, a clean close.
 func BenchmarkSpliceSetup(b *testing.B) {
-	back, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := back.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	s, err := New(Config{ClientAddr: back.Addr().String(), SessionRoot: b.TempDir()}, zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: s.wsPortHandler()}
-	go srv.Serve(ln)
-	b.Cleanup(func() { srv.Close(); back.Close(); s.Shutdown(b.Context()) })
-	url := "ws://" + ln.Addr().String() + "/"
+	url := benchGateway(b, func(c net.Conn) { defer c.Close(); _, _ = io.Copy(c, c) })
 	msg := make([]byte, 16)
 	b.ReportAllocs()
 	b.ResetTimer()
