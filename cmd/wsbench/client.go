@@ -17,8 +17,8 @@ import (
 // target is one thing the client measures: the backend itself (direct),
 // or a websocket proxy in front of it.
 type target struct {
-	name   string // "direct TCP", "wsgateway", "websockify"
-	kind   string // "direct", "wsgateway", "websockify"
+	name   string // "direct TCP", "bare proxy", "wsgateway", "websockify"
+	kind   string // "direct", "bare", "wsgateway", "websockify"
 	addr   string // host:port
 	ws     bool   // websocket (else a plain stream)
 	tls    *tls.Config

@@ -80,6 +80,8 @@ type config struct {
 	rounds      int
 	proxy       bool
 	serveWS     int
+	serveBare   int    // internal: run the bare proxy on this port
+	bareTo      string // the bare proxy's backend
 	retries     int
 	noisy       float64
 	printJSON   string
@@ -106,13 +108,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.quick, "quick", false, "a short run: 1 round, no retries, 500 round trips, 1000 idle tunnels (300 through websockify), 10 launches")
 	fs.StringVar(&cfg.jsonOut, "json", "", "also write the results to this JSON file")
 	tests := fs.String("tests", "download,upload,rtt,setups,idle", "which measurements to run, comma-separated")
-	targets := fs.String("targets", "direct,wsgateway,websockify", "which targets to measure, comma-separated")
+	targets := fs.String("targets", "direct,bare,wsgateway,websockify", "which targets to measure, comma-separated (bare: the least a websocket proxy of its own process can do, ws only)")
 	fs.BoolVar(&cfg.tls, "tls", true, "also measure wss (a self-signed certificate made at run time)")
 	fs.BoolVar(&cfg.launch, "launch", true, "measure reserve + launch + first byte")
 	fs.BoolVar(&cfg.replicas, "replicas", true, "measure reserve + launch + first byte through nginx in front of 3 replicas and of 1, on one redis-server (skipped without redis-server and nginx)")
 	fs.BoolVar(&cfg.proxy, "proxy", true, "also measure the launcher's /proxy websocket passthrough (when the gateway has --launcher_config)")
 	fs.StringVar(&cfg.printJSON, "print", "", "print the tables of a run saved with -json, and measure nothing")
 	fs.IntVar(&cfg.serveWS, "serve_ws", 0, "internal: run the websocket backend of the /proxy test on this port")
+	fs.IntVar(&cfg.serveBare, "serve_bare", 0, "internal: run the bare proxy (the yardstick column) on this port")
+	fs.StringVar(&cfg.bareTo, "bare_to", "", "internal: the bare proxy's backend, HOST:PORT")
 	fs.DurationVar(&cfg.dur, "duration", time.Second, "length of each transfer and set-up measurement (one round)")
 	fs.IntVar(&cfg.retries, "retries", 2, "times a round is taken again when other programs used more than -noisy cores during it")
 	fs.Float64Var(&cfg.noisy, "noisy", 0.3, "CPU (in cores) used by other programs above which a round counts as disturbed")
@@ -151,11 +155,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	for _, t := range strings.Split(*targets, ",") {
 		t = strings.TrimSpace(t)
 		switch t {
-		case "direct", "wsgateway", "websockify":
+		case "direct", "bare", "wsgateway", "websockify":
 			cfg.targets[t] = true
 		case "":
 		default:
-			return nil, fmt.Errorf("-targets: unknown target %q (direct, wsgateway, websockify)", t)
+			return nil, fmt.Errorf("-targets: unknown target %q (direct, bare, wsgateway, websockify)", t)
 		}
 	}
 	cfg.tests = map[string]bool{}
@@ -211,6 +215,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.serveWS > 0 {
 		return serveWSBackend(ctx, cfg.serveWS, stdout)
+	}
+	if cfg.serveBare > 0 {
+		return serveBare(ctx, cfg.serveBare, cfg.bareTo, stdout)
 	}
 	if cfg.printJSON != "" {
 		b, err := os.ReadFile(cfg.printJSON)
@@ -321,8 +328,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// the machine's background load hits them all alike.
 		var targets []*target
 		results := map[*target]*TargetResult{}
-		for _, kind := range []string{"direct", "wsgateway", "websockify"} {
-			if !cfg.targets[kind] {
+		for _, kind := range []string{"direct", "bare", "wsgateway", "websockify"} {
+			if !cfg.targets[kind] || (kind == "bare" && scheme != "ws") {
 				continue
 			}
 			tr := &TargetResult{}
@@ -445,6 +452,12 @@ func startTarget(ctx context.Context, cfg *config, dir string, b *backend, kind,
 				argv = append(argv, "--cert", certFile, "--key", keyFile)
 			}
 			argv = append(argv, strconv.Itoa(port))
+		case "bare":
+			self, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			argv = []string{self, "-serve_bare", strconv.Itoa(port), "-bare_to", b.addr()}
 		case "websockify":
 			argv = []string{cfg.websockify}
 			if ctls != nil {
@@ -461,7 +474,11 @@ func startTarget(ctx context.Context, cfg *config, dir string, b *backend, kind,
 			return nil, err
 		}
 		if err = waitListening(ctx, p, addr, 15*time.Second); err == nil {
-			return &target{name: kind, kind: kind, addr: addr, ws: true, tls: ctls, proc: p, wsPath: "/websockify",
+			name := kind
+			if kind == "bare" {
+				name = "bare proxy"
+			}
+			return &target{name: name, kind: kind, addr: addr, ws: true, tls: ctls, proc: p, wsPath: "/websockify",
 				proxyPG: []int{p.pid()}}, nil
 		}
 		p.stop(time.Second)

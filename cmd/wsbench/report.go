@@ -203,7 +203,7 @@ func printReport(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "/proxy websocket passthrough: %s\n", r.Proxy)
 	printReplicas(w, r.Replicas)
 	for _, sr := range r.Tables {
-		for _, k := range []string{"direct", "wsgateway", "websockify"} {
+		for _, k := range []string{"direct", "bare", "wsgateway", "websockify"} {
 			tr := sr.Results[k]
 			if tr == nil {
 				continue
@@ -250,7 +250,7 @@ func printWssOverWs(w io.Writer, r *Report) {
 }
 
 func printTable(w io.Writer, sr *SchemeResult) {
-	d, g, y := sr.Results["direct"], sr.Results["wsgateway"], sr.Results["websockify"]
+	d, bp, g, y := sr.Results["direct"], sr.Results["bare"], sr.Results["wsgateway"], sr.Results["websockify"]
 	dn, title := "direct TCP", "WS (basic mode: websocket to TCP)"
 	switch sr.Scheme {
 	case "wss":
@@ -260,7 +260,7 @@ func printTable(w io.Writer, sr *SchemeResult) {
 	}
 	fmt.Fprintf(w, "\n%s\n", title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight|tabwriter.Debug)
-	fmt.Fprintf(tw, "metric\t%s\twsgateway\twebsockify\tgw/direct\tgw/websockify\ttarget\tmet?\t\n", dn)
+	fmt.Fprintf(tw, "metric\t%s\tbare proxy\twsgateway\twebsockify\tgw/direct\tgw/bare\tgw/websockify\ttarget\tmet?\t\n", dn)
 
 	tput := func(tr *TargetResult, up bool) float64 {
 		if tr == nil {
@@ -278,15 +278,15 @@ func printTable(w io.Writer, sr *SchemeResult) {
 		return tr.Download.MBps
 	}
 	for _, up := range []bool{false, true} {
-		dv, gv, yv := tput(d, up), tput(g, up), tput(y, up)
+		dv, bv, gv, yv := tput(d, up), tput(bp, up), tput(g, up), tput(y, up)
 		name, minD := "download MB/s (64 KiB)", tgtDownDirect
 		if up {
 			name, minD = "upload MB/s (64 KiB)", tgtUpDirect
 		}
 		rd, ry := ratio(gv, dv), ratio(gv, yv)
 		met := check(rd, rd >= minD, fmt.Sprintf("%.2f× (%+.0f%%)", rd, (rd/minD-1)*100))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t≥%.2f× direct\t%s\t\n",
-			name, num(dv, 0), num(gv, 0), num(yv, 0), times(rd), times(ry), minD, met)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t≥%.2f× direct\t%s\t\n",
+			name, num(dv, 0), num(bv, 0), num(gv, 0), num(yv, 0), times(rd), times(ratio(gv, bv)), times(ry), minD, met)
 	}
 	rtt := func(tr *TargetResult, p99 bool) float64 {
 		if tr == nil || tr.RTT == nil {
@@ -298,14 +298,14 @@ func printTable(w io.Writer, sr *SchemeResult) {
 		return tr.RTT.P50us
 	}
 	{
-		dv, gv, yv := rtt(d, false), rtt(g, false), rtt(y, false)
+		dv, bv, gv, yv := rtt(d, false), rtt(bp, false), rtt(g, false), rtt(y, false)
 		rd := ratio(gv, dv)
-		fmt.Fprintf(tw, "round trip p50 µs (64 B)\t%s\t%s\t%s\t%s\t%s\t≤%.1f× direct\t%s\t\n",
-			num(dv, 0), num(gv, 0), num(yv, 0), times(rd), times(ratio(gv, yv)), tgtRTTDirect,
+		fmt.Fprintf(tw, "round trip p50 µs (64 B)\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t≤%.1f× direct\t%s\t\n",
+			num(dv, 0), num(bv, 0), num(gv, 0), num(yv, 0), times(rd), times(ratio(gv, bv)), times(ratio(gv, yv)), tgtRTTDirect,
 			check(rd, rd <= tgtRTTDirect, fmt.Sprintf("%.2f×", rd)))
-		dv, gv, yv = rtt(d, true), rtt(g, true), rtt(y, true)
-		fmt.Fprintf(tw, "round trip p99 µs (64 B)\t%s\t%s\t%s\t%s\t%s\t\t\t\n",
-			num(dv, 0), num(gv, 0), num(yv, 0), times(ratio(gv, dv)), times(ratio(gv, yv)))
+		dv, bv, gv, yv = rtt(d, true), rtt(bp, true), rtt(g, true), rtt(y, true)
+		fmt.Fprintf(tw, "round trip p99 µs (64 B)\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\t\t\n",
+			num(dv, 0), num(bv, 0), num(gv, 0), num(yv, 0), times(ratio(gv, dv)), times(ratio(gv, bv)), times(ratio(gv, yv)))
 	}
 	setups := func(tr *TargetResult) float64 {
 		if tr == nil || tr.Setups == nil {
@@ -314,9 +314,9 @@ func printTable(w io.Writer, sr *SchemeResult) {
 		return tr.Setups.PerSecond
 	}
 	{
-		dv, gv, yv := setups(d), setups(g), setups(y)
-		fmt.Fprintf(tw, "tunnel set-ups /s\t%s\t%s\t%s\t%s\t%s\t≥%.0f /s\t%s\t\n",
-			num(dv, 0), num(gv, 0), num(yv, 0), times(ratio(gv, dv)), times(ratio(gv, yv)), tgtSetups,
+		dv, bv, gv, yv := setups(d), setups(bp), setups(g), setups(y)
+		fmt.Fprintf(tw, "tunnel set-ups /s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t≥%.0f /s\t%s\t\n",
+			num(dv, 0), num(bv, 0), num(gv, 0), num(yv, 0), times(ratio(gv, dv)), times(ratio(gv, bv)), times(ratio(gv, yv)), tgtSetups,
 			check(gv, gv >= tgtSetups, fmt.Sprintf("%.0f/s (%+.0f%%)", gv, (gv/tgtSetups-1)*100)))
 	}
 	if sr.Scheme == "ws" {
@@ -349,14 +349,15 @@ func printTable(w io.Writer, sr *SchemeResult) {
 		if gi != nil && gi.Held < tgtIdleAt {
 			at = fmt.Sprintf(" (measured at %d, not %d)", gi.Held, tgtIdleAt)
 		}
-		fmt.Fprintf(tw, "idle tunnels held\t—\t%s\t%s\t\t\t\t\t\n", held(gi), held(yi))
-		fmt.Fprintf(tw, "RSS KiB per idle tunnel\t—\t%s\t%s\t\t%s\t≤%.0f KiB at %d\t%s\t\n",
+		fmt.Fprintf(tw, "idle tunnels held\t—\t—\t%s\t%s\t\t\t\t\t\t\n", held(gi), held(yi))
+		fmt.Fprintf(tw, "RSS KiB per idle tunnel\t—\t—\t%s\t%s\t\t\t%s\t≤%.0f KiB at %d\t%s\t\n",
 			num(rss(gi), 1), num(rss(yi), 1), times(ratio(rss(gi), rss(yi))), tgtIdleKiB, tgtIdleAt,
 			check(rss(gi), rss(gi) <= tgtIdleKiB, fmt.Sprintf("%.1f KiB (%.1f×)%s", rss(gi), rss(gi)/tgtIdleKiB, at)))
-		fmt.Fprintf(tw, "PSS KiB per idle tunnel\t—\t%s\t%s\t\t%s\t\t\t\n",
+		fmt.Fprintf(tw, "PSS KiB per idle tunnel\t—\t—\t%s\t%s\t\t\t%s\t\t\t\n",
 			num(pss(gi), 1), num(pss(yi), 1), times(ratio(pss(gi), pss(yi))))
 	}
 	tw.Flush()
+	printBareShare(w, d, bp)
 	if sr.Scheme == "ws" {
 		for _, k := range []string{"wsgateway", "websockify"} {
 			tr := sr.Results[k]
@@ -376,7 +377,7 @@ func printTable(w io.Writer, sr *SchemeResult) {
 	}
 	// CPU during the transfers: who is busy.
 	fmt.Fprintf(w, "CPU in cores during download / upload / set-ups (proxy|wsbench|other; wsbench = client + backend):")
-	for _, k := range []string{"direct", "wsgateway", "websockify"} {
+	for _, k := range []string{"direct", "bare", "wsgateway", "websockify"} {
 		tr := sr.Results[k]
 		if tr == nil {
 			continue
@@ -385,7 +386,7 @@ func printTable(w io.Writer, sr *SchemeResult) {
 	}
 	fmt.Fprintln(w)
 	var retried []string
-	for _, k := range []string{"direct", "wsgateway", "websockify"} {
+	for _, k := range []string{"direct", "bare", "wsgateway", "websockify"} {
 		if tr := sr.Results[k]; tr != nil && tr.Retries > 0 {
 			retried = append(retried, fmt.Sprintf("%s %d", k, tr.Retries))
 		}
@@ -393,6 +394,33 @@ func printTable(w io.Writer, sr *SchemeResult) {
 	if len(retried) > 0 {
 		fmt.Fprintf(w, "rounds taken again because other programs were busy: %s\n", strings.Join(retried, ", "))
 	}
+}
+
+// printBareShare says what the bare proxy reached against direct TCP:
+// what any proxy of its own process costs on this machine, the part of
+// each target that no work inside wsgateway can win back.
+func printBareShare(w io.Writer, d, bp *TargetResult) {
+	if d == nil || bp == nil {
+		return
+	}
+	var parts []string
+	if d.Download != nil && bp.Download != nil {
+		parts = append(parts, "download "+times(ratio(bp.Download.MBps, d.Download.MBps)))
+	}
+	if d.Upload != nil && bp.Upload != nil {
+		parts = append(parts, "upload "+times(ratio(bp.Upload.MBps, d.Upload.MBps)))
+	}
+	if d.RTT != nil && bp.RTT != nil {
+		parts = append(parts, "round trip p50 "+times(ratio(bp.RTT.P50us, d.RTT.P50us)))
+	}
+	if d.Setups != nil && bp.Setups != nil {
+		parts = append(parts, fmt.Sprintf("set-ups %s (%.0f/s)", times(ratio(bp.Setups.PerSecond, d.Setups.PerSecond)), bp.Setups.PerSecond))
+	}
+	if len(parts) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "bare proxy / direct (the machine's cost of any proxy in a process of its own: no HTTP server, no policy, plain copies): %s\n",
+		strings.Join(parts, ", "))
 }
 
 // summary is one line of a target's figures, for -v.
