@@ -37,8 +37,13 @@ func serveBare(ctx context.Context, port int, to string, stdout io.Writer) error
 	if err != nil {
 		return err
 	}
-	context.AfterFunc(ctx, func() { ln.Close() })
 	fmt.Fprintln(stdout, bareReadyLine)
+	return bareServe(ctx, ln, to)
+}
+
+// bareServe runs the bare proxy on ln until ctx ends.
+func bareServe(ctx context.Context, ln net.Listener, to string) error {
+	context.AfterFunc(ctx, func() { ln.Close() })
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -232,12 +237,12 @@ func (p *bareParser) feed(in []byte) (out []byte, closed bool, err error) {
 			p.hdr[p.hn] = in[i]
 			p.hn++
 			i++
+			if p.hn == 2 && p.hdr[1]&0x80 == 0 {
+				return nil, false, errors.New("unmasked client frame")
+			}
 			need, ok := p.headerLen()
 			if !ok || p.hn < need {
 				continue
-			}
-			if p.hdr[1]&0x80 == 0 {
-				return nil, false, errors.New("unmasked client frame")
 			}
 			var l uint64
 			switch p.hdr[1] & 0x7f {
