@@ -123,6 +123,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer lr.close()
 	jr, err := setupJobs(ctx, cfg, &gcfg, sup, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			// A SIGTERM while the state was being read: a stop, not a
+			// failure of the state database.
+			log.Info().Msg("stopped during start-up")
+			return nil
+		}
 		return err
 	}
 	defer jr.close()
