@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -103,7 +104,9 @@ type Job struct {
 	PID           int                        `json:"pid,omitempty"`
 	Replica       string                     `json:"replica,omitempty"`
 	Progress      *Progress                  `json:"progress,omitempty"`
-	LogSize       int64                      `json:"log_size"`
+	// LogSize is the size of the job's log: absent when its log is on
+	// another replica that was not asked (List) or could not be reached.
+	LogSize *int64 `json:"log_size,omitempty"`
 	Created       time.Time                  `json:"created"`
 	Started       *time.Time                 `json:"started,omitempty"`
 	Finished      *time.Time                 `json:"finished,omitempty"`
@@ -397,10 +400,13 @@ func (m *Manager) view(j *store.Job) Job {
 	if j.State == StateQueued {
 		v.QueuePosition = int(j.QueuePos)
 	}
-	if !m.mine(j) {
-		// Its log is on its replica's disk (logs.read reaches it).
-	} else if st, err := os.Stat(j.LogPath); err == nil {
-		v.LogSize = st.Size()
+	if m.mine(j) {
+		// Its log is on this disk (on its replica's otherwise: Get asks).
+		var n int64
+		if st, err := os.Stat(j.LogPath); err == nil {
+			n = st.Size()
+		}
+		v.LogSize = &n
 	}
 	if v.Params == nil {
 		v.Params = map[string]json.RawMessage{}
@@ -456,6 +462,26 @@ func (m *Manager) publishState(j *store.Job) {
 
 // Get returns a job.
 func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
+	v, err := m.get(ctx, id)
+	if err != nil || v.LogSize != nil || m.cfg.Remote == nil || v.Replica == "" {
+		return v, err
+	}
+	// The log is on the replica that runs the job: ask it for the size
+	// (a read from past the end brings no data), briefly; unknown if it
+	// does not answer.
+	ctx, cancel := context.WithTimeout(ctx, remoteSizeWait)
+	defer cancel()
+	if c, err := m.cfg.Remote.ReadLog(ctx, v.Replica, id, math.MaxInt64, 1); err == nil {
+		v.LogSize = &c.Size
+	}
+	return v, nil
+}
+
+// remoteSizeWait bounds the question Get asks another replica.
+const remoteSizeWait = 2 * time.Second
+
+// get is Get without asking another replica for the log's size.
+func (m *Manager) get(ctx context.Context, id string) (Job, error) {
 	m.mu.Lock()
 	if r, ok := m.running[id]; ok {
 		rec := *r.rec
@@ -583,7 +609,7 @@ const MaxLogRead = 1 << 20
 
 // ReadLog reads up to limit bytes of a job's log from offset.
 func (m *Manager) ReadLog(ctx context.Context, id string, offset, limit int64) (LogChunk, error) {
-	j, err := m.Get(ctx, id)
+	j, err := m.get(ctx, id)
 	if err != nil {
 		return LogChunk{}, err
 	}

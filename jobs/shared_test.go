@@ -204,9 +204,27 @@ echo "end $WSGW_JOB_ID" >> $TRACE
 		}
 		ran[j.Replica]++
 		// The log, read from a replica that may not have run it.
-		c, err := rs.mgrs[rs.other(j.Replica)].ReadLog(context.Background(), id, 0, 0)
+		other := rs.mgrs[rs.other(j.Replica)]
+		c, err := other.ReadLog(context.Background(), id, 0, 0)
 		if err != nil || c.Data != "hello "+id+"\n" || !c.Complete {
 			t.Fatalf("log of %s (run on %s) read elsewhere: %+v %v", id, j.Replica, c, err)
+		}
+		// Its size, elsewhere: Get asks the replica that ran it; List,
+		// which would ask once per job, says it does not know.
+		if g, err := other.Get(context.Background(), id); err != nil || g.LogSize == nil || *g.LogSize != int64(len(c.Data)) {
+			t.Fatalf("log size of %s got elsewhere: %v (log is %d bytes) %v", id, g.LogSize, len(c.Data), err)
+		}
+		if g, err := rs.mgrs[j.Replica].Get(context.Background(), id); err != nil || g.LogSize == nil || *g.LogSize != int64(len(c.Data)) {
+			t.Fatalf("log size of %s got on its replica: %v %v", id, g.LogSize, err)
+		}
+		l, err := other.List(context.Background(), Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, lj := range l {
+			if lj.ID == id && lj.LogSize != nil {
+				t.Fatalf("jobs.list elsewhere gives %s's log size as %d without asking", id, *lj.LogSize)
+			}
 		}
 	}
 	b, err := os.ReadFile(rs.trace)
@@ -360,8 +378,13 @@ if [ "$WSGW_JOB_ID" = job-1 ]; then sleep 30 & wait; fi
 	if interrupted != 1 {
 		t.Fatalf("%d interrupted events from the survivors, want 1", interrupted)
 	}
-	if got, _ := rs.mgrs[survivor].Get(ctx, first.ID); got.Reason != j.Reason || got.State != StateInterrupted {
+	got, _ := rs.mgrs[survivor].Get(ctx, first.ID)
+	if got.Reason != j.Reason || got.State != StateInterrupted {
 		t.Fatalf("after the dead replica's end: %+v", got)
+	}
+	// Its log is on the dead replica's disk: its size is unknown, not 0.
+	if got.LogSize != nil {
+		t.Fatalf("log size %d of a job whose replica is gone", *got.LogSize)
 	}
 }
 
