@@ -106,10 +106,10 @@ type Job struct {
 	Progress      *Progress                  `json:"progress,omitempty"`
 	// LogSize is the size of the job's log: absent when its log is on
 	// another replica that was not asked (List) or could not be reached.
-	LogSize *int64 `json:"log_size,omitempty"`
-	Created       time.Time                  `json:"created"`
-	Started       *time.Time                 `json:"started,omitempty"`
-	Finished      *time.Time                 `json:"finished,omitempty"`
+	LogSize  *int64     `json:"log_size,omitempty"`
+	Created  time.Time  `json:"created"`
+	Started  *time.Time `json:"started,omitempty"`
+	Finished *time.Time `json:"finished,omitempty"`
 }
 
 // Manager queues, runs and records jobs. The queue (queue.go) and the
