@@ -93,11 +93,18 @@ type tunnel struct {
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
-	// the readiness probe of the client, made once (no allocation per
-	// wait); a socket error the probe saw is kept for the reader, since
-	// the probe consumes it (a reset must not look like a clean EOF)
-	clientPeek, connPeek       func(fd uintptr) bool
-	clientPeekErr, connPeekErr error
+	// The client's read, made once (no allocation per wait): it takes a
+	// buffer, reads into it, and gives it back when the socket is empty,
+	// so an idle client holds none; what it read is in upBp, upN, upErr.
+	upRead func(fd uintptr) bool
+	upBp   *[]byte
+	upN    int
+	upErr  error
+	// the readiness probe of the service for the copy path, made once; a
+	// socket error the probe saw is kept for the reader, since the probe
+	// consumes it (a reset must not look like a clean EOF)
+	connPeek    func(fd uintptr) bool
+	connPeekErr error
 
 	// parking (poll.go), and what a parked direction resumes with
 	upPark, downPark parkDir
@@ -137,13 +144,7 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	t.own <- struct{}{}
 	t.upPark = parkDir{t: t, up: true}
 	t.downPark = parkDir{t: t}
-	t.clientPeek = func(fd uintptr) bool {
-		if peek(fd, &t.clientPeekErr) {
-			return true
-		}
-		t.armPark(&t.upPark, t.client)
-		return false
-	}
+	t.upRead = t.upReadFn
 	t.connPeek = func(fd uintptr) bool {
 		if peek(fd, &t.connPeekErr) {
 			return true
@@ -602,6 +603,58 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 	return nil
 }
 
+// upReadFn is the client socket's RawConn callback: one read into a
+// pooled buffer (taken now if not held), which it gives back and waits
+// for readability when the socket is empty.
+func (t *tunnel) upReadFn(fd uintptr) bool {
+	for {
+		if t.upBp == nil {
+			t.upBp = t.s.bufPool.Get().(*[]byte)
+		}
+		n, err := syscall.Read(int(fd), *t.upBp)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			t.s.bufPool.Put(t.upBp)
+			t.upBp = nil
+			t.armPark(&t.upPark, t.client)
+			return false
+		case err != nil:
+			t.upN, t.upErr = 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
+		case n == 0:
+			t.upN, t.upErr = 0, io.EOF
+		default:
+			t.upN, t.upErr = n, nil
+		}
+		return true
+	}
+}
+
+// readClient reads what the client sent into bp (taken from the pool if
+// nil) and returns it with the buffer, or park: the client stayed quiet
+// for parkAfter (the buffer is then back in the pool). Where the client
+// socket has no RawConn (TLS) it is a plain read.
+func (t *tunnel) readClient(bp *[]byte) (n int, _ *[]byte, park bool, err error) {
+	if t.clientRaw == nil {
+		if bp == nil {
+			bp = t.s.bufPool.Get().(*[]byte)
+		}
+		n, err = t.client.Read(*bp)
+		return n, bp, false, err
+	}
+	t.upBp = bp
+	err = t.clientRaw.Read(t.upRead)
+	bp, t.upBp = t.upBp, nil
+	if t.disarm(&t.upPark, t.client, err) {
+		return 0, bp, true, nil
+	}
+	if err != nil {
+		return 0, bp, false, err
+	}
+	return t.upN, bp, false, t.upErr
+}
+
 // clientToService moves the client's frames to the service until the
 // client's close, its end or an error, and reports whether it parked
 // instead (then it resumes from the start, holding nothing).
@@ -610,49 +663,41 @@ func (t *tunnel) clientToService() (parked bool) {
 	var bp *[]byte
 	var rest []byte // what the parser left of the last read after an error
 	for {
+		var n int
 		var park bool
-		if park, err = t.waitReadable(t.client, t.clientRaw, t.clientPeek, &t.clientPeekErr, &t.upPark); err != nil {
-			break
-		}
+		n, bp, park, err = t.readClient(bp)
 		if park {
 			if t.park(&t.upPark, t.clientRaw) {
 				return true
 			}
 			continue
 		}
-		bp = t.s.bufPool.Get().(*[]byte)
-		buf := *bp
-		for {
-			var n int
-			n, err = t.client.Read(buf)
-			if n > 0 {
-				if t.trace {
-					t.log.Trace().Int("bytes", n).Msg("client → service")
-				}
-				ferr := t.parser.Feed(buf[:n], t)
-				if werr := t.flushUp(); werr != nil && ferr == nil {
-					// The service failed; the parser is in step.
-					ferr, rest = werr, buf[n:n]
-				}
-				if ferr != nil {
-					err = ferr
-					if rest == nil {
-						rest = buf[n-t.parser.Unconsumed() : n]
-					}
-					break
-				}
+		if n > 0 {
+			buf := *bp
+			if t.trace {
+				t.log.Trace().Int("bytes", n).Msg("client → service")
 			}
-			// A full buffer means more may be waiting; otherwise give the
-			// buffer back while the client is quiet.
-			if err != nil || n < len(buf) || t.clientRaw == nil {
+			ferr := t.parser.Feed(buf[:n], t)
+			if werr := t.flushUp(); werr != nil && ferr == nil {
+				// The service failed; the parser is in step.
+				ferr, rest = werr, buf[n:n]
+			}
+			if ferr != nil {
+				err = ferr
+				if rest == nil {
+					rest = buf[n-t.parser.Unconsumed() : n]
+				}
 				break
 			}
 		}
 		if err != nil {
 			break
 		}
-		t.s.bufPool.Put(bp)
-		bp = nil
+		if t.clientRaw == nil {
+			// TLS: the read blocks; hold no buffer while it does.
+			t.s.bufPool.Put(bp)
+			bp = nil
+		}
 	}
 	var ce *closeError
 	switch {
