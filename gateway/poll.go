@@ -18,7 +18,7 @@ import (
 // nothing else is kept but the tunnel's own state, and no buffer or pipe
 // is held while parked.
 //
-// The wait for parkAfter is a read deadline, set by the readiness probe
+// The wait for parkAfter is a read deadline, set by the read callback
 // just before the goroutine would block and cleared as soon as the wait
 // ends, so no read but the readiness wait ever sees it. A parked
 // direction is not in Go's netpoller, so nothing that Go would wake it
@@ -99,7 +99,7 @@ func (t *tunnel) parking(d *parkDir) bool {
 	return !parkOff && !d.off && getPoller() != nil
 }
 
-// armPark is called by a readiness probe that found c's socket empty and
+// armPark is called by a read callback that found c's socket empty and
 // is about to wait: the first time in a wait, it sets the park deadline.
 func (t *tunnel) armPark(d *parkDir, c net.Conn) {
 	if d.armed || !t.parking(d) || t.initiated.Load() {

@@ -100,11 +100,11 @@ type tunnel struct {
 	upBp   *[]byte
 	upN    int
 	upErr  error
-	// the readiness probe of the service for the copy path, made once; a
-	// socket error the probe saw is kept for the reader, since the probe
-	// consumes it (a reset must not look like a clean EOF)
-	connPeek    func(fd uintptr) bool
-	connPeekErr error
+	// the same for the service on the copy path (downReadFn)
+	downRead func(fd uintptr) bool
+	downBp   *[]byte
+	downN    int
+	downErr  error
 
 	// parking (poll.go), and what a parked direction resumes with
 	upPark, downPark parkDir
@@ -145,13 +145,7 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	t.upPark = parkDir{t: t, up: true}
 	t.downPark = parkDir{t: t}
 	t.upRead = t.upReadFn
-	t.connPeek = func(fd uintptr) bool {
-		if peek(fd, &t.connPeekErr) {
-			return true
-		}
-		t.armPark(&t.downPark, t.conn)
-		return false
-	}
+	t.downRead = t.downReadFn
 	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
 	t.lastAlive.Store(t.opened.UnixNano())
@@ -478,41 +472,6 @@ func (t *tunnel) writeFailed() {
 	_ = t.conn.Close()
 	_ = t.client.Close()
 	t.wake()
-}
-
-// peek is the RawConn callback that reports whether a socket has data
-// (or EOF, or an error) without taking it; false makes the runtime wait
-// for readability. An error is stored in *errp: MSG_PEEK consumes a
-// pending socket error, which the next read would otherwise not see.
-func peek(fd uintptr, errp *error) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	if err == syscall.EAGAIN || err == syscall.EINTR {
-		return false
-	}
-	if err != nil {
-		*errp = &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", err)}
-	}
-	return true
-}
-
-// waitReadable blocks until c (rc its RawConn, probe its readiness probe,
-// d its direction) has something to read, and returns the socket error
-// the probe found, if any; park reports instead that the socket stayed
-// quiet for parkAfter (poll.go). A nil rc (TLS) returns at once and the
-// caller reads with its buffer.
-func (t *tunnel) waitReadable(c net.Conn, rc syscall.RawConn, probe func(uintptr) bool, errp *error, d *parkDir) (park bool, err error) {
-	if rc == nil {
-		return false, nil
-	}
-	err = rc.Read(probe)
-	if t.disarm(d, c, err) {
-		return true, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return false, *errp
 }
 
 // Data is the wsframe.Handler callback: payload for the service,
@@ -883,37 +842,87 @@ var errNoSplice = errors.New("splice not available")
 // splice. It returns the service's read error (io.EOF at its end), or
 // errWritesOver.
 func (t *tunnel) downloadCopy() error {
-	more := false
-	for {
-		// A full buffer means more may be waiting; otherwise wait without
-		// a buffer while the service is quiet.
-		if !more {
-			park, err := t.waitReadable(t.conn, t.connRaw, t.connPeek, &t.connPeekErr, &t.downPark)
-			if err != nil {
-				return err
-			}
-			if park {
-				if t.park(&t.downPark, t.connRaw) {
-					return errParked
-				}
-				continue
-			}
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			t.s.bufPool.Put(bp)
 		}
-		bp := t.s.bufPool.Get().(*[]byte)
-		buf := *bp
-		n, err := t.conn.Read(buf[wsframe.HeaderRoom:])
-		more = n == len(buf)-wsframe.HeaderRoom && t.connRaw != nil
+	}()
+	for {
+		n, park, err := t.readService(&bp)
+		if park {
+			if t.park(&t.downPark, t.connRaw) {
+				return errParked
+			}
+			continue
+		}
 		if n > 0 {
 			if werr := t.writeData(bp, n); werr != nil {
-				t.s.bufPool.Put(bp)
 				return werr
 			}
 		}
-		t.s.bufPool.Put(bp)
 		if err != nil {
 			return err
 		}
+		if t.connRaw == nil {
+			// A wrapped connection: the read blocks; hold no buffer
+			// while it does.
+			t.s.bufPool.Put(bp)
+			bp = nil
+		}
 	}
+}
+
+// downReadFn is the service socket's RawConn callback on the copy path:
+// one read into a pooled buffer after wsframe.HeaderRoom (taken now if
+// not held), given back when the socket is empty.
+func (t *tunnel) downReadFn(fd uintptr) bool {
+	for {
+		if t.downBp == nil {
+			t.downBp = t.s.bufPool.Get().(*[]byte)
+		}
+		n, err := syscall.Read(int(fd), (*t.downBp)[wsframe.HeaderRoom:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			t.s.bufPool.Put(t.downBp)
+			t.downBp = nil
+			t.armPark(&t.downPark, t.conn)
+			return false
+		case err != nil:
+			t.downN, t.downErr = 0, &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Err: os.NewSyscallError("read", err)}
+		case n == 0:
+			t.downN, t.downErr = 0, io.EOF
+		default:
+			t.downN, t.downErr = n, nil
+		}
+		return true
+	}
+}
+
+// readService reads the service into *bp after wsframe.HeaderRoom (a
+// buffer taken from the pool when *bp is nil), or reports park: the
+// service stayed quiet for parkAfter (the buffer is then back in the
+// pool).
+func (t *tunnel) readService(bp **[]byte) (n int, park bool, err error) {
+	if t.connRaw == nil {
+		if *bp == nil {
+			*bp = t.s.bufPool.Get().(*[]byte)
+		}
+		n, err = t.conn.Read((**bp)[wsframe.HeaderRoom:])
+		return n, false, err
+	}
+	t.downBp = *bp
+	err = t.connRaw.Read(t.downRead)
+	*bp, t.downBp = t.downBp, nil
+	if t.disarm(&t.downPark, t.conn, err) {
+		return 0, true, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return t.downN, false, t.downErr
 }
 
 // Check is wsframe.Tunnel's policy sweep: it ends the tunnel when it has
