@@ -6,6 +6,10 @@ GO        ?= go
 BIN       := bin/wsgateway
 WS_PORT   ?= 9091
 HTTP_PORT ?= 9090
+# make run listens on this machine only: its desktops have a terminal, and
+# it sets no credentials. BIND=0.0.0.0 (with WEBSOCKETSERVER_SECURITY_TOKEN in
+# the environment) serves others.
+BIND      ?= 127.0.0.1
 PREFIX    ?= /usr/local
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
@@ -63,7 +67,9 @@ run: deps build
 	@echo "  the desktops start on demand: each when a viewer connects (Launch on the dashboard)"
 	@echo "  reserve a desktop:  curl -s http://localhost:$(HTTP_PORT)/v1/reserve/Local%20Desktop"
 	@echo
-	./$(BIN) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json --state_db wsgateway-state.db $(WS_PORT)
+	@echo "  listening on $(BIND) only (BIND=0.0.0.0 WEBSOCKETSERVER_SECURITY_TOKEN=<secret> make run serves other machines)"
+	@echo
+	./$(BIN) --bind_address $(BIND) --http_port $(HTTP_PORT) --remote_session_config scripts/services.json --state_db wsgateway-state.db $(WS_PORT)
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './node_modules/*')); \

@@ -251,4 +251,9 @@ func TestUxMakeInstallAndRunBanner(t *testing.T) {
 	if err != nil || !strings.Contains(string(banner), "start on demand") || !strings.Contains(string(banner), "when a viewer connects") {
 		t.Errorf("make run's banner does not say the desktops start on demand: %v\n%s", err, banner)
 	}
+	// Its desktops have a terminal and it sets no credentials: it must
+	// listen on this machine only unless told otherwise.
+	if !strings.Contains(string(banner), "--bind_address 127.0.0.1 ") {
+		t.Errorf("make run does not bind to 127.0.0.1:\n%s", banner)
+	}
 }
