@@ -10,12 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"wsgateway/internal/text"
 )
 
 // Service is one kind of launchable program with a number of slots.
@@ -230,7 +233,28 @@ func checkOptions(o map[string]json.RawMessage) error {
 			return fmt.Errorf(`"file_ext" must be a list of strings such as [".vtk"]`)
 		}
 	}
+	// The numbers the gateway acts on: a value it cannot read would
+	// silently mean "none" (no grace, no idle limit, no maximum).
+	for _, n := range numericOptions {
+		raw, ok := o[n.key]
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(string(raw)), `"`), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+			return fmt.Errorf(`%q must be a number of %s, 0 or more (0: %s), such as %s; got %s`, n.key, n.unit, n.zero, n.example, text.Cut(string(raw), 40))
+		}
+	}
 	return nil
+}
+
+// numericOptions are the service options the gateway reads as numbers.
+var numericOptions = []struct{ key, unit, zero, example string }{
+	{"reconnect_grace", "seconds", "the service stops when its websocket closes", "30"},
+	{"idle_timeout", "seconds", "no idle limit", "600"},
+	{"max_duration", "seconds", "no limit", "28800"},
+	{"record_max_mb", "MiB", "the default", "100"},
+	{"record_keep_days", "days", "the default", "7"},
 }
 
 // ValidName checks a service name: non-empty, at most 128 bytes, no '/',

@@ -133,6 +133,18 @@ func TestLoadConfigResolvesScriptsAgainstConfigDir(t *testing.T) {
 	}
 }
 
+// TestNumericOptionsAccepted: the numbers the gateway reads may be 0, a
+// fraction, or a numeric string.
+func TestNumericOptionsAccepted(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "ok.sh", "#!/bin/sh\n", 0o755)
+	cfg := `{"Viz": {"script": "ok.sh", "count": 1, "options": {"reconnect_grace": 0, "idle_timeout": "600",
+		"max_duration": 2.5, "record_max_mb": "1", "record_keep_days": 0.5}}}`
+	if _, err := services.ParseConfig("svc.json", dir, []byte(cfg)); err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+}
+
 func TestParseConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "ok.sh", "#!/bin/sh\n", 0o755)
@@ -167,6 +179,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"group not a string", svc(`"script": "ok.sh", "count": 1, "options": {"group": 7}`), "Viz", "options", []string{`"group" must be a string`}},
 		{"file_ext a string", svc(`"script": "ok.sh", "count": 1, "options": {"file_ext": ".vtk"}`), "Viz", "options", []string{`"file_ext" must be a list of strings`}},
 		{"file_ext numbers", svc(`"script": "ok.sh", "count": 1, "options": {"file_ext": [1, 2]}`), "Viz", "options", []string{`"file_ext"`}},
+		{"idle_timeout in words", svc(`"script": "ok.sh", "count": 1, "options": {"idle_timeout": "ten minutes"}`), "Viz", "options", []string{`"idle_timeout" must be a number of seconds`, "600", `"ten minutes"`}},
+		{"reconnect_grace with a unit", svc(`"script": "ok.sh", "count": 1, "options": {"reconnect_grace": "30s"}`), "Viz", "options", []string{`"reconnect_grace" must be a number of seconds`}},
+		{"max_duration negative", svc(`"script": "ok.sh", "count": 1, "options": {"max_duration": -5}`), "Viz", "options", []string{`"max_duration"`, "0 or more", "got -5"}},
+		{"max_duration a list", svc(`"script": "ok.sh", "count": 1, "options": {"max_duration": [1]}`), "Viz", "options", []string{`"max_duration"`}},
+		{"record_max_mb not a number", svc(`"script": "ok.sh", "count": 1, "options": {"record_max_mb": "lots"}`), "Viz", "options", []string{`"record_max_mb" must be a number of MiB`}},
+		{"record_keep_days NaN", svc(`"script": "ok.sh", "count": 1, "options": {"record_keep_days": "NaN"}`), "Viz", "options", []string{`"record_keep_days" must be a number of days`}},
+		{"idle_timeout infinite", svc(`"script": "ok.sh", "count": 1, "options": {"idle_timeout": "+Inf"}`), "Viz", "options", []string{`"idle_timeout"`}},
 		{"slash in name", `{"a/b": {"script": "ok.sh", "count": 1, "options": {}}}`, "a/b", "", []string{"'/'"}},
 		{"empty name", `{"": {"script": "ok.sh", "count": 1, "options": {}}}`, "", "", []string{"empty service name"}},
 		{"control char in name", `{"a\tb": {"script": "ok.sh", "count": 1, "options": {}}}`, "a\tb", "", []string{`'\t'`}},
