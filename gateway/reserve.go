@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,7 +96,15 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts map[string]string, wait time.Duration) (reservation.Reservation, error) {
 	svc, ok := s.svcs[name]
 	if !ok {
-		return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound, "unknown service %q; known services: %s", text.Cut(name, 128), strings.Join(s.serviceNames(), ", "))
+		known := strings.Join(s.serviceNames(), ", ")
+		if known == "" {
+			known = "none"
+		}
+		if slices.Contains(s.cfg.JobServices, name) {
+			return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound,
+				"%q is a batch job service: submit it with JSON-RPC jobs.submit on /v1/rpc (docs/rpc.md); services to reserve: %s", name, known)
+		}
+		return reservation.Reservation{}, httperr.Errorf(http.StatusNotFound, "unknown service %q; known services: %s", text.Cut(name, 128), known)
 	}
 	if err := checkOptions(svc, opts); err != nil {
 		return reservation.Reservation{}, err
@@ -132,7 +141,7 @@ func (s *Server) reserveAs(ctx context.Context, c auth.Caller, name string, opts
 			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "no reservation: the replicas' shared state (Redis) is unavailable; try again shortly", Err: err}
 		}
 		if errors.Is(err, reservation.ErrNoSlot) {
-			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: "no free slot: " + err.Error() + "; release one or try again later", Err: err}
+			return reservation.Reservation{}, &httperr.Error{Status: http.StatusServiceUnavailable, Msg: err.Error() + "; release one or try again later", Err: err}
 		}
 		return reservation.Reservation{}, err
 	}

@@ -40,6 +40,10 @@ type Config struct {
 	SecurityToken string
 	// Services are the launchable services (config file and built-ins).
 	Services []*services.Service
+	// JobServices names the services config's batch job services (run
+	// with JSON-RPC jobs.submit, not reserved): a reservation of one is
+	// told so.
+	JobServices []string
 	// ClientAddr (host:port) enables basic mode: every websocket without a
 	// token is spliced to it.
 	ClientAddr string

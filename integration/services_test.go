@@ -163,15 +163,23 @@ func TestReserveLaunchSpliceStop(t *testing.T) {
 
 func TestReserveErrors(t *testing.T) {
 	t.Parallel()
-	g, _ := svcGateway(t, 1, nil)
+	g, _ := svcGateway(t, 1, map[string]any{"Solve": map[string]any{"kind": "job", "count": 1, "cmd": []string{"/bin/true"}, "options": map[string]any{}}},
+		"--state_db", filepath.Join(t.TempDir(), "state.db"))
 	g.reserve(t, "Echo Service", "")
 	code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service"))
-	if code != http.StatusServiceUnavailable || !strings.Contains(body["error"].(string), "no free slot") {
+	if msg, _ := body["error"].(string); code != http.StatusServiceUnavailable ||
+		msg != `no free slot: the one slot of "Echo Service" is in use; release one or try again later` {
 		t.Fatalf("full service: %d %v", code, body)
 	}
 	code, body = getJSON(t, g.httpURL("/v1/reserve/Nope"))
 	if code != http.StatusNotFound || !strings.Contains(body["error"].(string), "Echo Service") {
 		t.Fatalf("unknown service: %d %v", code, body)
+	}
+	// A job service is not reserved: the answer says how it is run.
+	code, body = getJSON(t, g.httpURL("/v1/reserve/Solve"))
+	if msg, _ := body["error"].(string); code != http.StatusNotFound || !strings.Contains(msg, `"Solve" is a batch job service`) ||
+		!strings.Contains(msg, "jobs.submit") || !strings.Contains(msg, "services to reserve: Echo Service") {
+		t.Fatalf("job service reserved: %d %v", code, body)
 	}
 	code, body = getJSON(t, g.httpURL("/v1/release/00000000-0000-4000-8000-000000000000"))
 	if code != http.StatusNotFound {

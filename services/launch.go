@@ -142,7 +142,8 @@ type Instance struct {
 // Start runs "SCRIPT start" and waits for its ready line. On failure,
 // and when ctx ends before the ready line, the whole process group is
 // stopped before Start returns (the error then wraps ctx.Err()), and the
-// error says what a person can do about it.
+// error says what a person can do about it. log carries the session's
+// fields (service, index, token); Start adds the process's.
 func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error) {
 	if err := MakeSessionDir(spec.SessionDir); err != nil {
 		return nil, fmt.Errorf("%w: creating session directory: %w", ErrStartFailed, err)
@@ -175,7 +176,7 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
 	inst.proc = p
-	log.Info().Int("pid", p.PID()).Int("index", spec.Index).Msg("service starting")
+	log.Info().Int("pid", p.PID()).Msg("service starting")
 
 	readyCh := make(chan readyResult, 1)
 	go inst.readStdout(pr, readyCh)
@@ -240,11 +241,11 @@ func Start(ctx context.Context, spec Spec, log zerolog.Logger) (*Instance, error
 		cancel()
 		fmt.Fprintf(lf, "--- %s start failed: %v\n", time.Now().Format(time.RFC3339), fail)
 		lf.Close()
-		log.Warn().Err(fail).Int("pid", p.PID()).Int("index", spec.Index).Str("log", lf.Name()).Msg("service start failed")
+		log.Warn().Err(fail).Int("pid", p.PID()).Str("log", lf.Name()).Msg("service start failed")
 		return nil, fail
 	}
 	inst.readyAt = time.Now()
-	log.Info().Int("pid", p.PID()).Int("index", spec.Index).Str("endpoint", inst.endpoint.Address).
+	log.Info().Int("pid", p.PID()).Str("endpoint", inst.endpoint.Address).
 		Int64("took_ms", time.Since(inst.started).Milliseconds()).Msg("service ready")
 	return inst, nil
 }
@@ -518,7 +519,7 @@ func (inst *Instance) stop(ctx context.Context) error {
 	default:
 	}
 	fmt.Fprintf(inst.logFile, "--- %s stopped (start process: %s)\n", time.Now().Format(time.RFC3339), status)
-	inst.log.Info().Int("pid", p.PID()).Int("index", inst.spec.Index).Str("exit", status).
+	inst.log.Info().Int("pid", p.PID()).Str("exit", status).
 		Bool("detached", detached).Msg("service stopped")
 	return err
 }
@@ -546,7 +547,7 @@ func (inst *Instance) runStop(ctx context.Context) error {
 	_ = sp.Wait(kctx)
 	kcancel()
 	if err != nil {
-		inst.log.Warn().Err(err).Int("index", inst.spec.Index).Msg("service stop script failed")
+		inst.log.Warn().Err(err).Msg("service stop script failed")
 		return fmt.Errorf("stopping %s: %w", inst.spec.Service.Name, err)
 	}
 	return nil

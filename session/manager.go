@@ -187,6 +187,9 @@ func (m *Manager) reserveLocked(service, owner string, perUser int, opts map[str
 		}
 	}
 	if idx < 0 {
+		if len(slots) == 1 {
+			return reservation.Reservation{}, fmt.Errorf("%w: the one slot of %q is in use", reservation.ErrNoSlot, service)
+		}
 		return reservation.Reservation{}, fmt.Errorf("%w: all %d slots of %q are in use", reservation.ErrNoSlot, len(slots), service)
 	}
 	tok, err := reservation.NewToken()

@@ -57,6 +57,9 @@ func setupJobs(ctx context.Context, cfg *Config, g *gateway.Config, sup *service
 			return nil, &usageError{fmt.Sprintf("--remote_session_config: %v", err)}
 		}
 	}
+	for _, s := range svcs {
+		g.JobServices = append(g.JobServices, s.Name)
+	}
 	path := cfg.StateDB
 	if path == "" && len(svcs) > 0 {
 		path = defaultStateDB
