@@ -91,7 +91,7 @@ func options() []option {
 			set: func(c *Config, a []string) error { c.HTTPDirectory = a[0]; return nil }},
 		{name: "http_port", meta: "http_server_port", help: "Port to support http file serving and the REST API on. Default:9090",
 			set: func(c *Config, a []string) error { return parsePort(a[0], &c.HTTPPort) }},
-		{name: "cert", meta: "ssl_certificate_filename", help: "Filename of the ssl certificate (PEM); serves https and wss on both ports",
+		{name: "cert", meta: "ssl_certificate_filename", help: "Filename of the ssl certificate (PEM); serves https and wss on every listener",
 			set: func(c *Config, a []string) error { c.Cert = a[0]; return nil }},
 		{name: "key", meta: "ssl_key_filename", help: "Filename of the ssl key (PEM)",
 			set: func(c *Config, a []string) error { c.Key = a[0]; return nil }},
@@ -134,7 +134,7 @@ func options() []option {
 				c.Verbose = n
 				return nil
 			}},
-		{name: "log_file", meta: "log_filename", help: "Save program output to the named log file instead of stderr (rotated at 100 MB, 5 kept); its directory must exist. One line on stderr still says where the log goes and the URL to open",
+		{name: "log_file", meta: "log_filename", help: "Save program output to the named log file instead of stderr (rotated at 100 MB, 5 kept, compressed); its directory must exist. One line on stderr still says where the log goes and the URL to open",
 			set: func(c *Config, a []string) error { c.LogFile = a[0]; return nil }},
 		{name: "allowed_origins", meta: "origins", help: "Comma-separated websocket Origins allowed besides the gateway's own host, e.g. https://app.example.org ('*' allows any). Repeatable",
 			set: func(c *Config, a []string) error {
@@ -167,7 +167,7 @@ func options() []option {
 			set: func(c *Config, a []string) error { c.SessionDir = a[0]; return nil }},
 		{name: "bind_address", meta: "address", help: "Address to listen on (e.g. 127.0.0.1). Default: all interfaces",
 			set: func(c *Config, a []string) error { c.BindAddress = a[0]; return nil }},
-		{name: "novnc_directory", meta: "directory", help: "noVNC to serve under /wsgw/novnc/ for the viewer page. Default: ./node_modules/@novnc/novnc (npm), else /usr/share/novnc (Debian)",
+		{name: "novnc_directory", meta: "directory", help: "noVNC to serve under /wsgw/novnc/ for the viewer page. Default: node_modules/@novnc/novnc (npm) in the working directory or above the binary's (bin/..), else /usr/share/novnc (Debian)",
 			set: func(c *Config, a []string) error {
 				if _, err := os.Stat(filepath.Join(a[0], "core", "rfb.js")); err != nil {
 					return fmt.Errorf("%s does not hold noVNC (no core/rfb.js)", a[0])
@@ -193,9 +193,9 @@ func options() []option {
 				c.MaxTunnels = n
 				return nil
 			}},
-		{name: "heartbeat", meta: "seconds", help: "Ping every websocket client this often; one that does not answer within two periods is dropped. 0 turns it off. Default: 30",
+		{name: "heartbeat", meta: "seconds", help: "Ping every websocket client this often; one that for two periods neither answers nor takes any data is closed with 1001 (a client that reads, however slowly, is alive). 0 turns it off. Default: 30",
 			set: func(c *Config, a []string) error { return parseSecondsOrZero(a[0], &c.Heartbeat) }},
-		{name: "rate_limit", meta: "per_second", help: "Reservations and launches per second per client address (bursts of twice as many); more get 429. 0 turns it off. Default: 20",
+		{name: "rate_limit", meta: "per_second", help: "Reservations (REST and RPC), launches and job submissions per second per client address, each its own bucket (bursts of twice as many); more get 429 or -32005. 0 turns it off. Default: 20",
 			set: func(c *Config, a []string) error { return parseRate(a[0], &c.RateLimit) }},
 		{name: "auth_fail_limit", meta: "per_minute", help: "Failed authentications (wrong security token, unknown reservation token) per minute per client address before 429. 0 turns it off. Default: 30",
 			set: func(c *Config, a []string) error { return parseRate(a[0], &c.AuthFailLimit) }},
@@ -472,6 +472,8 @@ func printUsage(w io.Writer) {
 		}
 		b.WriteString(helpEntry(head, o.help))
 	}
+	b.WriteString("\ncommands:\n")
+	b.WriteString(helpEntry("hash-password", "wsgateway hash-password reads a password on standard input and prints its bcrypt hash, for the password_bcrypt of a user in --users"))
 	fmt.Fprint(w, b.String())
 }
 
