@@ -76,6 +76,9 @@ func (s *Server) handleReserve(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info().Str("service", name).Int("index", res.Index).Str("token", reservation.TokenPrefix(res.Token)).
 		Str("remote", r.RemoteAddr).Str("user", res.Owner).Msg("reserved")
+	if res.Options == nil {
+		res.Options = map[string]string{} // an object either way, never null
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"token":      res.Token,
 		"service":    res.Service,

@@ -165,7 +165,9 @@ func TestReserveErrors(t *testing.T) {
 	t.Parallel()
 	g, _ := svcGateway(t, 1, map[string]any{"Solve": map[string]any{"kind": "job", "count": 1, "cmd": []string{"/bin/true"}, "options": map[string]any{}}},
 		"--state_db", filepath.Join(t.TempDir(), "state.db"))
-	g.reserve(t, "Echo Service", "")
+	if r := g.reserve(t, "Echo Service", ""); r["options"] == nil {
+		t.Fatalf("a reservation without options answers \"options\": null, not an object: %v", r)
+	}
 	code, body := getJSON(t, g.httpURL("/v1/reserve/Echo%20Service"))
 	if msg, _ := body["error"].(string); code != http.StatusServiceUnavailable ||
 		msg != `no free slot: the one slot of "Echo Service" is in use; release one or try again later` {
