@@ -123,9 +123,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer lr.close()
 	jr, err := setupJobs(ctx, cfg, &gcfg, sup, log)
 	if err != nil {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			// A SIGTERM while the state was being read: a stop, not a
-			// failure of the state database.
+			// failure of the state database (any other error, such as a
+			// database in use, is still said).
 			log.Info().Msg("stopped during start-up")
 			return nil
 		}

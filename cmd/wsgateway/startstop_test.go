@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -20,23 +18,18 @@ func TestStoppedDuringStartUp(t *testing.T) {
 	if err := os.WriteFile(conf, []byte(`{"work": {"kind": "job", "count": 1, "cmd": ["/bin/true"], "options": {}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var out, errs bytes.Buffer
 	err := run(ctx, []string{"--bind_address", "127.0.0.1", "--session_dir", filepath.Join(dir, "sessions"),
-		"--state_db", filepath.Join(dir, "state.db"), "--remote_session_config", conf, "--http_port", free(), free()}, &out, &errs)
+		"--state_db", filepath.Join(dir, "state.db"), "--remote_session_config", conf, "--http_port", "0", "0"}, &out, &errs)
 	if err != nil {
 		t.Fatalf("stopped during start-up: %v\n%s", err, errs.String())
 	}
 	if strings.Contains(errs.String(), "context canceled") {
 		t.Fatalf("the log reports the stop as a failure:\n%s", errs.String())
+	}
+	if !strings.Contains(errs.String(), "stopped during start-up") {
+		t.Fatalf("the stop is not said:\n%s", errs.String())
 	}
 }
