@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +173,77 @@ func TestBareProxyEchoesByteExact(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the proxy did not stop with its context")
+	}
+}
+
+// TestBareParserEmptyClose: a close frame without a payload ends the
+// stream too.
+func TestBareParserEmptyClose(t *testing.T) {
+	var p bareParser
+	in := append(maskedFrame(0x2, []byte("abc"), [4]byte{1, 2, 3, 4}), maskedFrame(0x8, nil, [4]byte{5, 6, 7, 8})...)
+	in = append(in, "trailing"...)
+	out, closed, err := p.feed(in)
+	if err != nil || !closed || string(out) != "abc" {
+		t.Fatalf("out %q closed %v err %v", out, closed, err)
+	}
+}
+
+// TestBareHandshake: the key is found in a head split over reads; a head
+// without a key, or over 4 KiB, is refused; what follows the head is
+// kept; a backend that is down gets the client a 502.
+func TestBareHandshake(t *testing.T) {
+	head := "GET /x HTTP/1.1\r\nHost: a\r\nsec-websocket-key:  dGhlIHNhbXBsZSBub25jZQ== \r\n\r\n"
+	cases := []struct {
+		name     string
+		parts    []string
+		key, err string
+		rest     string
+	}{
+		{"split", []string{head[:10], head[10:40], head[40:], "\x82"}, "dGhlIHNhbXBsZSBub25jZQ==", "", ""},
+		{"data after the head", []string{head + "\x82\x80"}, "dGhlIHNhbXBsZSBub25jZQ==", "", "\x82\x80"},
+		{"no key", []string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n"}, "", "no Sec-WebSocket-Key", ""},
+		{"too long", []string{"GET / HTTP/1.1\r\nX: " + strings.Repeat("a", 5000)}, "", "too long", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := net.Pipe()
+			defer c.Close()
+			defer s.Close()
+			go func() {
+				for _, p := range tc.parts {
+					if _, err := c.Write([]byte(p)); err != nil {
+						return
+					}
+				}
+			}()
+			key, rest, err := bareHandshake(s)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || key != tc.key || string(rest) != tc.rest {
+				t.Fatalf("key %q rest %q err %v", key, rest, err)
+			}
+		})
+	}
+	// The backend is down: 502.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = bareServe(ctx, ln, deadAddr) }()
+	_, resp, err := websocket.DefaultDialer.DialContext(ctx, "ws://"+ln.Addr().String()+"/", nil)
+	if err == nil || resp == nil || resp.StatusCode != 502 {
+		t.Fatalf("backend down: %v %v", resp, err)
 	}
 }
