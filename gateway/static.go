@@ -39,6 +39,11 @@ func (s *Server) staticHandler(dir string) http.Handler {
 			return httperr.Errorf(http.StatusNotFound, "not found: %s", text.Cut(p, 200))
 		}
 		f, err := fsys.Open(name)
+		if err != nil && name == "." {
+			// The directory has no index.html: say where the gateway's
+			// own pages are.
+			return httperr.Errorf(http.StatusNotFound, "not found: / (the --http_directory has no index.html; the dashboard is at %s)", PagesPrefix)
+		}
 		if err != nil {
 			return httperr.Errorf(http.StatusNotFound, "not found: %s", text.Cut(p, 200))
 		}

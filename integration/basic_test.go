@@ -215,6 +215,11 @@ func TestHTTPPortTakesWebsockets(t *testing.T) {
 	}
 	roundTrip(t, ws, 100000)
 	ws.Close()
+	// Its directory has no index.html: / says where the dashboard is.
+	code, body = getJSON(t, "http://"+g.httpAddr+"/")
+	if msg, _ := body["error"].(string); code != http.StatusNotFound || !strings.Contains(msg, "/wsgw/") {
+		t.Fatalf("/ of a directory without index.html: %d %v", code, body)
+	}
 }
 
 func TestStaticFiles(t *testing.T) {
