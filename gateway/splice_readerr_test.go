@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,6 +246,63 @@ func TestSpliceReadEnds(t *testing.T) {
 							t.Fatal("the service connection never ended")
 						}
 					})
+				}
+			})
+		}
+	}
+}
+
+// TestSpliceBuffersReused: on every read path, with the directions
+// parking between messages or not, each read's pooled buffer goes back
+// to the pool: a long run of round trips takes (almost) no new buffer.
+// One buffer kept per message (a read that waits or parks without
+// giving its buffer back, an end that forgets it) would take one per
+// round. Under the race detector, which drops a quarter of what is put
+// back, the bound is one new buffer per round trip (over more rounds):
+// it then catches a kept buffer where a round trip takes more than one.
+func TestSpliceBuffersReused(t *testing.T) {
+	gc := debug.SetGCPercent(-1) // a collection empties the pool
+	defer debug.SetGCPercent(gc)
+	rounds, bound := 100, 10
+	if raceBuild {
+		rounds, bound = 200, 200
+	}
+	for _, rp := range readPaths {
+		for _, parked := range []bool{false, true} {
+			name := rp.name
+			if parked {
+				name += "/parked"
+			}
+			t.Run(name, func(t *testing.T) {
+				defer setSpliceOff(rp.off)()
+				if parked {
+					shortPark(t, time.Millisecond)
+				}
+				eb := startBackend(t, "tcp", nil, echo)
+				s, url, d := tunnelServer(t, Config{}, rp.tls, dialBackend(eb, rp.wrap))
+				var made atomic.Int64
+				s.bufPool.New = func() any { made.Add(1); b := make([]byte, spliceBuf); return &b }
+				ws, _ := dialKeepRaw(t, d, url)
+				tn := onlyTunnel(t, s)
+				echoBurst(t, ws, 4<<10, 20) // the pool fills
+				before := made.Load()
+				msg := []byte("round trip")
+				for range rounds {
+					if err := ws.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+						t.Fatal(err)
+					}
+					_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+					if _, p, err := ws.ReadMessage(); err != nil || !bytes.Equal(p, msg) {
+						t.Fatalf("echo %q %v", p, err)
+					}
+					if parked {
+						waitParked(t, tn, !rp.tls, !rp.wrap)
+					}
+				}
+				if n := made.Load() - before; n > int64(bound) {
+					t.Errorf("%d new buffers in %d round trips", n, rounds)
+				} else {
+					t.Logf("%d new buffers in %d round trips", n, rounds)
 				}
 			})
 		}
