@@ -265,7 +265,7 @@ func TestSpliceBuffersReused(t *testing.T) {
 	defer debug.SetGCPercent(gc)
 	rounds, bound := 100, 10
 	if raceBuild {
-		rounds, bound = 200, 200
+		rounds, bound = 300, 300
 	}
 	for _, rp := range readPaths {
 		for _, parked := range []bool{false, true} {
@@ -274,7 +274,8 @@ func TestSpliceBuffersReused(t *testing.T) {
 				name += "/parked"
 			}
 			t.Run(name, func(t *testing.T) {
-				defer setSpliceOff(rp.off)()
+				// Restored after the tunnels end (cleanups run last first).
+				t.Cleanup(setSpliceOff(rp.off))
 				if parked {
 					shortPark(t, time.Millisecond)
 				}
