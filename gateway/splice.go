@@ -580,7 +580,7 @@ func (t *tunnel) upReadFn(fd uintptr) bool {
 			t.armPark(&t.upPark, t.client)
 			return false
 		case err != nil:
-			t.upN, t.upErr = 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
+			t.upN, t.upErr = 0, &net.OpError{Op: "read", Net: "tcp", Source: t.client.LocalAddr(), Addr: t.client.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 		case n == 0:
 			t.upN, t.upErr = 0, io.EOF
 		default:
@@ -891,7 +891,7 @@ func (t *tunnel) downReadFn(fd uintptr) bool {
 			t.armPark(&t.downPark, t.conn)
 			return false
 		case err != nil:
-			t.downN, t.downErr = 0, &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Err: os.NewSyscallError("read", err)}
+			t.downN, t.downErr = 0, &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Source: t.conn.LocalAddr(), Addr: t.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 		case n == 0:
 			t.downN, t.downErr = 0, io.EOF
 		default:
