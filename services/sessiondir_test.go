@@ -116,6 +116,12 @@ func TestPrepareSessionRootRefusesAnotherUsersPath(t *testing.T) {
 			os.Mkdir(p, 0o777)
 			os.Chmod(p, 0o777)
 		}, "writable by everyone"},
+		{"parent writable by everyone, root already there", func(t *testing.T, tmp, target string) {
+			p := filepath.Join(tmp, "wsgateway-0")
+			os.Mkdir(p, 0o777)
+			os.Chmod(p, 0o777)
+			os.Mkdir(filepath.Join(p, "sessions"), 0o700)
+		}, "writable by everyone"},
 		{"root writable by others", func(t *testing.T, tmp, target string) {
 			os.MkdirAll(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o700)
 			os.Chmod(filepath.Join(tmp, "wsgateway-0", "sessions"), 0o702)
@@ -137,9 +143,14 @@ func TestPrepareSessionRootRefusesAnotherUsersPath(t *testing.T) {
 			target, file := victim(t)
 			tt.prepare(t, tmp, target)
 			root := filepath.Join(tmp, "wsgateway-0", "sessions")
+			_, before := os.Lstat(root)
 			err := services.PrepareSessionRoot(root)
 			if err == nil {
 				t.Fatal("accepted")
+			}
+			// Nothing is made under a level that is refused.
+			if _, after := os.Lstat(root); before != nil && after == nil {
+				t.Errorf("%s was made before the refusal", root)
 			}
 			if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), root) {
 				t.Errorf("error %q: want it to name %s and say %q", err, root, tt.want)
