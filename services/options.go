@@ -10,6 +10,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"wsgateway/internal/text"
 )
 
 // Types a client option may be declared with; anything else in
@@ -182,19 +184,12 @@ func (s *Service) CheckClientOptions(query map[string]string) error {
 			if _, set := s.Options[k]; set {
 				why = "set by the services config, and a client may not replace it"
 			}
-			return &OptionError{Service: s.Name, Key: k, Msg: fmt.Sprintf("option %q of service %q is %s; %s", cut(k, 64), s.Name, why, allowed)}
+			return &OptionError{Service: s.Name, Key: k, Msg: fmt.Sprintf("option %q of service %q is %s; %s", text.Cut(k, 64), s.Name, why, allowed)}
 		}
 		if err := o.Check(query[k]); err != nil {
-			return &OptionError{Service: s.Name, Key: k, Msg: fmt.Sprintf("option %q of service %q: %q %v", k, s.Name, cut(query[k], 64), err)}
+			return &OptionError{Service: s.Name, Key: k, Msg: fmt.Sprintf("option %q of service %q: %q %v", k, s.Name, text.Cut(query[k], 64), err)}
 		}
 	}
 	return nil
 }
 
-// cut shortens s for a message.
-func cut(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
