@@ -460,7 +460,9 @@ func (m *Manager) publishState(j *store.Job) {
 	m.cfg.Events.Publish("job.state", j.Owner, d)
 }
 
-// Get returns a job.
+// Get returns a job (jobs.get): for one on another replica it asks that
+// replica for its log's size. The Manager's own answers (a submission,
+// a stop, a removal) use get, which does not.
 func (m *Manager) Get(ctx context.Context, id string) (Job, error) {
 	v, err := m.get(ctx, id)
 	if err != nil || v.LogSize != nil || m.cfg.Remote == nil || v.Replica == "" {
@@ -566,7 +568,7 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	// A job is shown finished once its end is decided; its last save may
 	// still be pending, and would bring the record back after the delete.
 	m.flush()
-	j, err := m.Get(ctx, id)
+	j, err := m.get(ctx, id)
 	if err != nil {
 		return err
 	}

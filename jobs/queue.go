@@ -76,7 +76,7 @@ func (m *Manager) Submit(ctx context.Context, service, owner string, params map[
 	m.log.Info().Str("job", id).Str("service", service).Str("owner", owner).Msg("job queued")
 	// Once flushed, a job with a free slot has been started.
 	m.flush()
-	if v, err := m.Get(ctx, id); err == nil {
+	if v, err := m.get(ctx, id); err == nil {
 		return v, nil
 	}
 	return m.view(&rec), nil

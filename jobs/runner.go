@@ -351,7 +351,7 @@ func (m *Manager) Stop(ctx context.Context, id, who string) (Job, error) {
 	r, ok := m.running[id]
 	if !ok {
 		m.mu.Unlock()
-		return m.Get(ctx, id) // a finished job: stopping it again changes nothing
+		return m.get(ctx, id) // a finished job: stopping it again changes nothing
 	}
 	stopNow := false
 	if r.stopping == "" {
@@ -370,5 +370,5 @@ func (m *Manager) Stop(ctx context.Context, id, who string) (Job, error) {
 	case <-r.done:
 	case <-ctx.Done():
 	}
-	return m.Get(ctx, id)
+	return m.get(ctx, id)
 }

@@ -164,7 +164,7 @@ func (m *Manager) submitShared(ctx context.Context, j store.Job) (Job, error) {
 	if started {
 		m.claimShared()
 	}
-	if v, err := m.Get(ctx, rec.ID); err == nil {
+	if v, err := m.get(ctx, rec.ID); err == nil {
 		return v, nil
 	}
 	return m.view(&rec), nil
