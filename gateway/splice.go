@@ -93,18 +93,9 @@ type tunnel struct {
 
 	// readiness waiting without a buffer
 	clientRaw, connRaw syscall.RawConn
-	// The client's read, made once (no allocation per wait): it takes a
-	// buffer, reads into it, and gives it back when the socket is empty,
-	// so an idle client holds none; what it read is in upBp, upN, upErr.
-	upRead func(fd uintptr) bool
-	upBp   *[]byte
-	upN    int
-	upErr  error
-	// the same for the service on the copy path (downReadFn)
-	downRead func(fd uintptr) bool
-	downBp   *[]byte
-	downN    int
-	downErr  error
+	// each direction's read into a pooled buffer (pooledRead); the
+	// service's is the copy path's (the splice path has its own)
+	upRd, downRd pooledRead
 
 	// parking (poll.go), and what a parked direction resumes with
 	upPark, downPark parkDir
@@ -144,8 +135,8 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	t.own <- struct{}{}
 	t.upPark = parkDir{t: t, up: true}
 	t.downPark = parkDir{t: t}
-	t.upRead = t.upReadFn
-	t.downRead = t.downReadFn
+	t.upRd.init(t, true, 0)
+	t.downRd.init(t, false, 0)
 	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
 	t.lastAlive.Store(t.opened.UnixNano())
@@ -562,56 +553,102 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 	return nil
 }
 
-// upReadFn is the client socket's RawConn callback: one read into a
-// pooled buffer (taken now if not held), which it gives back and waits
-// for readability when the socket is empty.
-func (t *tunnel) upReadFn(fd uintptr) bool {
+// pooledRead is one direction's read of its socket into a pooled
+// buffer. Its RawConn callback (made once: a read allocates nothing)
+// takes a buffer if none is held, reads into it, and when the socket is
+// empty gives the buffer back, arms the park deadline and waits; so an
+// idle direction holds no buffer. Only its direction's goroutine uses it.
+type pooledRead struct {
+	t   *tunnel
+	up  bool // the client's socket; otherwise the service's
+	max int  // the most one read takes (0: the buffer's room)
+	bp  *[]byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+// init readies r for t's client (up) or service; max bounds a read.
+func (r *pooledRead) init(t *tunnel, up bool, max int) {
+	r.t, r.up, r.max = t, up, max
+	r.fn = r.readFn
+}
+
+func (r *pooledRead) conn() (net.Conn, syscall.RawConn, *parkDir) {
+	if r.up {
+		return r.t.client, r.t.clientRaw, &r.t.upPark
+	}
+	return r.t.conn, r.t.connRaw, &r.t.downPark
+}
+
+// room is where a read goes in buffer b: from its start for the client's
+// payload, after wsframe.HeaderRoom for the service's (the frame header
+// is put in front).
+func (r *pooledRead) room(b []byte) []byte {
+	if !r.up {
+		b = b[wsframe.HeaderRoom:]
+	}
+	if r.max > 0 {
+		b = b[:r.max]
+	}
+	return b
+}
+
+func (r *pooledRead) readFn(fd uintptr) bool {
 	for {
-		if t.upBp == nil {
-			t.upBp = t.s.bufPool.Get().(*[]byte)
+		if r.bp == nil {
+			r.bp = r.t.s.bufPool.Get().(*[]byte)
 		}
-		n, err := syscall.Read(int(fd), *t.upBp)
+		n, err := syscall.Read(int(fd), r.room(*r.bp))
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			t.s.bufPool.Put(t.upBp)
-			t.upBp = nil
-			t.armPark(&t.upPark, t.client)
+			r.t.s.bufPool.Put(r.bp)
+			r.bp = nil
+			c, _, d := r.conn()
+			r.t.armPark(d, c)
 			return false
 		case err != nil:
-			t.upN, t.upErr = 0, &net.OpError{Op: "read", Net: "tcp", Source: t.client.LocalAddr(), Addr: t.client.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+			r.n, r.err = 0, readError(r, os.NewSyscallError("read", err))
 		case n == 0:
-			t.upN, t.upErr = 0, io.EOF
+			r.n, r.err = 0, io.EOF
 		default:
-			t.upN, t.upErr = n, nil
+			r.n, r.err = n, nil
 		}
 		return true
 	}
 }
 
-// readClient reads what the client sent into bp (taken from the pool if
-// nil) and returns it with the buffer, or park: the client stayed quiet
-// for parkAfter (the buffer is then back in the pool). Where the client
-// socket has no RawConn (TLS) it is a plain read.
-func (t *tunnel) readClient(bp *[]byte) (n int, _ *[]byte, park bool, err error) {
-	if t.clientRaw == nil {
+// readError is a failed read of r's socket, as net.Conn.Read gives it.
+func readError(r *pooledRead, err error) error {
+	c, _, _ := r.conn()
+	return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// read reads what the socket has into bp (taken from the pool if nil) and
+// returns it with the buffer, or park: the socket stayed quiet for
+// parkAfter (the buffer is then back in the pool). Without a RawConn
+// (TLS, a wrapped connection) it is a plain, blocking read.
+func (r *pooledRead) read(bp *[]byte) (n int, _ *[]byte, park bool, err error) {
+	c, rc, d := r.conn()
+	if rc == nil {
 		if bp == nil {
-			bp = t.s.bufPool.Get().(*[]byte)
+			bp = r.t.s.bufPool.Get().(*[]byte)
 		}
-		n, err = t.client.Read(*bp)
+		n, err = c.Read(r.room(*bp))
 		return n, bp, false, err
 	}
-	t.upBp = bp
-	err = t.clientRaw.Read(t.upRead)
-	bp, t.upBp = t.upBp, nil
-	if t.disarm(&t.upPark, t.client, err) {
+	r.bp = bp
+	err = rc.Read(r.fn)
+	bp, r.bp = r.bp, nil
+	if r.t.disarm(d, c, err) {
 		return 0, bp, true, nil
 	}
 	if err != nil {
-		return 0, bp, false, err
+		return 0, bp, false, readError(r, err)
 	}
-	return t.upN, bp, false, t.upErr
+	return r.n, bp, false, r.err
 }
 
 // clientToService moves the client's frames to the service until the
@@ -624,7 +661,7 @@ func (t *tunnel) clientToService() (parked bool) {
 	for {
 		var n int
 		var park bool
-		n, bp, park, err = t.readClient(bp)
+		n, bp, park, err = t.upRd.read(bp)
 		if park {
 			if t.park(&t.upPark, t.clientRaw) {
 				return true
@@ -849,7 +886,10 @@ func (t *tunnel) downloadCopy() error {
 		}
 	}()
 	for {
-		n, park, err := t.readService(&bp)
+		var n int
+		var park bool
+		var err error
+		n, bp, park, err = t.downRd.read(bp)
 		if park {
 			if t.park(&t.downPark, t.connRaw) {
 				return errParked
@@ -871,58 +911,6 @@ func (t *tunnel) downloadCopy() error {
 			bp = nil
 		}
 	}
-}
-
-// downReadFn is the service socket's RawConn callback on the copy path:
-// one read into a pooled buffer after wsframe.HeaderRoom (taken now if
-// not held), given back when the socket is empty.
-func (t *tunnel) downReadFn(fd uintptr) bool {
-	for {
-		if t.downBp == nil {
-			t.downBp = t.s.bufPool.Get().(*[]byte)
-		}
-		n, err := syscall.Read(int(fd), (*t.downBp)[wsframe.HeaderRoom:])
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			t.s.bufPool.Put(t.downBp)
-			t.downBp = nil
-			t.armPark(&t.downPark, t.conn)
-			return false
-		case err != nil:
-			t.downN, t.downErr = 0, &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Source: t.conn.LocalAddr(), Addr: t.conn.RemoteAddr(), Err: os.NewSyscallError("read", err)}
-		case n == 0:
-			t.downN, t.downErr = 0, io.EOF
-		default:
-			t.downN, t.downErr = n, nil
-		}
-		return true
-	}
-}
-
-// readService reads the service into *bp after wsframe.HeaderRoom (a
-// buffer taken from the pool when *bp is nil), or reports park: the
-// service stayed quiet for parkAfter (the buffer is then back in the
-// pool).
-func (t *tunnel) readService(bp **[]byte) (n int, park bool, err error) {
-	if t.connRaw == nil {
-		if *bp == nil {
-			*bp = t.s.bufPool.Get().(*[]byte)
-		}
-		n, err = t.conn.Read((**bp)[wsframe.HeaderRoom:])
-		return n, false, err
-	}
-	t.downBp = *bp
-	err = t.connRaw.Read(t.downRead)
-	*bp, t.downBp = t.downBp, nil
-	if t.disarm(&t.downPark, t.conn, err) {
-		return 0, true, nil
-	}
-	if err != nil {
-		return 0, false, err
-	}
-	return t.downN, false, t.downErr
 }
 
 // Check is wsframe.Tunnel's policy sweep: it ends the tunnel when it has

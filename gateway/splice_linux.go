@@ -138,17 +138,16 @@ type splicer struct {
 	t     *tunnel
 	p     *pipe // held while data flows
 	full  bool  // p may hold bytes (a frame not sent whole)
-	n     int   // bytes the last fill put in the pipe, or the last read
+	n     int   // bytes the last fill put in the pipe
 	eof   bool
 	err   error
 	hdr   [wsframe.HeaderRoom]byte
-	h     []byte  // header bytes still to send
-	left  int     // payload bytes still in the pipe
-	small bool    // the last frame was small: read the next by copy
-	bp    *[]byte // the buffer of a small read, held while it is sent
+	h     []byte     // header bytes still to send
+	left  int        // payload bytes still in the pipe
+	small bool       // the last frame was small: read the next by copy
+	rd    pooledRead // a small read: at most smallFrame bytes
 	fill  func(fd uintptr) bool
 	send  func(fd uintptr) bool
-	read  func(fd uintptr) bool
 }
 
 // errNoPipe: no pipe could be made (out of descriptors); nothing was
@@ -183,35 +182,6 @@ func (s *splicer) fillFn(fd uintptr) bool {
 			return false
 		case err != nil:
 			s.err = err
-		case n == 0:
-			s.eof = true
-		default:
-			s.n = n
-		}
-		return true
-	}
-}
-
-// readFn is the service socket's RawConn callback for a small read: at
-// most smallFrame bytes into a pooled buffer (taken now, given back while
-// the socket is empty), after wsframe.HeaderRoom; false waits for
-// readability.
-func (s *splicer) readFn(fd uintptr) bool {
-	for {
-		if s.bp == nil {
-			s.bp = s.t.s.bufPool.Get().(*[]byte)
-		}
-		n, err := syscall.Read(int(fd), (*s.bp)[wsframe.HeaderRoom:wsframe.HeaderRoom+smallFrame])
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			s.t.s.bufPool.Put(s.bp)
-			s.bp = nil
-			s.t.armPark(&s.t.downPark, s.t.conn)
-			return false
-		case err != nil:
-			s.err = os.NewSyscallError("read", err)
 		case n == 0:
 			s.eof = true
 		default:
@@ -271,7 +241,8 @@ func (t *tunnel) download() error {
 	s := t.spl
 	if s == nil {
 		s = &splicer{t: t, small: true}
-		s.fill, s.send, s.read = s.fillFn, s.sendFn, s.readFn
+		s.fill, s.send = s.fillFn, s.sendFn
+		s.rd.init(t, false, smallFrame)
 		t.spl = s
 	}
 	parked := false
@@ -280,9 +251,6 @@ func (t *tunnel) download() error {
 		case parked:
 			// s may be in use on the goroutine that resumed the
 			// direction: hands off (it held no pipe when it parked).
-		case s.bp != nil:
-			t.s.bufPool.Put(s.bp) // a small read that failed
-			s.bp = nil
 		case s.p == nil:
 		case s.full:
 			pipes.close(s.p)
@@ -291,12 +259,29 @@ func (t *tunnel) download() error {
 		}
 	}()
 	for {
-		s.n, s.eof, s.err = 0, false, nil
-		cb := s.fill
 		if s.small {
-			cb = s.read
+			n, bp, park, err := s.rd.read(nil)
+			if park {
+				if t.park(&t.downPark, t.connRaw) {
+					parked = true
+					return errParked
+				}
+				continue
+			}
+			if n > 0 {
+				err = t.writeData(bp, n) // (a read brings data or an error)
+			}
+			if bp != nil {
+				t.s.bufPool.Put(bp)
+			}
+			if err != nil {
+				return err
+			}
+			s.small = n < smallFrame
+			continue
 		}
-		err := t.connRaw.Read(cb)
+		s.n, s.eof, s.err = 0, false, nil
+		err := t.connRaw.Read(s.fill)
 		if t.disarm(&t.downPark, t.conn, err) {
 			if t.park(&t.downPark, t.connRaw) {
 				parked = true
@@ -318,17 +303,6 @@ func (t *tunnel) download() error {
 			return &net.OpError{Op: "read", Net: t.conn.LocalAddr().Network(), Err: os.NewSyscallError("splice", s.err)}
 		case s.eof:
 			return io.EOF
-		}
-		if s.small {
-			n := s.n
-			err := t.writeData(s.bp, n)
-			t.s.bufPool.Put(s.bp)
-			s.bp = nil
-			if err != nil {
-				return err
-			}
-			s.small = n < smallFrame
-			continue
 		}
 		if t.trace {
 			t.log.Trace().Int("bytes", s.n).Msg("service → client (splice)")
