@@ -135,8 +135,8 @@ func (s *Server) newTunnel(ws *websocket.Conn, conn net.Conn, log zerolog.Logger
 	t.own <- struct{}{}
 	t.upPark = parkDir{t: t, up: true}
 	t.downPark = parkDir{t: t}
-	t.upRd.init(t, true, 0)
-	t.downRd.init(t, false, 0)
+	t.upRd.init(t, 0)
+	t.downRd.init(t, 0)
 	t.parser.Limit = uint64(s.cfg.MaxMessageBytes)
 	t.lastActive.Store(t.opened.UnixNano())
 	t.lastAlive.Store(t.opened.UnixNano())
@@ -558,24 +558,29 @@ func (t *tunnel) Control(op byte, payload []byte) error {
 // takes a buffer if none is held, reads into it, and when the socket is
 // empty gives the buffer back, arms the park deadline and waits; so an
 // idle direction holds no buffer. Only its direction's goroutine uses it.
+// (Kept small: two are in every tunnel, whose size class matters at
+// thousands of idle tunnels.)
 type pooledRead struct {
 	t   *tunnel
-	up  bool // the client's socket; otherwise the service's
-	max int  // the most one read takes (0: the buffer's room)
 	bp  *[]byte
-	n   int
 	err error
 	fn  func(fd uintptr) bool
+	n   int32
+	max int32 // the most one read takes (0: the buffer's room)
 }
 
-// init readies r for t's client (up) or service; max bounds a read.
-func (r *pooledRead) init(t *tunnel, up bool, max int) {
-	r.t, r.up, r.max = t, up, max
+// init readies r, t.upRd or a read of t's service, to read at most max
+// bytes at a time (0: the buffer's room).
+func (r *pooledRead) init(t *tunnel, max int32) {
+	r.t, r.max = t, max
 	r.fn = r.readFn
 }
 
+// up: r reads the client's socket (otherwise the service's).
+func (r *pooledRead) up() bool { return r == &r.t.upRd }
+
 func (r *pooledRead) conn() (net.Conn, syscall.RawConn, *parkDir) {
-	if r.up {
+	if r.up() {
 		return r.t.client, r.t.clientRaw, &r.t.upPark
 	}
 	return r.t.conn, r.t.connRaw, &r.t.downPark
@@ -585,7 +590,7 @@ func (r *pooledRead) conn() (net.Conn, syscall.RawConn, *parkDir) {
 // payload, after wsframe.HeaderRoom for the service's (the frame header
 // is put in front).
 func (r *pooledRead) room(b []byte) []byte {
-	if !r.up {
+	if !r.up() {
 		b = b[wsframe.HeaderRoom:]
 	}
 	if r.max > 0 {
@@ -614,7 +619,7 @@ func (r *pooledRead) readFn(fd uintptr) bool {
 		case n == 0:
 			r.n, r.err = 0, io.EOF
 		default:
-			r.n, r.err = n, nil
+			r.n, r.err = int32(n), nil
 		}
 		return true
 	}
@@ -648,7 +653,7 @@ func (r *pooledRead) read(bp *[]byte) (n int, _ *[]byte, park bool, err error) {
 	if err != nil {
 		return 0, bp, false, readError(r, err)
 	}
-	return r.n, bp, false, r.err
+	return int(r.n), bp, false, r.err
 }
 
 // clientToService moves the client's frames to the service until the

@@ -242,7 +242,7 @@ func (t *tunnel) download() error {
 	if s == nil {
 		s = &splicer{t: t, small: true}
 		s.fill, s.send = s.fillFn, s.sendFn
-		s.rd.init(t, false, smallFrame)
+		s.rd.init(t, smallFrame)
 		t.spl = s
 	}
 	parked := false
