@@ -101,7 +101,7 @@ func TestSpliceReadEnds(t *testing.T) {
 				name += "/parked"
 			}
 			t.Run(name, func(t *testing.T) {
-				defer setSpliceOff(rp.off)()
+				t.Cleanup(setSpliceOff(rp.off)) // after the tunnels end (cleanups run last first)
 				settle := func(tn *tunnel) {
 					if parked {
 						waitParked(t, tn, !rp.tls, !rp.wrap)
