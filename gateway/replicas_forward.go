@@ -246,8 +246,8 @@ func (s *Server) spliceSession(ws *websocket.Conn, c net.Conn, ss *session.Sessi
 		return nil
 	}
 	if svc != nil {
-		t.idleTimeout = durationOption(svc, "idle_timeout")
-		t.maxDuration = durationOption(svc, "max_duration")
+		t.idleTimeout = svc.Seconds("idle_timeout")
+		t.maxDuration = svc.Seconds("max_duration")
 	}
 	t.onPolicy = func(reason string) { ss.Stop(websocket.ClosePolicyViolation, reason) }
 	if err := ss.Attach(t, remote); err != nil {
@@ -347,8 +347,8 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, tok string, log
 		return nil, true
 	}
 	if svc := s.svcs[rec.Service]; svc != nil {
-		t.idleTimeout = durationOption(svc, "idle_timeout")
-		t.maxDuration = durationOption(svc, "max_duration")
+		t.idleTimeout = svc.Seconds("idle_timeout")
+		t.maxDuration = svc.Seconds("max_duration")
 	}
 	if mode == "relay" {
 		// The owner's close (a release, its shutdown) reaches the client

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -297,8 +295,8 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tok string, 
 		return nil
 	}
 	t.exitReason = inst.CrashReason
-	t.idleTimeout = durationOption(svc, "idle_timeout")
-	t.maxDuration = durationOption(svc, "max_duration")
+	t.idleTimeout = svc.Seconds("idle_timeout")
+	t.maxDuration = svc.Seconds("max_duration")
 	// A session ended by policy does not wait for a reconnect.
 	t.onPolicy = func(reason string) { ss.Stop(websocket.ClosePolicyViolation, reason) }
 	if err := ss.Attach(t, r.RemoteAddr); err != nil {
@@ -419,28 +417,7 @@ func (s *Server) sessionDir(svc *services.Service, index int, tok string) string
 }
 
 func reconnectGrace(svc *services.Service) time.Duration {
-	return durationOption(svc, "reconnect_grace")
-}
-
-// durationOption reads a service option in seconds (a number or a numeric
-// string); absent or not positive is 0.
-func durationOption(svc *services.Service, key string) time.Duration {
-	raw, ok := svc.Options[key]
-	if !ok {
-		return 0
-	}
-	var f float64
-	if err := json.Unmarshal(raw, &f); err != nil {
-		var str string
-		if json.Unmarshal(raw, &str) != nil {
-			return 0
-		}
-		f, _ = strconv.ParseFloat(str, 64)
-	}
-	if f <= 0 {
-		return 0
-	}
-	return time.Duration(f * float64(time.Second))
+	return svc.Seconds("reconnect_grace")
 }
 
 var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9._-]+`)

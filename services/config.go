@@ -240,7 +240,7 @@ func checkOptions(o map[string]json.RawMessage) error {
 		if !ok {
 			continue
 		}
-		f, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(string(raw)), `"`), 64)
+		f, err := optionNumber(raw)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
 			return fmt.Errorf(`%q must be a number of %s, 0 or more (0: %s), such as %s; got %s`, n.key, n.unit, n.zero, n.example, text.Cut(string(raw), 40))
 		}
@@ -424,6 +424,22 @@ func (s *Service) numberOption(key string) (float64, bool) {
 	if !ok {
 		return 0, false
 	}
-	f, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(string(raw)), `"`), 64)
+	f, err := optionNumber(raw)
 	return f, err == nil
+}
+
+// optionNumber is the one reading of a numeric option's value, a JSON
+// number or a numeric string, for the check at load and for its use.
+func optionNumber(raw json.RawMessage) (float64, error) {
+	return strconv.ParseFloat(strings.Trim(strings.TrimSpace(string(raw)), `"`), 64)
+}
+
+// Seconds reads an option in seconds (reconnect_grace, idle_timeout,
+// max_duration); absent or 0 is 0.
+func (s *Service) Seconds(key string) time.Duration {
+	f, ok := s.numberOption(key)
+	if !ok || f <= 0 {
+		return 0
+	}
+	return time.Duration(f * float64(time.Second))
 }

@@ -192,4 +192,3 @@ func (s *Service) CheckClientOptions(query map[string]string) error {
 	}
 	return nil
 }
-

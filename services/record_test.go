@@ -54,3 +54,15 @@ func TestRecordPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestSeconds: the options in seconds, as the gateway reads them (a
+// number or a numeric string; absent or 0 is none).
+func TestSeconds(t *testing.T) {
+	s := &services.Service{Options: map[string]json.RawMessage{
+		"a": json.RawMessage(`30`), "b": json.RawMessage(`"2.5"`), "c": json.RawMessage(`0`)}}
+	for key, want := range map[string]time.Duration{"a": 30 * time.Second, "b": 2500 * time.Millisecond, "c": 0, "absent": 0} {
+		if got := s.Seconds(key); got != want {
+			t.Errorf("%s: %v, want %v", key, got, want)
+		}
+	}
+}
